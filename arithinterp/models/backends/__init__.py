@@ -1,0 +1,1 @@
+"""Backends: the only modules that import transformer_lens or nnsight."""

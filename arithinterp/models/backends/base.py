@@ -1,0 +1,101 @@
+"""The contract every backend implements.
+
+A backend runs one model and lets the caller read or replace the activation
+of whole sites (``Site(kind, layer)``, no head / neuron / position selection)
+in canonical layout (see :mod:`arithinterp.models.site`). Selections, caching,
+patch values and gradients are built on top of this one primitive by
+:class:`arithinterp.models.Model`, so every backend behaves identically.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from arithinterp.models.site import ModelShape, Site
+
+HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
+"""Receives a whole site's activation (canonical layout) and returns its
+replacement, or ``None`` to leave it unchanged."""
+
+# The order in which sites are computed inside a block. Backends that must
+# visit activations in execution order (nnsight) sort by it.
+_KIND_ORDER = {
+    "resid_pre": 0,
+    "q": 1,
+    "k": 2,
+    "v": 3,
+    "pattern": 4,
+    "attn_head": 5,
+    "attn_out": 6,
+    "resid_mid": 7,
+    "mlp_post": 8,
+    "mlp_out": 9,
+    "resid_post": 10,
+}
+
+
+def execution_order(site: Site) -> tuple[int, int]:
+    """A sort key that puts sites in the order a forward pass computes them."""
+    if site.kind == "embed":
+        return (-1, 0)
+    if site.kind == "final_resid":
+        return (1 << 30, 0)
+    assert site.layer is not None
+    return (site.layer, _KIND_ORDER[site.kind])
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The weights methods read directly, in TransformerLens layout.
+
+    ``W_U``: ``[d_model, d_vocab]``; ``b_U``: ``[d_vocab]``; ``W_E``: ``[d_vocab, d_model]``;
+    ``W_O``: ``[layer, head, d_head, d_model]``; ``W_out``: ``[layer, d_mlp, d_model]``;
+    ``W_in``: ``[layer, d_model, d_mlp]``.
+    """
+
+    W_U: torch.Tensor
+    b_U: torch.Tensor
+    W_E: torch.Tensor
+    W_O: torch.Tensor
+    W_in: torch.Tensor
+    W_out: torch.Tensor
+
+
+class Backend(ABC):
+    """One loaded model behind one interpretability library."""
+
+    name: str
+    shape: ModelShape
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+
+    @abstractmethod
+    def run(
+        self,
+        tokens: torch.Tensor,
+        hooks: Mapping[Site, HookFn],
+        *,
+        grad: bool = False,
+    ) -> torch.Tensor:
+        """Run ``tokens`` (``[batch, pos]``) calling each hook on its whole site.
+
+        Returns the logits ``[batch, pos, d_vocab]``. With ``grad=False`` the
+        pass runs under ``torch.no_grad()``.
+        """
+
+    @abstractmethod
+    def weights(self) -> Weights:
+        """The model's weights in TransformerLens layout (views, not copies, where possible)."""
+
+    @abstractmethod
+    def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
+        """Apply the model's final normalisation to a residual-stream tensor ``[..., d_model]``."""
+
+    @abstractmethod
+    def module(self) -> torch.nn.Module:
+        """The underlying torch module (for ``.train()`` / ``.eval()`` and parameter access)."""
