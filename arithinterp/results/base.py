@@ -105,8 +105,9 @@ def result_class(name: str) -> type[Result]:
 
 def resultclass(cls: type[R]) -> type[R]:
     """Decorator for result subclasses that add fields: a frozen, keyword-only dataclass
-    that keeps ``Result``'s equality (array-aware) instead of a generated one."""
-    return dataclasses.dataclass(frozen=True, eq=False, kw_only=True)(cls)
+    that keeps ``Result``'s array-aware ``__eq__`` and short ``__repr__`` instead of
+    the generated ones (a plain ``@dataclass`` would replace both)."""
+    return dataclasses.dataclass(frozen=True, eq=False, repr=False, kw_only=True)(cls)
 
 
 def _check_json_native(value: Any, where: str) -> None:

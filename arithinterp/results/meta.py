@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
+
 from arithinterp.errors import ResultError
 from arithinterp.results.io import to_jsonable
 
@@ -70,7 +72,7 @@ class ResultMeta:
         if self.dataset_hash is not None and not isinstance(self.dataset_hash, str):
             raise ResultError("ResultMeta.dataset_hash must be a str or None")
         if self.seed is not None:
-            if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
                 raise ResultError(f"ResultMeta.seed must be an int or None, got {self.seed!r}")
             object.__setattr__(self, "seed", int(self.seed))
         for name in ("options", "extra"):
