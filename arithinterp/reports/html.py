@@ -1,0 +1,175 @@
+"""Self-contained HTML reports: plotly figures and tables in one offline file.
+
+The page inlines plotly.js once (when it has any figure), renders each figure
+as a div that calls it, escapes all text and table content, and is written
+atomically: the whole page is rendered in memory before anything touches
+the disk, so a figure that fails to render leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.offline
+
+from arithinterp.results.io import atomic_write_text
+from arithinterp.results.meta import package_version
+
+if TYPE_CHECKING:
+    from arithinterp.results.base import Result
+
+__all__ = ["MAX_TABLE_ROWS", "ReportSection", "render_html_report", "write_html_report"]
+
+#: Tables longer than this show their first rows only, and say so.
+MAX_TABLE_ROWS = 200
+
+_CSS = """
+:root { --fg: #1f2328; --muted: #59636e; --line: #d1d9e0; --bg-alt: #f6f8fa; --accent: #0969da; }
+* { box-sizing: border-box; }
+body { margin: 0; color: var(--fg); font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; }
+header, nav, main { max-width: 1200px; margin: 0 auto; padding: 0 24px; }
+header { padding-top: 24px; border-bottom: 1px solid var(--line); }
+h1 { font-size: 1.8em; margin: 0 0 4px; }
+h2 { font-size: 1.35em; margin: 32px 0 8px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
+.generated, .note { color: var(--muted); font-size: 0.9em; }
+nav.toc ol { margin: 8px 0 16px; padding-left: 22px; }
+a { color: var(--accent); text-decoration: none; }
+a:hover { text-decoration: underline; }
+figure { margin: 16px 0; min-height: 420px; }
+.table-wrap { overflow-x: auto; margin: 16px 0; }
+table.data { border-collapse: collapse; font-size: 0.88em; font-variant-numeric: tabular-nums; }
+.caption { font-weight: 600; margin: 4px 0; }
+table.data th, table.data td { border: 1px solid var(--line); padding: 3px 8px; text-align: right; }
+table.data thead th { background: var(--bg-alt); position: sticky; top: 0; }
+table.data tbody tr:nth-child(even) { background: var(--bg-alt); }
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportSection:
+    """One titled part of a report: prose, then figures, then tables.
+
+    ``text`` is plain text (escaped; blank lines separate paragraphs). A
+    table's ``frame.attrs["title"]``, when set, becomes its caption.
+    """
+
+    title: str
+    figures: list[go.Figure] = dataclasses.field(default_factory=list)
+    tables: list[pd.DataFrame] = dataclasses.field(default_factory=list)
+    text: str = ""
+
+    @classmethod
+    def from_result(
+        cls, result: Result, *, title: str | None = None, top_k: int = 20, text: str = ""
+    ) -> ReportSection:
+        """A section showing a result's figure and its ``top_k`` cells."""
+        table = result.top(top_k)
+        table.attrs["title"] = f"Top {len(table)} by |{result.metric}|"
+        return cls(
+            title=title or result.title(), figures=[result.plot()], tables=[table], text=text
+        )
+
+
+def _paragraphs(text: str) -> str:
+    blocks = [b.strip() for b in text.strip().split("\n\n") if b.strip()]
+    return "".join(f"<p>{html.escape(b)}</p>\n" for b in blocks)
+
+
+def _figure_html(fig: go.Figure, div_id: str) -> str:
+    if not isinstance(fig, go.Figure):
+        raise TypeError(f"report figures must be plotly Figures, got {type(fig).__name__}")
+    body = fig.to_html(
+        full_html=False,
+        include_plotlyjs=False,
+        div_id=div_id,
+        config={"responsive": True, "displaylogo": False},
+    )
+    return f"<figure>{body}</figure>\n"
+
+
+def _format_cell(value: object) -> str:
+    return f"{value:.4g}"
+
+
+def _table_html(frame: pd.DataFrame, max_rows: int) -> str:
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"report tables must be pandas DataFrames, got {type(frame).__name__}")
+    shown = frame.head(max_rows)
+    plain_index = isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0
+    body = shown.to_html(
+        escape=True,
+        index=not plain_index,
+        border=0,
+        classes="data",
+        na_rep="",
+        float_format=_format_cell,
+    )
+    caption = frame.attrs.get("title")
+    caption_html = f'<p class="caption">{html.escape(str(caption))}</p>\n' if caption else ""
+    note = ""
+    if len(frame) > max_rows:
+        note = f'<p class="note">Showing the first {max_rows} of {len(frame)} rows.</p>\n'
+    return f'<div class="table-wrap">\n{caption_html}{body}\n{note}</div>\n'
+
+
+def render_html_report(
+    *, title: str, sections: Sequence[ReportSection], max_rows: int = MAX_TABLE_ROWS
+) -> str:
+    """The report page as a string (see :func:`write_html_report`)."""
+    esc = html.escape
+    toc = []
+    parts = []
+    for i, section in enumerate(sections, start=1):
+        if not isinstance(section, ReportSection):
+            raise TypeError(f"sections must be ReportSection, got {type(section).__name__}")
+        anchor = f"section-{i}"
+        toc.append(f'<li><a href="#{anchor}">{esc(section.title)}</a></li>')
+        parts.append(f'<section id="{anchor}">\n<h2>{esc(section.title)}</h2>\n')
+        parts.append(_paragraphs(section.text))
+        parts.extend(
+            _figure_html(fig, f"figure-{i}-{j}") for j, fig in enumerate(section.figures, 1)
+        )
+        parts.extend(_table_html(frame, max_rows) for frame in section.tables)
+        parts.append("</section>\n")
+    has_figures = any(s.figures for s in sections)
+    # Inlined once, in the head, so every figure's newPlot call finds it: no CDN, no server.
+    script = f"<script>{plotly.offline.get_plotlyjs()}</script>\n" if has_figures else ""
+    toc_html = (
+        f'<nav class="toc">\n<h2>Contents</h2>\n<ol>\n{"".join(toc)}\n</ol>\n</nav>\n'
+        if toc
+        else ""
+    )
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{esc(title)}</title>\n<style>{_CSS}</style>\n{script}</head>\n<body>\n"
+        f"<header>\n<h1>{esc(title)}</h1>\n"
+        f'<p class="generated">Generated by arithinterp {esc(package_version())}</p>\n</header>\n'
+        f"{toc_html}<main>\n{''.join(parts)}</main>\n</body>\n</html>\n"
+    )
+
+
+def write_html_report(
+    path: str | os.PathLike[str],
+    *,
+    title: str,
+    sections: Sequence[ReportSection],
+    max_rows: int = MAX_TABLE_ROWS,
+) -> Path:
+    """Write a self-contained, offline HTML report to ``path`` atomically.
+
+    One file: inline CSS, a table of contents, plotly.js inlined once, one
+    div per figure, tables escaped (the first ``max_rows`` rows of long ones,
+    with a note). Everything is rendered before the file is replaced, so an
+    error leaves any previous report at ``path`` untouched.
+    """
+    page = render_html_report(title=title, sections=sections, max_rows=max_rows)
+    return atomic_write_text(path, page)
