@@ -27,8 +27,7 @@ import html
 import importlib
 import json
 import re
-import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -129,6 +128,28 @@ def _check_json_native(value: Any, where: str) -> None:
     )
 
 
+class ReadOnlyMapping(Mapping[str, xr.DataArray]):
+    """The ``extras`` of a result: a mapping that cannot be changed in place
+    (unlike ``types.MappingProxyType`` it can be deep-copied and pickled)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, xr.DataArray]) -> None:
+        self._data = dict(data)
+
+    def __getitem__(self, key: str) -> xr.DataArray:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._data!r})"
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, xr.DataArray) or isinstance(b, xr.DataArray):
         return isinstance(a, xr.DataArray) and isinstance(b, xr.DataArray) and a.identical(b)
@@ -181,7 +202,7 @@ class Result:
             )
         for name, extra in self.extras.items():
             self._check_extra(name, extra)
-        object.__setattr__(self, "extras", types.MappingProxyType(dict(self.extras)))
+        object.__setattr__(self, "extras", ReadOnlyMapping(self.extras))
         columns = [*map(str, values.dims), *(str(c) for c in values.coords if c not in values.dims)]
         columns += [self.metric, *self.extras]
         clashes = sorted({c for c in columns if columns.count(c) > 1})

@@ -8,6 +8,7 @@ silently skipped.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 
@@ -37,6 +38,10 @@ def test_registry_holds_the_generic_classes() -> None:
 def test_result_class_conformance(cls: type[Result], tmp_path) -> None:
     res = cls.example()
     assert type(res) is cls
+    # A plain @dataclass on a subclass would swap in a generated __eq__ (which cannot
+    # compare arrays) and a __repr__ that dumps them; @resultclass keeps Result's.
+    assert "values=<xarray" not in repr(res), f"decorate {cls.__name__} with @resultclass"
+    assert copy.deepcopy(res) == res, f"decorate {cls.__name__} with @resultclass"
     assert isinstance(res.meta, ResultMeta)
     assert set(res.dims) <= set(AXES)
     assert res.values.size > 0, "example() should hold at least one cell"
@@ -69,6 +74,7 @@ def test_result_class_conformance(cls: type[Result], tmp_path) -> None:
     fig = res.plot()
     assert isinstance(fig, go.Figure)
     assert len(fig.data) >= 1
+    assert res.plot().to_json() == fig.to_json(), "plot() must be a pure function of the data"
     assert pio.templates.default == template_before
 
     # top: at most k rows, best first.
