@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from arithinterp.errors import ModelLoadError
+from arithinterp.errors import ModelLoadError, SiteError
 from arithinterp.models.backends.base import Backend, HookFn, Weights
 from arithinterp.models.site import ModelShape, Site
 
@@ -112,6 +112,12 @@ class TransformerLensBackend(Backend):
     ) -> torch.Tensor:
         fwd_hooks: list[tuple[str, Any]] = []
         mid_hooks = {site.layer: fn for site, fn in hooks.items() if site.kind == "resid_mid"}
+        if mid_hooks and getattr(self.bridge.cfg, "parallel_attn_mlp", False):
+            raise SiteError(
+                "resid_mid: this model uses a parallel residual (attention and MLP both read "
+                "resid_pre), so there is no point between attention and MLP; use resid_pre, "
+                "attn_out, mlp_out or resid_post"
+            )
         for site, fn in hooks.items():
             if site.kind != "resid_mid":
                 fwd_hooks.append((_hook_name(site), _as_tl_hook(fn)))
