@@ -241,6 +241,13 @@ def _encode_rows(
     if len(prompts) == 0:
         raise TokenizationError("no prompts to tokenize")
     texts, answers = list(prompts.prompts), list(prompts.answers)
+    spec = prompts.spec
+    if spec.few_shot and not _encode(tokenizer, [spec.few_shot_separator], special=False)[0]:
+        raise TokenizationError(
+            f"the few-shot separator {spec.few_shot_separator!r} tokenizes to nothing (the "
+            "tokenizer drops it), so the solved examples would run into each other; pick a "
+            "separator in its vocabulary with few_shot_separator=..."
+        )
     full = _encode(tokenizer, texts, special=True)
     bare = _encode(tokenizer, texts, special=False)
     ans = _encode(tokenizer, answers, special=False)
