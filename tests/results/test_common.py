@@ -19,6 +19,8 @@ import pytest
 
 RESULT_MODULES: list[str] = [
     "arithinterp.results",
+    "arithinterp.methods.evaluate",
+    "arithinterp.methods.lens",
 ]
 
 for _module in RESULT_MODULES:

@@ -1,0 +1,43 @@
+"""Helpers shared by the method modules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from arithinterp.models import Model
+from arithinterp.results import ResultMeta
+
+
+def make_meta(
+    method: str,
+    model: Model | None,
+    prompts: Any = None,
+    *,
+    options: dict | None = None,
+    seed: int | None = None,
+) -> ResultMeta:
+    """Record what changes the numbers: model, backend, dtype, dataset hash, seed, options."""
+    if seed is None and prompts is not None:
+        seed = getattr(getattr(prompts, "spec", None), "seed", None)
+    return ResultMeta(
+        method=method,
+        model=model.name if model is not None else "example",
+        backend=model.backend_name if model is not None else "none",
+        dtype=str(model.dtype).removeprefix("torch.") if model is not None else "float32",
+        dataset_hash=getattr(prompts, "hash", None),
+        seed=seed,
+        options=dict(options or {}),
+    )
+
+
+def token_batches(tokenized: Any, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(tokens, answer_tokens)`` in batches of at most ``batch_size`` prompts."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = tokenized.tokens.shape[0]
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        yield tokenized.tokens[start:stop], tokenized.answer_tokens[start:stop]

@@ -1,0 +1,69 @@
+"""The ``arithinterp`` command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from arithinterp.errors import ArithInterpError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+@app.callback()
+def _root() -> None:
+    """arithinterp: mechanistic interpretability of arithmetic in transformers."""
+
+
+@app.command()
+def version() -> None:
+    """Print the versions of arithinterp and the libraries it runs on."""
+    from arithinterp.pipeline.runner import versions
+
+    for name, value in versions().items():
+        typer.echo(f"{name} {value}")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="pipeline YAML")],
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="where runs/<name>/ goes")] = Path("runs"),
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="key=value override (dotted keys)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="recompute completed steps")] = False,
+) -> None:
+    """Validate a pipeline config, run its steps, and write runs/<name>/ with report.html."""
+    from arithinterp.pipeline.config import load_config
+    from arithinterp.pipeline.runner import run_pipeline
+
+    try:
+        cfg = load_config(config, overrides or [])
+        summary = run_pipeline(cfg, runs_dir=runs_dir, force=force)
+    except ArithInterpError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    for name, result in summary.results.items():
+        status = "skipped (complete)" if name in summary.skipped else "done"
+        headline = ""
+        if hasattr(result, "accuracy"):
+            headline = f"  exact match {result.accuracy:.4f}"
+        typer.echo(f"  {name}: {status}{headline}")
+    if summary.report is not None:
+        typer.echo(f"report: {summary.report}")
+
+
+def _mount_zoo() -> None:
+    try:
+        from arithinterp.zoo.cli import train_cmd, zoo_app
+    except ImportError:  # the zoo package is optional while it is being built
+        return
+    app.add_typer(zoo_app, name="zoo", help="The shipped model zoo.")
+    app.command("train", help="Train a zoo model from its recipe.")(train_cmd)
+
+
+_mount_zoo()
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
