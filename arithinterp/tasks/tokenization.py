@@ -263,14 +263,6 @@ def _encode_rows(
             )
         if not a:
             raise TokenizationError(f"answer {answer_text!r} of {text!r} tokenizes to nothing")
-        if j != b + a:
-            raise TokenizationError(
-                f"prompt and answer merge across their boundary: {text!r} + {answer_text!r} "
-                f"tokenizes jointly as {_show(tokenizer, j)} but separately as "
-                f"{_show(tokenizer, b)} + {_show(tokenizer, a)}, so the answer tokens are not "
-                "what the model predicts. Use a format whose answer starts a new token (a "
-                "digit-level tokenizer, or a template whose answer has a leading space)"
-            )
         if (unk is not None and unk in j) or _squash(tokenizer.decode(j)) != _squash(
             text + answer_text
         ):
@@ -279,6 +271,20 @@ def _encode_rows(
                 f"{_show(tokenizer, j)} (unknown tokens). Use a format made of characters "
                 "in its vocabulary"
             )
+        in_context = j[len(b) :] if j[: len(b)] == b else None
+        if in_context is None or not in_context or _squash(
+            tokenizer.decode(in_context)
+        ) != _squash(answer_text):
+            raise TokenizationError(
+                f"prompt and answer merge across their boundary: {text!r} + {answer_text!r} "
+                f"tokenizes jointly as {_show(tokenizer, j)} but separately as "
+                f"{_show(tokenizer, b)} + {_show(tokenizer, a)}, so the answer tokens are not "
+                "what the model predicts. Use a format whose answer starts a new token (a "
+                "digit-level tokenizer, or a template whose answer has a leading space)"
+            )
+        # SentencePiece prefixes a standalone answer with a dummy space ("46" -> "▁", "4",
+        # "6") that never occurs after the prompt: score the tokens the model actually sees
+        ans[row] = in_context
     if answer == "single":
         for row, a in enumerate(ans):
             if len(a) != 1:
@@ -322,7 +328,10 @@ def tokenize(
 
     The prompt is tokenized as the tokenizer is configured (a BOS when it
     adds one), the answer without special tokens, and their joint
-    tokenization must equal the concatenation. All prompts must share one
+    tokenization must start with the prompt's tokens and continue with
+    tokens that spell the answer (the answer ids are taken from that joint
+    tokenization, which is what the model reads; they equal the standalone
+    answer ids except for SentencePiece's dummy prefix space). All prompts must share one
     prompt length and one answer length; otherwise use
     :func:`group_by_length`. ``answer="single"`` requires one-token answers.
     """
@@ -360,9 +369,15 @@ def group_by_length(
 def answer_token_ids(
     answers: PromptSet | Sequence[str], tokenizer: Any
 ) -> list[tuple[int, ...]]:
-    """Token ids of each answer text (no special tokens), as it follows its prompt."""
-    texts = list(answers.answers) if isinstance(answers, PromptSet) else list(answers)
-    return [tuple(ids) for ids in _encode(tokenizer, texts, special=False)]
+    """Token ids of each answer.
+
+    For a :class:`PromptSet`: the ids as the answer follows its prompt, with
+    every check of :func:`tokenize` except equal lengths. For bare strings:
+    the text tokenized on its own, without special tokens.
+    """
+    if isinstance(answers, PromptSet):
+        return [tuple(ids) for ids in _encode_rows(answers, tokenizer, "multi")[1]]
+    return [tuple(ids) for ids in _encode(tokenizer, list(answers), special=False)]
 
 
 def single_token_id(tokenizer: Any, text: str) -> int:

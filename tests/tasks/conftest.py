@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 SYMBOLS = ["+", "-", "*", "/", "%", "=", " "]
@@ -55,6 +55,20 @@ def make_merging_tokenizer() -> PreTrainedTokenizerFast:
     """A vocabulary with "=d" tokens: the prompt's "=" merges with the answer's first digit."""
     vocab = [str(i) for i in range(10)] + [f"={i}" for i in range(10)] + SYMBOLS + SPECIALS
     return _wrap(vocab, r"=\d|\d|[^\d\s]")
+
+
+def make_sentencepiece_digit_tokenizer() -> PreTrainedTokenizerFast:
+    """Llama-2 style: digits split, and a dummy "▁" prefixed to any text tokenized alone."""
+    vocab = ["▁"] + [str(i) for i in range(10)] + SYMBOLS[:-1] + SPECIALS
+    tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(vocab)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
+            pre_tokenizers.Split(Regex(r"▁|\d|[^\d▁]"), "isolated"),
+        ]
+    )
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<bos>")
 
 
 @pytest.fixture(scope="session")

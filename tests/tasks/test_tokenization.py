@@ -16,7 +16,11 @@ from arithinterp.tasks import (
     single_token_id,
     tokenize,
 )
-from tests.tasks.conftest import make_digit_tokenizer, make_merging_tokenizer
+from tests.tasks.conftest import (
+    make_digit_tokenizer,
+    make_merging_tokenizer,
+    make_sentencepiece_digit_tokenizer,
+)
 
 
 def test_detects_digit_level(digit_tok):
@@ -72,6 +76,17 @@ def test_answer_positions_predict_answer_tokens_with_a_bos():
     for row, answer in enumerate(ps.answers):
         predicted = tp.tokens[row, tp.answer_positions + 1]
         assert "".join(tok.decode([int(i)]) for i in predicted) == answer
+
+
+def test_sentencepiece_dummy_prefix_is_not_scored():
+    tok = make_sentencepiece_digit_tokenizer()
+    assert detect_number_tokenization(tok).kind == "digit"
+    ps = PromptSet.from_operands(TaskSpec(digits=2), [12], [34])
+    assert tok.convert_ids_to_tokens(tok("46", add_special_tokens=False)["input_ids"])[0] == "▁"
+    tp = tokenize(ps, tok)
+    assert tok.convert_ids_to_tokens(tp.answer_tokens[0].tolist()) == ["4", "6"]
+    assert tok.convert_ids_to_tokens(tp.tokens[0].tolist())[0] == "▁"  # the prompt's own prefix
+    assert answer_token_ids(ps, tok) == [tuple(tp.answer_tokens[0].tolist())]
 
 
 def test_tokenizer_appending_eos_is_refused():
