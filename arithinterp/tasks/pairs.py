@@ -187,6 +187,8 @@ def make_pairs(
                 f"(e.g. {examples}); pass on_impossible='drop' to leave them out "
                 "(PromptPairs.dropped lists them)"
             )
+        if not keep.any():
+            raise TaskError(f"none of the {len(prompts)} prompts has a valid {kind!r} counterfactual")
     clean = prompts[keep]
     ca = np.array([f[0] for f in found if f is not None], dtype=np.int64)
     cb = np.array([f[1] for f in found if f is not None], dtype=np.int64)
@@ -355,7 +357,13 @@ def _operator_spec(spec: TaskSpec, operator: str | None) -> TaskSpec:
         )
     data = spec.model_dump()
     data.update(operation=target, sampling="uniform")
-    return TaskSpec(**data)
+    try:
+        return TaskSpec(**data)
+    except TaskError as exc:
+        raise TaskError(
+            f"cannot pair {spec.operation!r} prompts with operator {target!r}: {exc}; "
+            "choose another with operator=..."
+        ) from None
 
 
 def _operator_rows(ctx, corrupt_spec, a, b, answers):

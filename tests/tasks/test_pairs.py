@@ -116,6 +116,8 @@ def test_impossible_counterfactuals_raise_or_are_dropped_and_reported():
     pairs = make_pairs(ps, "operand_a", on_impossible="drop")
     assert len(pairs) == 1 and pairs.dropped == (0, 2) and pairs.n_dropped == 2
     assert pairs.clean.prompts == ("3*4=",)
+    with pytest.raises(TaskError, match="none of the 2 prompts"):
+        make_pairs(ps[[0, 2]], "operand_a", on_impossible="drop")
 
 
 def test_same_answer_for_multiplication_moves_factors():
@@ -149,6 +151,10 @@ def test_operator_pairs():
         make_pairs(custom, "operator")
     with pytest.raises(TaskError, match="own operation"):
         make_pairs(ps, "operator", operator="add")
+    wide = generate(TaskSpec(operation="floordiv", digits=12, n=3))
+    with pytest.raises(TaskError, match="cannot pair 'floordiv' prompts with operator 'mul'"):
+        make_pairs(wide, "operator")
+    assert len(make_pairs(wide, "operator", operator="sub", on_impossible="drop")) == 3
     mod = generate(TaskSpec(operation="modadd", format="modular", n=3))
     with pytest.raises(TaskError, match="modadd"):
         make_pairs(mod, "operator")
