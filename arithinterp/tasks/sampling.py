@@ -1,7 +1,7 @@
 """Drawing operands: uniform sampling and carry-balanced construction for addition.
 
 Uniform sampling of 5-digit addition almost never yields a long carry
-cascade (measured: S0 4 %, S1 79 %, S2 15 %, S3 1.2 %, S4 0.08 %, S5 ~0.01 %), so the balanced modes
+cascade (measured: S0 4 %, S1 79 %, S2 15 %, S3 1.2 %, S4 0.08 %, S5 under 0.01 %), so the balanced modes
 build operands column by column instead of rejection-sampling them:
 
 * ``balance_classes``: each complexity class ``S0``..``S5`` that the widths
