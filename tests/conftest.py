@@ -39,12 +39,14 @@ def build_tiny_hf(path: Path, arch: str, *, seed: int = 0, n_layer: int = 2) -> 
         cfg = GPT2Config(
             vocab_size=vocab, n_positions=32, n_embd=32, n_layer=n_layer, n_head=4,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            bos_token_id=DIGIT_VOCAB.index("<bos>"), eos_token_id=DIGIT_VOCAB.index("<eos>"),
         )
         model = GPT2LMHeadModel(cfg)
     elif arch == "llama":
         cfg = LlamaConfig(
             vocab_size=vocab, max_position_embeddings=32, hidden_size=32, intermediate_size=64,
             num_hidden_layers=n_layer, num_attention_heads=4, num_key_value_heads=4,
+            bos_token_id=DIGIT_VOCAB.index("<bos>"), eos_token_id=DIGIT_VOCAB.index("<eos>"),
         )
         model = LlamaForCausalLM(cfg)
     else:

@@ -18,6 +18,7 @@ def make_meta(
     *,
     options: dict | None = None,
     seed: int | None = None,
+    extra: dict | None = None,
 ) -> ResultMeta:
     """Record what changes the numbers: model, backend, dtype, dataset hash, seed, options."""
     if seed is None and prompts is not None:
@@ -30,6 +31,7 @@ def make_meta(
         dataset_hash=getattr(prompts, "hash", None),
         seed=seed,
         options=dict(options or {}),
+        extra=dict(extra or {}),
     )
 
 
