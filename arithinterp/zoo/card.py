@@ -1,0 +1,212 @@
+"""Model cards: ``card.json`` (machine-readable) and ``README.md`` (for people).
+
+The README is a pure function of the card, so it can be regenerated after the
+fact with :func:`write_readme` without retraining.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+__all__ = ["build_card", "package_version", "read_card", "render_readme", "write_readme"]
+
+_FORMATS = {
+    "add": (
+        "Prompt `{{a}}+{{b}}=` with both operands zero-padded to {n} digits, one token per "
+        "character (digit-level tokenizer). The answer is {n1} digits, most significant "
+        "first, zero-padded: `12345+67890=` -> `080235`."
+    ),
+    "mul": (
+        "Prompt `{{a}}*{{b}}=` with both operands zero-padded to {n} digits, one token per "
+        "character. The answer is {n2} digits, **least significant first** (reversed), "
+        "zero-padded: `123*456=` (56088) -> `880650`."
+    ),
+    "modadd": (
+        "Prompt text `\"{{a}} {{b}} =\"`, number-level tokenizer: tokens `[a, b, =]` with ids "
+        "a, b (0..{p_1}) and `=` = {p}. The answer is the single token `str((a+b) % {p})`, "
+        "read at the `=` position over the first {p} logits."
+    ),
+    "add_tok": (
+        "Prompt `37+85=`, number-level tokenizer where every number 0..{nmax} is one token: "
+        "`[37, +, 85, =]`. The answer is one number token (`122`)."
+    ),
+}
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("arithinterp")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def build_card(
+    recipe,
+    fmt,
+    *,
+    steps_done: int,
+    wall_time_s: float,
+    metrics: dict[str, Any],
+    stopped_early: bool,
+    checkpoints: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    card: dict[str, Any] = {
+        "name": recipe.name,
+        "task": recipe.task.kind,
+        "description": recipe.description,
+        "recipe": recipe.model_dump(mode="json"),
+        "seed": recipe.seed,
+        "steps": steps_done,
+        "stopped_early": stopped_early,
+        "wall_time_s": round(wall_time_s, 1),
+        "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} thread(s))",
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "arithinterp_version": package_version(),
+        "format": {
+            "prompt_len": fmt.prompt_len,
+            "answer_len": fmt.answer_len,
+            "example_prompt": fmt.prompt_text(12345 % 10 ** (fmt.n_digits or 3), 67890 % 10 ** (fmt.n_digits or 3))
+            if fmt.kind in ("add", "mul")
+            else fmt.prompt_text(37, 85),
+        },
+        "metrics": metrics,
+        "headline": metrics["headline"],
+    }
+    card["format"]["example_answer"] = (
+        fmt.answer_text(12345 % 10**fmt.n_digits, 67890 % 10**fmt.n_digits)
+        if fmt.kind in ("add", "mul")
+        else fmt.answer_text(37, 85)
+    )
+    if checkpoints:
+        card["checkpoints"] = checkpoints
+    return card
+
+
+def read_card(model_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(model_dir) / "card.json").read_text())
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.3f}%"
+
+
+def render_readme(card: dict[str, Any]) -> str:
+    """The human-readable model card for a ``card.json`` dict."""
+    r = card["recipe"]
+    arch, task, m = r["architecture"], r["task"], card["metrics"]
+    kind = card["task"]
+    n = task.get("n_digits") or 0
+    p = task.get("p") or 0
+    nmax = 2 * (task.get("max_operand") or 0) - 2
+    lines = [
+        f"# {card['name']}",
+        "",
+        card.get("description") or "",
+        "",
+        "## Format",
+        "",
+        _FORMATS[kind].format(n=n, n1=n + 1, n2=2 * n, p=p, p_1=p - 1, nmax=nmax),
+        "",
+        "## Architecture",
+        "",
+        f"Hugging Face `GPT2LMHeadModel`: {arch['n_layer']} layer(s), d_model {arch['n_embd']}, "
+        f"{arch['n_head']} heads, d_mlp {arch['n_inner'] or 4 * arch['n_embd']}, "
+        f"activation {arch['activation']}, {'tied' if arch['tie'] else 'untied'} embeddings, "
+        "learned positions, all dropouts 0, LayerNorm (GPT-2 always has it). Weights in "
+        "`model.safetensors` (float32); load with `use_safetensors=True`.",
+        "",
+        "## Accuracy",
+        "",
+        f"Headline: **{card['headline']['metric']} = {_pct(card['headline']['value'])}** "
+        f"on {card['headline']['n']:,} {card['headline']['sample']}.",
+        "",
+    ]
+    if "uniform" in m:
+        u = m["uniform"]
+        lines += [
+            "Exact match is measured teacher-forced, which equals greedy decoding for exact "
+            "match; per-digit accuracy is teacher-forced.",
+            "",
+            f"| answer position ({u['answer_order']}) | accuracy |",
+            "|---|---|",
+        ]
+        lines += [f"| {i} | {_pct(x)} |" for i, x in enumerate(u["per_token"])]
+        lines.append("")
+    if "by_class" in m:
+        lines += [
+            "Per complexity class (Quirke & Barez): balanced constructed samples, and the "
+            "classes as they occur in the uniform sample.",
+            "",
+            "| class | balanced n | balanced exact match | uniform n | uniform exact match |",
+            "|---|---|---|---|---|",
+        ]
+        for c, v in m["by_class"].items():
+            u = m["uniform_by_class"][c]
+            lines.append(f"| {c} | {v['n']:,} | {_pct(v['exact_match'])} | {u['n']:,} | {_pct(u['exact_match'])} |")
+        lines.append("")
+    if "train" in m:
+        lines += [
+            "| split | pairs | accuracy | loss |",
+            "|---|---|---|---|",
+            f"| train | {m['train']['n']:,} | {_pct(m['train']['accuracy'])} | {m['train']['loss']:.3g} |",
+            f"| test | {m['test']['n']:,} | {_pct(m['test']['accuracy'])} | {m['test']['loss']:.3g} |",
+            "",
+        ]
+    if card.get("checkpoints"):
+        lines += [
+            "## Checkpoints across training",
+            "",
+            "Under `checkpoints/step-<N>/`, each a complete HF directory (load with "
+            "`arithinterp.zoo.load_checkpoint_dir(name, step)` or any HF loader).",
+            "",
+            "| step | phase | train loss | train acc | test loss | test acc |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in card["checkpoints"]:
+            lines.append(
+                f"| {c['step']} | {c['phase']} | {c['train_loss']:.3g} | {_pct(c['train_accuracy'])} "
+                f"| {c['test_loss']:.3g} | {_pct(c['test_accuracy'])} |"
+            )
+        lines.append("")
+    notes = list(r.get("notes") or []) + list(card.get("notes") or [])
+    if notes:
+        lines += ["## Deviations and known failures", ""] + [f"- {x}" for x in notes] + [""]
+    opt, sch = r["optimizer"], r["schedule"]
+    lines += [
+        "## Training",
+        "",
+        f"AdamW lr {opt['lr']}, weight decay {opt['weight_decay']}, betas {tuple(opt['betas'])}; "
+        f"schedule {sch['kind']} (warm-up {sch['warmup_steps']} steps); "
+        f"batch {r['batch_size'] or 'full'}; {card['steps']:,} steps"
+        f"{' (stopped early)' if card.get('stopped_early') else ''} of {r['steps']:,}; "
+        f"seed {card['seed']}; {card['wall_time_s']:.0f} s on {card['device']}; "
+        f"torch {card['torch_version']}, transformers {card['transformers_version']}, "
+        f"arithinterp {card['arithinterp_version']}.",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        f"arithinterp train {card['name']} --seed {card['seed']}",
+        f"# or: python -m arithinterp.zoo.train {card['name']} --out DIR",
+        "```",
+        "",
+        "The full recipe is in `card.json` (`recipe`) and "
+        f"`arithinterp/zoo/recipes/{card['name']}.yaml`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_readme(model_dir: Path) -> Path:
+    """(Re)write ``README.md`` of a model directory from its ``card.json``."""
+    path = Path(model_dir) / "README.md"
+    path.write_text(render_readme(read_card(model_dir)))
+    return path

@@ -1,0 +1,180 @@
+"""Training recipes: one YAML file per zoo model, validated by :class:`Recipe`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from arithinterp.errors import ConfigError
+
+__all__ = ["RECIPE_DIR", "Recipe", "load_recipe", "recipe_names"]
+
+RECIPE_DIR = Path(__file__).parent / "recipes"
+
+TaskKind = Literal["add", "mul", "modadd", "add_tok"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskSpec(_Strict):
+    """What the model computes and how prompts are written.
+
+    ``add``: ``n_digits``-digit addition, digit tokens, answer MSD first.
+    ``mul``: ``n_digits``-digit multiplication, digit tokens, answer LSD first.
+    ``modadd``: ``(a + b) mod p``, number tokens, prompt ``"{a} {b} ="``.
+    ``add_tok``: ``a + b`` with ``a, b < max_operand``, number tokens.
+    """
+
+    kind: TaskKind
+    n_digits: int | None = Field(default=None, ge=1, le=12)
+    p: int | None = Field(default=None, ge=2)
+    max_operand: int | None = Field(default=None, ge=2)
+    train_fraction: float | None = Field(default=None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _needs(self) -> TaskSpec:
+        need = {
+            "add": ("n_digits",),
+            "mul": ("n_digits",),
+            "modadd": ("p", "train_fraction"),
+            "add_tok": ("max_operand", "train_fraction"),
+        }[self.kind]
+        missing = [f for f in need if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"task kind {self.kind!r} needs {missing}")
+        return self
+
+
+class Architecture(_Strict):
+    """GPT-2 hyperparameters (dropout is always 0, attention is eager)."""
+
+    n_layer: int = Field(ge=1)
+    n_embd: int = Field(ge=1)
+    n_head: int = Field(ge=1)
+    n_inner: int | None = None
+    activation: Literal["relu", "gelu", "gelu_new"] = "gelu_new"
+    tie: bool = True
+    n_positions: int = Field(default=32, ge=1)
+
+    @model_validator(mode="after")
+    def _divides(self) -> Architecture:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        return self
+
+
+class Optimizer(_Strict):
+    """AdamW. ``decay_norms=False`` keeps LayerNorm gains/biases out of weight decay."""
+
+    kind: Literal["adamw"] = "adamw"
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    grad_clip: float | None = None
+    decay_norms: bool = False
+
+
+class Schedule(_Strict):
+    """Learning-rate multiplier over steps.
+
+    ``warmup_cosine``: linear from ``warmup_start`` to 1 over ``warmup_steps``,
+    then cosine down to ``final_fraction``. ``warmup_constant``: linear warm-up
+    (from 0 as in Nanda et al.), then constant.
+    """
+
+    kind: Literal["warmup_cosine", "warmup_constant"]
+    warmup_steps: int = Field(ge=0)
+    warmup_start: float = Field(default=0.0, ge=0, le=1)
+    final_fraction: float = Field(default=0.0, ge=0, le=1)
+
+
+class Enrichment(_Strict):
+    """Quirke-style enrichment: in ``batch_fraction`` of batches, each digit pair is
+    forced to sum to 9 with probability ``pair_fraction``."""
+
+    batch_fraction: float = Field(ge=0, le=1)
+    pair_fraction: float = Field(ge=0, le=1)
+
+
+class EvalSpec(_Strict):
+    """Sizes of evaluation samples. ``every``: steps between progress evaluations."""
+
+    every: int = Field(default=500, ge=1)
+    n_periodic: int = Field(default=2000, ge=1)
+    n_final: int = Field(default=100_000, ge=1)
+    n_per_class: int = Field(default=5000, ge=1)
+
+
+class EarlyStop(_Strict):
+    """Stop once test accuracy >= ``test_accuracy`` and test loss <= ``test_loss``,
+    checked at each periodic evaluation after ``min_step``."""
+
+    test_accuracy: float = 1.0
+    test_loss: float = Field(gt=0)
+    min_step: int = 0
+
+
+class Recipe(_Strict):
+    """Everything that determines a zoo model, given the seed."""
+
+    name: str
+    description: str = ""
+    task: TaskSpec
+    architecture: Architecture
+    optimizer: Optimizer
+    schedule: Schedule
+    steps: int = Field(ge=1)
+    batch_size: int | None = Field(default=None, ge=1, description="None: full batch")
+    seed: int = 0
+    enrichment: Enrichment | None = None
+    eval: EvalSpec = EvalSpec()
+    checkpoint_every: int = Field(default=1000, ge=1)
+    snapshot_every: int | None = Field(
+        default=None, ge=1, description="keep weights every N steps to publish phase checkpoints"
+    )
+    early_stop: EarlyStop | None = None
+    loss_float64: bool = Field(default=False, description="cross-entropy in float64")
+    lean_forward: bool = Field(
+        default=False, description="train with the exact last-position forward (1 layer only)"
+    )
+    notes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        if self.lean_forward and self.architecture.n_layer != 1:
+            raise ValueError("lean_forward is exact only for 1-layer models")
+        if self.enrichment is not None and self.task.kind != "add":
+            raise ValueError("enrichment applies to digit addition only")
+        if self.batch_size is None and self.task.kind in ("add", "mul"):
+            raise ValueError("tasks with fresh data need a batch_size")
+        return self
+
+    def with_overrides(self, *, steps: int | None = None, seed: int | None = None) -> Recipe:
+        update = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
+        return self.model_copy(update=update) if update else self
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped in ``arithinterp/zoo/recipes``."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Load a shipped recipe by name, or a YAML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"no recipe {str(name_or_path)!r}; shipped recipes: {', '.join(recipe_names())}"
+        )
+    try:
+        return Recipe.model_validate(yaml.safe_load(path.read_text()))
+    except ValidationError as exc:
+        raise ConfigError(f"recipe {path} does not validate:\n{exc}") from exc
