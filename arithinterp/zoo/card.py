@@ -29,7 +29,7 @@ _FORMATS = {
         "zero-padded: `123*456=` (56088) -> `880650`."
     ),
     "modadd": (
-        "Prompt text `\"{{a}} {{b}} =\"`, number-level tokenizer: tokens `[a, b, =]` with ids "
+        'Prompt text `"{{a}} {{b}} ="`, number-level tokenizer: tokens `[a, b, =]` with ids '
         "a, b (0..{p_1}) and `=` = {p}. The answer is the single token `str((a+b) % {p})`, "
         "read at the `=` position over the first {p} logits."
     ),
@@ -73,7 +73,9 @@ def build_card(
         "format": {
             "prompt_len": fmt.prompt_len,
             "answer_len": fmt.answer_len,
-            "example_prompt": fmt.prompt_text(12345 % 10 ** (fmt.n_digits or 3), 67890 % 10 ** (fmt.n_digits or 3))
+            "example_prompt": fmt.prompt_text(
+                12345 % 10 ** (fmt.n_digits or 3), 67890 % 10 ** (fmt.n_digits or 3)
+            )
             if fmt.kind in ("add", "mul")
             else fmt.prompt_text(37, 85),
         },
@@ -150,7 +152,9 @@ def render_readme(card: dict[str, Any]) -> str:
         ]
         for c, v in m["by_class"].items():
             u = m["uniform_by_class"][c]
-            lines.append(f"| {c} | {v['n']:,} | {_pct(v['exact_match'])} | {u['n']:,} | {_pct(u['exact_match'])} |")
+            lines.append(
+                f"| {c} | {v['n']:,} | {_pct(v['exact_match'])} | {u['n']:,} | {_pct(u['exact_match'])} |"
+            )
         lines.append("")
     if "train" in m:
         lines += [

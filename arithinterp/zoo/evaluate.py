@@ -111,7 +111,9 @@ def final_metrics(model, recipe, fmt: TaskFormat, *, seed: int) -> dict[str, Any
         out["uniform_by_class"] = {
             CLASS_NAMES[c]: {
                 "n": int((cls == c).sum()),
-                "exact_match": float(correct[cls == c].all(axis=1).mean()) if (cls == c).any() else None,
+                "exact_match": float(correct[cls == c].all(axis=1).mean())
+                if (cls == c).any()
+                else None,
             }
             for c in range(6)
         }

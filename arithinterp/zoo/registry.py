@@ -36,7 +36,9 @@ def _is_model_dir(path: Path) -> bool:
 def _names() -> list[str]:
     if not ZOO_DIR.is_dir():
         return []
-    return sorted(p.name for p in ZOO_DIR.iterdir() if _is_model_dir(p) and (p / "card.json").is_file())
+    return sorted(
+        p.name for p in ZOO_DIR.iterdir() if _is_model_dir(p) and (p / "card.json").is_file()
+    )
 
 
 def list_zoo() -> list[ZooEntry]:
@@ -47,7 +49,9 @@ def list_zoo() -> list[ZooEntry]:
         card = json.loads((path / "card.json").read_text())
         head = card["headline"]
         entries.append(
-            ZooEntry(name, path, card["task"], head["metric"], float(head["value"]), card["metrics"])
+            ZooEntry(
+                name, path, card["task"], head["metric"], float(head["value"]), card["metrics"]
+            )
         )
     return entries
 
@@ -66,7 +70,9 @@ def list_checkpoints(name: str) -> list[int]:
     root = zoo_path(name) / "checkpoints"
     if not root.is_dir():
         return []
-    return sorted(int(p.name.removeprefix("step-")) for p in root.glob("step-*") if _is_model_dir(p))
+    return sorted(
+        int(p.name.removeprefix("step-")) for p in root.glob("step-*") if _is_model_dir(p)
+    )
 
 
 def load_checkpoint_dir(name: str, step: int) -> Path:

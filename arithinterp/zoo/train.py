@@ -107,7 +107,10 @@ def _periodic_eval(model, recipe: Recipe, fmt: TaskFormat, batches: _Batches, st
     row: dict[str, Any] = {"step": step}
     if batches.train_seqs is not None:
         _, test = task_pairs(fmt, recipe.task.train_fraction, recipe.seed)
-        splits = {"train": batches.train_seqs, "test": torch.from_numpy(fmt.sequences(test[:, 0], test[:, 1]))}
+        splits = {
+            "train": batches.train_seqs,
+            "test": torch.from_numpy(fmt.sequences(test[:, 0], test[:, 1])),
+        }
         for split, seqs in splits.items():
             logits = _answer_logits(model, seqs[:, :-1], fmt, recipe.lean_forward)
             answers = seqs[:, fmt.prompt_len :]
@@ -125,12 +128,12 @@ def _periodic_eval(model, recipe: Recipe, fmt: TaskFormat, batches: _Batches, st
 
 
 def _check_out_dir(out_dir: Path) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not any((out_dir / m).exists() for m in _MARKERS):
-            raise ConfigError(
-                f"{out_dir} exists and is not a zoo model or training directory; it would be "
-                "replaced when training ends. Choose an empty or new directory."
-            )
+    occupied = out_dir.exists() and any(out_dir.iterdir())
+    if occupied and not any((out_dir / m).exists() for m in _MARKERS):
+        raise ConfigError(
+            f"{out_dir} exists and is not a zoo model or training directory; it would be "
+            "replaced when training ends. Choose an empty or new directory."
+        )
 
 
 def _phase_checkpoints(snapshots: list[dict]) -> list[dict]:
@@ -176,7 +179,9 @@ def _finish(model, tok, recipe, fmt, out_dir, info, stopped_early) -> Path:
     if snaps:
         last = info["history"][-1]
         final_row = {k: last[k] for k in last if k != "per_token"} | {"phase": "final"}
-        _write_checkpoint_dir(model, tok, tmp / "checkpoints" / f"step-{info['step']}", final_weights, final_row)
+        _write_checkpoint_dir(
+            model, tok, tmp / "checkpoints" / f"step-{info['step']}", final_weights, final_row
+        )
         checkpoints = [*snaps, final_row]
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -232,7 +237,9 @@ def train(
         torch.set_num_threads(previous)
 
 
-def _train(recipe: Recipe, out_dir: Path, *, resume: bool, stop_at: int | None, progress: bool) -> Path:
+def _train(
+    recipe: Recipe, out_dir: Path, *, resume: bool, stop_at: int | None, progress: bool
+) -> Path:
     fmt = TaskFormat.from_task(recipe.task)
     tok = build_tokenizer_for(fmt)
     torch.manual_seed(recipe.seed)
@@ -262,7 +269,13 @@ def _train(recipe: Recipe, out_dir: Path, *, resume: bool, stop_at: int | None, 
     for g, lr in zip(opt.param_groups, base_lrs):
         g["initial_lr"] = lr
     start = time.perf_counter() - info["elapsed_s"]
-    bar = tqdm(total=recipe.steps, initial=info["step"], desc=recipe.name, disable=not progress, mininterval=5)
+    bar = tqdm(
+        total=recipe.steps,
+        initial=info["step"],
+        desc=recipe.name,
+        disable=not progress,
+        mininterval=5,
+    )
     stopped_early = False
     last_test = float("nan")
     while info["step"] < recipe.steps:
@@ -291,7 +304,11 @@ def _train(recipe: Recipe, out_dir: Path, *, resume: bool, stop_at: int | None, 
             row["batch_loss"] = loss.item()
             info["history"].append(row)
             last_test = row["test_accuracy"]
-            tqdm.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}))
+            tqdm.write(
+                json.dumps(
+                    {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
+                )
+            )
             if snap:
                 path = out_dir / SNAPSHOT_DIRNAME / f"step-{step}.safetensors"
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -308,7 +325,9 @@ def _train(recipe: Recipe, out_dir: Path, *, resume: bool, stop_at: int | None, 
         if step % 50 == 0 or step == recipe.steps:
             with torch.no_grad():
                 acc = (logits.argmax(-1) == answers).all(-1).float().mean().item()
-            bar.set_postfix(loss=f"{loss.item():.3g}", acc=f"{acc:.3f}", test_acc=f"{last_test:.4f}")
+            bar.set_postfix(
+                loss=f"{loss.item():.3g}", acc=f"{acc:.3f}", test_acc=f"{last_test:.4f}"
+            )
         if step % recipe.checkpoint_every == 0 and step < recipe.steps and not stopped_early:
             info["elapsed_s"] = time.perf_counter() - start
             checkpoint()
@@ -323,9 +342,13 @@ def _train(recipe: Recipe, out_dir: Path, *, resume: bool, stop_at: int | None, 
 def main(argv: list[str] | None = None) -> None:
     from arithinterp.zoo.registry import ZOO_DIR
 
-    parser = argparse.ArgumentParser(prog="python -m arithinterp.zoo.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m arithinterp.zoo.train", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("name", help="recipe name or path to a recipe YAML")
-    parser.add_argument("--out", type=Path, default=None, help="output dir (default: the package zoo)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output dir (default: the package zoo)"
+    )
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
@@ -333,7 +356,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     recipe = load_recipe(args.name)
     out = args.out if args.out is not None else ZOO_DIR / recipe.name
-    path = train(recipe, out, steps=args.steps, seed=args.seed, resume=not args.no_resume, threads=args.threads)
+    path = train(
+        recipe,
+        out,
+        steps=args.steps,
+        seed=args.seed,
+        resume=not args.no_resume,
+        threads=args.threads,
+    )
     print(f"wrote {path}")
 
 

@@ -1,0 +1,62 @@
+"""Command-line entry points of the zoo.
+
+``zoo_app`` is a typer app (``list``); ``train_cmd`` is a plain function meant
+to be registered as ``arithinterp train NAME --out --steps --seed``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from arithinterp.zoo.recipe import load_recipe, recipe_names
+from arithinterp.zoo.registry import ZOO_DIR, list_zoo, zoo_path
+
+__all__ = ["train_cmd", "zoo_app"]
+
+zoo_app = typer.Typer(help="The shipped model zoo.", no_args_is_help=True)
+
+
+@zoo_app.callback()
+def _zoo() -> None:
+    """The shipped model zoo."""  # a callback keeps `zoo` a group with subcommands
+
+
+@zoo_app.command("list")
+def list_cmd() -> None:
+    """List shipped models with their headline accuracy."""
+    entries = list_zoo()
+    if not entries:
+        typer.echo(f"no zoo models shipped yet; recipes: {', '.join(recipe_names())}")
+        return
+    width = max(len(e.name) for e in entries)
+    for e in entries:
+        extra = ""
+        if "train" in e.metrics:
+            extra = f"  (train {e.metrics['train']['accuracy']:.2%})"
+        typer.echo(f"{e.name:<{width}}  {e.task:<8} {e.headline_metric} {e.headline:.4%}{extra}")
+
+
+@zoo_app.command("path")
+def path_cmd(name: Annotated[str, typer.Argument(help="zoo model name")]) -> None:
+    """Print the directory of a shipped model."""
+    typer.echo(str(zoo_path(name)))
+
+
+def train_cmd(
+    name: Annotated[str, typer.Argument(help="recipe name (see `zoo list`) or YAML path")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output dir (default: the package zoo)")
+    ] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="override the step count")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="override the seed")] = None,
+) -> None:
+    """Train a zoo model from its recipe and write it as an HF directory."""
+    from arithinterp.zoo.train import train
+
+    recipe = load_recipe(name)
+    target = out if out is not None else ZOO_DIR / recipe.name
+    path = train(recipe, target, steps=steps, seed=seed)
+    typer.echo(f"wrote {path}")
