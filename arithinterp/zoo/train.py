@@ -33,7 +33,7 @@ from arithinterp.zoo.modeling import build_model, build_tokenizer_for, lean_last
 from arithinterp.zoo.recipe import Recipe, load_recipe
 from arithinterp.zoo.state import STATE_DIRNAME, load_state, replace_dir, save_state
 
-__all__ = ["lr_factor", "train"]
+__all__ = ["lr_factor", "train", "training_history"]
 
 SNAPSHOT_DIRNAME = "_snapshots"
 _MARKERS = ("config.json", "card.json", STATE_DIRNAME, SNAPSHOT_DIRNAME)
@@ -153,7 +153,18 @@ def _phase_checkpoints(snapshots: list[dict]) -> list[dict]:
         if between:
             picked["circuit formation"] = min(between, key=lambda s: abs(s["step"] - mid))
     order = ["memorised", "circuit formation", "cleanup"]
-    return [dict(picked[k], phase=k) for k in order if k in picked]
+    chosen = [dict(picked[k], phase=k) for k in order if k in picked]
+    if len(chosen) < 3:  # a run too short for every phase: fill with evenly spaced snapshots
+        taken = {c["step"] for c in chosen}
+        rest = [s for s in snapshots if s["step"] not in taken]
+        want = min(3 - len(chosen), len(rest))
+        for i in range(want):
+            s = rest[round(i * (len(rest) - 1) / max(want - 1, 1))] if want > 1 else rest[0]
+            if s["step"] not in taken:
+                chosen.append(dict(s, phase="training"))
+                taken.add(s["step"])
+        chosen.sort(key=lambda c: c["step"])
+    return chosen
 
 
 def _write_checkpoint_dir(model, tok, path: Path, weights: dict, metrics: dict) -> None:
@@ -337,6 +348,17 @@ def _train(
     info["elapsed_s"] = time.perf_counter() - start
     model.eval()
     return _finish(model, tok, recipe, fmt, out_dir, info, stopped_early)
+
+
+def training_history(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The periodic evaluations of a run, finished (``history.json``) or in progress."""
+    out_dir = Path(out_dir)
+    if (out_dir / "history.json").is_file():
+        return json.loads((out_dir / "history.json").read_text())
+    state = out_dir / STATE_DIRNAME / "state.json"
+    if state.is_file():
+        return json.loads(state.read_text())["history"]
+    raise FileNotFoundError(f"{out_dir} holds neither a finished model nor a training state")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,7 +32,9 @@ def test_known_examples():
     # 12345+11111: none; 15+5: carry into a 0+1 column; 95+5: carry into a sum-9 column;
     # 1+99999: cascade through 4 sum-9 columns; 45+55 carry into 4+5=9 -> S2; 1+99998 none
     assert complexity_class(a, b, 5).tolist() == [0, 1, 2, 5, 5, 2, 0]
-    assert carry_into(np.array([95]), np.array([5]), 5).tolist() == [[False, True, True, False, False]]
+    assert carry_into(np.array([95]), np.array([5]), 5).tolist() == [
+        [False, True, True, False, False]
+    ]
 
 
 @pytest.mark.parametrize("enrich", [0.0, 0.4, 0.9])

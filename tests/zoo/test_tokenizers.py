@@ -35,7 +35,13 @@ def test_number_tokenizer_modadd():
     tok = number_tokenizer(113)
     assert tok("5 7 =")["input_ids"] == [5, 7, 113]
     assert tok("112 0 =")["input_ids"] == [112, 0, 113]
-    assert tok.convert_ids_to_tokens([113, 114, 119, 120, 121]) == ["=", "+", "<pad>", "<bos>", "<eos>"]
+    assert tok.convert_ids_to_tokens([113, 114, 119, 120, 121]) == [
+        "=",
+        "+",
+        "<pad>",
+        "<bos>",
+        "<eos>",
+    ]
     assert len(tok) == 122
 
 

@@ -1,0 +1,188 @@
+"""Training: every recipe learns, resume is exact, the output is a complete HF dir,
+and the lean mod-p forward equals the HF forward."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoTokenizer, GPT2LMHeadModel
+
+from arithinterp.errors import ConfigError
+from arithinterp.zoo.data import TaskFormat, split_pairs
+from arithinterp.zoo.modeling import build_model, build_tokenizer_for, lean_last_logits
+from arithinterp.zoo.recipe import load_recipe, recipe_names
+from arithinterp.zoo.train import lr_factor, train, training_history
+
+
+def shrunk(name: str, *, steps: int, every: int = 5, **update):
+    """The shipped recipe with a schedule short enough for a test."""
+    r = load_recipe(name)
+    schedule = r.schedule.model_copy(update={"warmup_steps": 2, "warmup_start": 0.5})
+    ev = r.eval.model_copy(
+        update={"every": every, "n_periodic": 256, "n_final": 500, "n_per_class": 50}
+    )
+    return r.model_copy(update={"steps": steps, "schedule": schedule, "eval": ev, **update})
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_recipe_loss_goes_down(name, tmp_path):
+    recipe = shrunk(name, steps=21)
+    train(recipe, tmp_path, stop_at=20, progress=False)  # stop before the final evaluation
+    history = training_history(tmp_path)
+    key = "train_loss" if "train_loss" in history[0] else "test_loss"
+    losses = [row[key] for row in history]
+    assert [row["step"] for row in history] == [5, 10, 15, 20]
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_recipes_validate_and_match_the_spec():
+    add, one = load_recipe("add-5d"), load_recipe("add-5d-1L")
+    assert (add.architecture.n_layer, add.architecture.n_head) == (2, 3)
+    assert one.architecture.n_layer == 1
+    assert add.enrichment.batch_fraction == 0.6 and add.enrichment.pair_fraction == 0.4
+    assert add.optimizer.weight_decay == 0.1 and add.optimizer.betas == (0.9, 0.98)
+    mod = load_recipe("modadd-113")
+    arch = mod.architecture
+    assert (arch.n_layer, arch.n_embd, arch.n_head, arch.n_inner) == (1, 128, 4, 512)
+    assert arch.activation == "relu" and not arch.tie and mod.batch_size is None
+    assert (mod.optimizer.lr, mod.optimizer.weight_decay) == (1e-3, 1.0)
+    assert mod.task.train_fraction == 0.3 and mod.loss_float64
+    mul = load_recipe("mul-3d")
+    assert (mul.architecture.n_layer, mul.architecture.n_head, mul.architecture.n_embd) == (
+        2,
+        4,
+        128,
+    )
+
+
+def test_unknown_recipe_lists_the_shipped_ones():
+    with pytest.raises(ConfigError, match="add-5d"):
+        load_recipe("add-7d")
+
+
+def test_lr_schedule():
+    r = load_recipe("add-5d").model_copy(update={"steps": 100})
+    r = r.model_copy(update={"schedule": r.schedule.model_copy(update={"warmup_steps": 10})})
+    f = [lr_factor(s, r) for s in range(100)]
+    assert f[0] == pytest.approx(0.01 + 0.99 / 10)
+    assert f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[9:], f[10:]))  # cosine decays monotonically
+    assert f[-1] < 0.01
+    m = load_recipe("modadd-113")
+    assert [lr_factor(s, m) for s in (0, 4, 9, 500)] == pytest.approx([0.1, 0.5, 1.0, 1.0])
+
+
+def _state(path):
+    tensors = load_file(str(path / "_train_state" / "tensors.safetensors"))
+    info = json.loads((path / "_train_state" / "state.json").read_text())
+    return tensors, info
+
+
+def test_resume_is_exact(tmp_path):
+    recipe = shrunk("add-5d", steps=13, every=100, checkpoint_every=100)
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    train(recipe, once, stop_at=12, progress=False)
+    train(recipe, twice, stop_at=6, progress=False)
+    assert _state(twice)[1]["step"] == 6
+    train(recipe, twice, stop_at=12, progress=False)
+    (t1, i1), (t2, i2) = _state(once), _state(twice)
+    assert i1["step"] == i2["step"] == 12
+    assert i1["numpy_rng"] == i2["numpy_rng"]
+    assert t1.keys() == t2.keys()
+    assert any(k.startswith("optim.") for k in t1)
+    for k in t1:
+        assert torch.equal(t1[k], t2[k]), k
+
+
+def test_resume_refuses_another_recipe(tmp_path):
+    train(shrunk("add-5d", steps=5, every=100), tmp_path, stop_at=2, progress=False)
+    with pytest.raises(ConfigError, match="different recipe"):
+        train(shrunk("add-5d", steps=5, every=100, seed=3), tmp_path, stop_at=4, progress=False)
+
+
+def test_refuses_to_replace_a_foreign_directory(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a zoo model"):
+        train(shrunk("add-5d", steps=2), tmp_path, progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def _check_hf_dir(path):
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (path / f).is_file(), f
+    model = GPT2LMHeadModel.from_pretrained(path, use_safetensors=True)
+    cfg = model.config
+    assert cfg.resid_pdrop == cfg.embd_pdrop == cfg.attn_pdrop == 0.0
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def test_full_modadd_run_writes_model_card_and_checkpoints(tmp_path):
+    recipe = shrunk("modadd-113", steps=30, every=10, snapshot_every=10, early_stop=None)
+    out = train(recipe, tmp_path / "m", progress=False)
+    assert not (out / "_train_state").exists() and not (out / "_snapshots").exists()
+    model, tok = _check_hf_dir(out)
+    assert not model.config.tie_word_embeddings and model.config.activation_function == "relu"
+    assert tok("5 7 =")["input_ids"] == [5, 7, 113]
+    card = json.loads((out / "card.json").read_text())
+    assert card["name"] == "modadd-113" and card["steps"] == 30 and card["seed"] == 0
+    assert card["metrics"]["train"]["n"] == 3830 and card["metrics"]["test"]["n"] == 12769 - 3830
+    assert card["headline"]["metric"] == "test_accuracy"
+    for key in ("wall_time_s", "device", "torch_version", "transformers_version", "recipe"):
+        assert key in card
+    assert "## Accuracy" in (out / "README.md").read_text()
+    phases = [c["phase"] for c in card["checkpoints"]]
+    assert len(phases) == 4 and phases[-1] == "final"
+    assert set(phases[:-1]) <= {"memorised", "circuit formation", "cleanup", "training"}
+    for c in card["checkpoints"]:
+        ckpt = out / "checkpoints" / f"step-{c['step']}"
+        _check_hf_dir(ckpt)
+        assert (
+            json.loads((ckpt / "metrics.json").read_text())["test_accuracy"] == c["test_accuracy"]
+        )
+
+
+def test_full_addition_run_reports_classes_and_digits(tmp_path):
+    out = train(shrunk("add-5d-1L", steps=5, every=100), tmp_path / "a", progress=False)
+    _check_hf_dir(out)
+    m = json.loads((out / "card.json").read_text())["metrics"]
+    assert list(m["by_class"]) == ["S0", "S1", "S2", "S3", "S4", "S5"]
+    assert len(m["uniform"]["per_token"]) == 6 and m["uniform"]["n"] == 500
+
+
+def _modadd_model(seed: int = 0):
+    recipe = load_recipe("modadd-113")
+    fmt = TaskFormat.from_task(recipe.task)
+    torch.manual_seed(seed)
+    return build_model(recipe, build_tokenizer_for(fmt)), fmt
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lean_forward_equals_hf_last_position(seed):
+    model, fmt = _modadd_model(seed)
+    with torch.no_grad():  # weights of a trained scale, not just the 0.02 init
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    train_pairs, _ = split_pairs(113, 0.3, seed)
+    ids = torch.from_numpy(fmt.prompt_ids(train_pairs[:, 0], train_pairs[:, 1]))
+    model.eval()
+    with torch.no_grad():
+        full = model(input_ids=ids).logits[:, -1]
+        lean = lean_last_logits(model, ids)
+    torch.testing.assert_close(lean, full, atol=1e-5, rtol=1e-5)
+
+
+def test_lean_forward_gradients_reach_the_hf_parameters():
+    model, fmt = _modadd_model()
+    ids = torch.tensor([[1, 2, 113], [5, 7, 113]])
+    lean_last_logits(model, ids).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_lean_forward_is_one_layer_only():
+    recipe = load_recipe("add-5d")
+    model = build_model(recipe, build_tokenizer_for(TaskFormat.from_task(recipe.task)))
+    with pytest.raises(ValueError, match="1 layer"):
+        lean_last_logits(model, torch.zeros(1, 4, dtype=torch.long))
