@@ -14,8 +14,11 @@
   run is one token; whitespace is dropped.
 
 Neither tokenizer adds BOS/EOS automatically. A character or number outside
-the vocabulary is an error at encode time (there is no unknown token), so a
-prompt the model cannot express never silently becomes something else.
+the vocabulary encodes as ``<pad>``, which doubles as the unknown token
+(``tokenizer.unk_token_id``); code that builds prompts should treat it as
+"not expressible". There is no separate ``<unk>`` entry because the specified
+vocabularies have none, and a tokenizer must map unknown text to something
+for TransformerLens (it probes BOS/EOS handling by encoding ``"a"``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ DIGIT_VOCAB: tuple[str, ...] = (
     " ",
     *SPECIALS,
 )
+_UNK = "<pad>"
 _NUMBER_OPERATORS: tuple[str, ...] = ("=", "+", "-", "*", "/", "%")
 
 
@@ -60,6 +64,7 @@ def _wrap(tok: Tokenizer, max_length: int) -> PreTrainedTokenizerFast:
         pad_token="<pad>",
         bos_token="<bos>",
         eos_token="<eos>",
+        unk_token=_UNK,
         model_max_length=max_length,
         clean_up_tokenization_spaces=False,
     )
@@ -70,7 +75,7 @@ def _wrap(tok: Tokenizer, max_length: int) -> PreTrainedTokenizerFast:
 def digit_tokenizer(max_length: int = 64) -> PreTrainedTokenizerFast:
     """One token per character; ids as in the module docstring."""
     vocab = {tok: i for i, tok in enumerate(DIGIT_VOCAB)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=_UNK))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.WhitespaceSplit(),
@@ -84,7 +89,7 @@ def digit_tokenizer(max_length: int = 64) -> PreTrainedTokenizerFast:
 def number_tokenizer(n_numbers: int, max_length: int = 16) -> PreTrainedTokenizerFast:
     """Whole numbers ``0..n_numbers-1`` as single tokens; ids as in the module docstring."""
     vocab = {tok: i for i, tok in enumerate(number_vocab(n_numbers))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=_UNK))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
             pre_tokenizers.WhitespaceSplit(),

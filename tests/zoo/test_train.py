@@ -186,3 +186,21 @@ def test_lean_forward_is_one_layer_only():
     model = build_model(recipe, build_tokenizer_for(TaskFormat.from_task(recipe.task)))
     with pytest.raises(ValueError, match="1 layer"):
         lean_last_logits(model, torch.zeros(1, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", ["add-5d", "modadd-113"])
+def test_zoo_format_loads_in_transformer_lens(name, tmp_path):
+    """The zoo's HF directories boot in TransformerLens 4.x with the same logits."""
+    bridge = pytest.importorskip("transformer_lens.model_bridge")
+    recipe = load_recipe(name)
+    fmt = TaskFormat.from_task(recipe.task)
+    tok = build_tokenizer_for(fmt)
+    torch.manual_seed(0)
+    model = build_model(recipe, tok).eval()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    ids = torch.from_numpy(fmt.prompt_ids([12, 345], [67, 89]))
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        got = bridge.TransformerBridge.boot_transformers(str(tmp_path), device="cpu")(ids)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
