@@ -199,7 +199,7 @@ def test_zoo_format_loads_in_transformer_lens(name, tmp_path):
     model = build_model(recipe, tok).eval()
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    ids = torch.from_numpy(fmt.prompt_ids([12, 345], [67, 89]))
+    ids = torch.from_numpy(fmt.prompt_ids([12, 100], [67, 89]))
     with torch.no_grad():
         expected = model(input_ids=ids).logits
         got = bridge.TransformerBridge.boot_transformers(str(tmp_path), device="cpu")(ids)
