@@ -180,7 +180,7 @@ def render_readme(card: dict[str, Any]) -> str:
                 f"| {c['test_loss']:.3g} | {_pct(c['test_accuracy'])} |"
             )
         lines.append("")
-    notes = list(r.get("notes") or []) + list(card.get("notes") or [])
+    notes = list(r.get("notes") or []) + list(card.get("notes") or []) + _failures(card)
     if notes:
         lines += ["## Deviations and known failures", ""] + [f"- {x}" for x in notes] + [""]
     opt, sch = r["optimizer"], r["schedule"]
@@ -195,6 +195,19 @@ def render_readme(card: dict[str, Any]) -> str:
         f"torch {card['torch_version']}, transformers {card['transformers_version']}, "
         f"arithinterp {card['arithinterp_version']}.",
         "",
+        "## Load",
+        "",
+        "```python",
+        "from transformers import AutoTokenizer, GPT2LMHeadModel",
+        "from arithinterp.zoo import zoo_path",
+        "",
+        f'path = zoo_path("{card["name"]}")',
+        "model = GPT2LMHeadModel.from_pretrained(path, use_safetensors=True)",
+        "tokenizer = AutoTokenizer.from_pretrained(path)",
+        "# TransformerLens 4.x: TransformerBridge.boot_transformers(str(path))",
+        "# nnsight: LanguageModel(str(path))",
+        "```",
+        "",
         "## Reproduce",
         "",
         "```",
@@ -207,6 +220,31 @@ def render_readme(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _failures(card: dict[str, Any]) -> list[str]:
+    """Plain statements of where the model falls short, read off its metrics."""
+    m, out = card["metrics"], []
+    if "by_class" in m:
+        weak = [
+            f"{c} {_pct(v['exact_match'])}"
+            for c, v in m["by_class"].items()
+            if v["exact_match"] < 0.99
+        ]
+        if weak:
+            out.append("Below 99% exact match on complexity classes: " + ", ".join(weak) + ".")
+    if "uniform" in m:
+        per = m["uniform"]["per_token"]
+        weak = [f"{i} ({_pct(x)})" for i, x in enumerate(per) if x < 0.99]
+        if weak:
+            order = m["uniform"]["answer_order"]
+            out.append(f"Answer positions ({order}) below 99% accuracy: " + ", ".join(weak) + ".")
+    if "test" in m and m["test"]["accuracy"] < 0.99:
+        out.append(
+            f"Does not generalise fully: train {_pct(m['train']['accuracy'])}, "
+            f"held-out {_pct(m['test']['accuracy'])}."
+        )
+    return out
 
 
 def write_readme(model_dir: Path) -> Path:

@@ -72,3 +72,21 @@ def test_train_cmd_mounts_as_a_command():
     assert result.exit_code == 0
     for option in ("--out", "--steps", "--seed"):
         assert option in result.output
+
+
+def test_ship_run_copies_without_training_state(tmp_path):
+    from arithinterp.zoo.ship import ship_run
+    from arithinterp.zoo.train import train
+    from tests.zoo.test_train import shrunk
+
+    run = train(shrunk("add-2d-tok", steps=3, every=100), tmp_path / "run", progress=False)
+    (run / "_snapshots").mkdir()  # leftovers of an interrupted run are not shipped
+    zoo = tmp_path / "zoo"
+    shipped = ship_run(run, notes=["a note"], zoo_dir=zoo)
+    assert shipped == zoo / "add-2d-tok"
+    assert not (shipped / "_snapshots").exists()
+    assert json.loads((shipped / "card.json").read_text())["notes"] == ["a note"]
+    readme = (shipped / "README.md").read_text()
+    assert "a note" in readme and "## Load" in readme
+    with pytest.raises(ModelLoadError, match="not a finished run"):
+        ship_run(tmp_path / "zoo")
