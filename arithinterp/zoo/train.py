@@ -276,9 +276,8 @@ def _train(
     def checkpoint() -> None:
         save_state(state_dir, model, opt, rng, info | {"recipe": recipe_json})
 
-    base_lrs = [g["lr"] if "initial_lr" not in g else g["initial_lr"] for g in opt.param_groups]
-    for g, lr in zip(opt.param_groups, base_lrs):
-        g["initial_lr"] = lr
+    for g in opt.param_groups:
+        g["initial_lr"] = g["lr"]  # the recipe's lr; the schedule scales it every step
     start = time.perf_counter() - info["elapsed_s"]
     bar = tqdm(
         total=recipe.steps,
