@@ -186,12 +186,14 @@ class FunctionalTransformer:
 
     def pattern(self, q: torch.Tensor, k: torch.Tensor, q_start: int) -> torch.Tensor:
         """Attention pattern ``[batch, head, q_pos, k_pos]`` for queries at ``q_start...``."""
+        return self.pattern_at(q, k, torch.arange(q_start, q_start + q.shape[1], device=q.device))
+
+    def pattern_at(self, q: torch.Tensor, k: torch.Tensor, q_positions: torch.Tensor) -> torch.Tensor:
+        """Attention pattern for queries at the given absolute positions (keys from position 0)."""
         k = self._repeat_kv(k)
         scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * self.scale
-        n_q, n_k = q.shape[1], k.shape[1]
-        q_idx = torch.arange(q_start, q_start + n_q, device=q.device).view(-1, 1)
-        k_idx = torch.arange(n_k, device=q.device).view(1, -1)
-        scores = scores.masked_fill(k_idx > q_idx, torch.finfo(scores.dtype).min)
+        k_idx = torch.arange(k.shape[1], device=q.device).view(1, -1)
+        scores = scores.masked_fill(k_idx > q_positions.view(-1, 1), torch.finfo(scores.dtype).min)
         return torch.softmax(scores, dim=-1)
 
     def _repeat_kv(self, x: torch.Tensor) -> torch.Tensor:

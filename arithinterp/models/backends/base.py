@@ -96,6 +96,10 @@ class Backend(ABC):
     def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
         """Apply the model's final normalisation to a residual-stream tensor ``[..., d_model]``."""
 
+    def hf_model(self) -> torch.nn.Module | None:
+        """The Hugging Face module being run, if there is one (fast engines read its weights)."""
+        return None
+
     @abstractmethod
     def module(self) -> torch.nn.Module:
         """The underlying torch module (for ``.train()`` / ``.eval()`` and parameter access)."""

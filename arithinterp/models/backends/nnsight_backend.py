@@ -137,6 +137,9 @@ class NNsightBackend(Backend):
     def module(self) -> torch.nn.Module:
         return self._hf
 
+    def hf_model(self) -> torch.nn.Module | None:
+        return None if self.remote else self._hf
+
     def weights(self) -> Weights:
         self._need_local_weights("weights()")
         return hf_weights(self._hf, self.arch, self.shape)

@@ -107,6 +107,12 @@ class TransformerLensBackend(Backend):
     def module(self) -> torch.nn.Module:
         return self.bridge
 
+    def hf_model(self) -> torch.nn.Module | None:
+        from transformers import PreTrainedModel
+
+        hf = getattr(self.bridge, "original_model", None)
+        return hf if isinstance(hf, PreTrainedModel) else None
+
     def run(
         self, tokens: torch.Tensor, hooks: Mapping[Site, HookFn], *, grad: bool = False
     ) -> torch.Tensor:
