@@ -4,3 +4,17 @@ from arithinterp.methods.evaluate import EvalResult, evaluate
 from arithinterp.methods.lens import LensResult, logit_lens
 
 __all__ = ["EvalResult", "LensResult", "evaluate", "logit_lens"]
+
+from arithinterp.methods.mediation import MediationResult, mediate  # noqa: E402
+
+__all__ += ["MediationResult", "mediate"]
+
+from arithinterp.methods.ablation import (  # noqa: E402
+    FaithfulnessResult,
+    PathPatchingResult,
+    ablate,
+    faithfulness,
+    path_patch,
+)
+
+__all__ += ["FaithfulnessResult", "PathPatchingResult", "ablate", "faithfulness", "path_patch"]

@@ -21,6 +21,8 @@ RESULT_MODULES: list[str] = [
     "arithinterp.results",
     "arithinterp.methods.evaluate",
     "arithinterp.methods.lens",
+    "arithinterp.methods.mediation",
+    "arithinterp.methods.ablation",
 ]
 
 for _module in RESULT_MODULES:
