@@ -18,3 +18,9 @@ from arithinterp.methods.ablation import (  # noqa: E402
 )
 
 __all__ += ["FaithfulnessResult", "PathPatchingResult", "ablate", "faithfulness", "path_patch"]
+
+from arithinterp.methods.attribution import AttributionResult, attribution_patch, compare_with_exact  # noqa: E402
+from arithinterp.methods.edge_attribution import EdgeAttributionResult, edge_attribution_patch  # noqa: E402
+
+__all__ += ["AttributionResult", "EdgeAttributionResult", "attribution_patch", "compare_with_exact",
+            "edge_attribution_patch"]

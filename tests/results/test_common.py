@@ -23,6 +23,8 @@ RESULT_MODULES: list[str] = [
     "arithinterp.methods.lens",
     "arithinterp.methods.mediation",
     "arithinterp.methods.ablation",
+    "arithinterp.methods.attribution",
+    "arithinterp.methods.edge_attribution",
 ]
 
 for _module in RESULT_MODULES:

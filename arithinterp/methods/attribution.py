@@ -1,0 +1,411 @@
+"""Attribution patching: activation patching approximated by gradients.
+
+Activation patching (:func:`arithinterp.methods.patching.patch_activations`)
+runs one forward pass per patched site. Attribution patching (Nanda 2023;
+Syed, Rager & Conmy 2023, "AtP") replaces each of those passes by the first
+term of its Taylor expansion around the run being patched (the *target*)::
+
+    metric(patched) - metric(target)  ~=  (a_source - a_target) . d metric / d a |target
+
+summed over the site's feature dims (``d_head`` for heads and q/k/v,
+``d_model`` for residual sites, ``k_pos`` for attention patterns, nothing for
+one neuron). Every site of a sweep comes out of one forward and one backward
+pass of the target run per batch, plus one cached forward pass of the source
+run. ``direction="denoise"`` patches clean into corrupt (target = corrupt
+run, source = clean run); ``"noise"`` the reverse, as in patching.
+
+``method="ig"`` is the integrated-gradients variant of EAP-IG (Hanna,
+Pezzelle & Belinkov 2024, "Have Faith in Faithfulness", arXiv:2403.17806;
+Marks et al. 2024 use IG over node activations instead). The model's input
+embeddings (site ``embed``; position embeddings are the same in both runs,
+so this is the straight line between the two runs' ``resid_pre[0]``) are
+interpolated from the target run's to the source run's, ``x(t) = x_target +
+t (x_source - x_target)``, the gradient at every site is averaged over the
+``m = ig_steps`` points ``t = k/m, k = 0..m-1``, and multiplied by the same
+activation difference ``a_source - a_target`` as AtP. With ``ig_steps=1`` this
+is AtP. (The authors' code takes the points from the source end instead,
+``k = 0..m-1`` measured from the patched-in run; the two Riemann sums differ by
+O(1/m) and share the limit.) In the limit, the score of the input itself over
+all positions is exactly ``metric(source) - metric(target)``
+(the completeness axiom of Sundararajan et al. 2017).
+
+Values use the scale of ``patch_activations`` so the two compare cell by
+cell: a cell estimates the (optionally normalised) metric of the patched run,
+``(metric(target) + estimate - corrupt_mean) / (clean_mean - corrupt_mean)``
+per pair. For ``denoise`` that is ``estimate / (clean_mean - corrupt_mean)``
+on average (0 = no effect); for ``noise`` it is ``1 + estimate / (clean_mean
+- corrupt_mean)`` (1 = no effect, 0 = the site alone breaks the clean answer).
+``AttributionResult.effect`` subtracts that no-effect baseline.
+
+Edge attribution (:func:`edge_attribution_patch`, EAP) is in
+:mod:`arithinterp.methods.edge_attribution`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+import xarray as xr
+from scipy import stats
+from tqdm.auto import tqdm
+
+from arithinterp.errors import ConfigError, ResultError, TokenizationError
+from arithinterp.methods._common import make_meta
+from arithinterp.methods.metrics import (
+    METRICS,
+    AnswerMode,
+    MetricFn,
+    PairBatch,
+    normalise,
+    resolve_metric,
+    tokenize_pairs,
+)
+from arithinterp.methods.patching import Direction, PatchingResult, patch_activations, sweep_sites
+from arithinterp.models import Model, Site
+from arithinterp.models.site import HEAD_KINDS, LAYERLESS_KINDS, NEURON_KINDS
+from arithinterp.results import Result, bootstrap_ci
+from arithinterp.tasks import PromptPairs
+
+__all__ = [
+    "AttributionMethod",
+    "AttributionResult",
+    "attribution_patch",
+    "compare_with_exact",
+]
+
+AttributionMethod = Literal["atp", "ig"]
+_METHODS: tuple[str, ...] = get_args(AttributionMethod)
+_INPUT = Site("embed")
+
+
+class AttributionResult(Result):
+    """Attribution-patching estimate of each site's patching effect.
+
+    ``values``: dims and coordinates as :class:`~arithinterp.methods.patching.PatchingResult`
+    for the same options (``(layer, head | neuron, pos)`` as swept), on the same
+    scale; extras ``ci_low`` / ``ci_high`` (bootstrap over pairs). ``meta.extra``
+    holds the clean / corrupt baselines, ``baseline`` (the value of a site with
+    no effect) and, after ``validate=True``, ``validation`` (see
+    :func:`compare_with_exact`).
+    """
+
+    metric_name = "attribution"
+
+    @property
+    def effect(self) -> xr.DataArray:
+        """``values`` minus the no-effect baseline: the estimated change of the metric."""
+        return self.values - float(self.meta.extra.get("baseline", 0.0))
+
+    @classmethod
+    def example(cls) -> AttributionResult:
+        rng = np.random.default_rng(0)
+        coords = {"layer": np.arange(2), "head": np.arange(3), "pos": np.arange(4),
+                  "pos_token": ("pos", np.array(["1", "+", "2", "="]))}
+        values = xr.DataArray(rng.normal(size=(2, 3, 4)), dims=("layer", "head", "pos"), coords=coords)
+        meta = make_meta("attribution_patch", None,
+                         options={"kind": "attn_head", "direction": "denoise", "metric": "logit_diff",
+                                  "normalize": True, "method": "atp"},
+                         extra={"clean_mean": 1.0, "corrupt_mean": 0.0, "baseline": 0.0})
+        return cls(values=values, meta=meta, extras={"ci_low": values - 0.1, "ci_high": values + 0.1})
+
+
+# -- shared machinery (also used by edge attribution) ---------------------------------------
+
+
+def check_options(*, direction: str, metric, method: str, ig_steps: int, batch_size: int,
+                  n_boot: int, answer: str) -> tuple[str, MetricFn]:
+    """Validate the options every attribution method shares; return the resolved metric."""
+    if direction not in ("denoise", "noise"):
+        raise ConfigError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+    if method not in _METHODS:
+        raise ConfigError(f"method must be one of {', '.join(_METHODS)}, got {method!r}")
+    if answer not in ("multi", "single"):
+        raise ConfigError(f"answer must be 'multi' or 'single', got {answer!r}")
+    for name, value in (("ig_steps", ig_steps), ("batch_size", batch_size), ("n_boot", n_boot)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a positive int, got {value!r}")
+    if not callable(metric):
+        if metric not in METRICS:
+            raise ConfigError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)} or a callable")
+        if metric == "accuracy":
+            raise ConfigError(
+                "metric 'accuracy' is piecewise constant, so its gradient is zero everywhere; "
+                "attribute 'logit_diff', 'logprob' or 'prob' (or patch_activations for accuracy)"
+            )
+    return resolve_metric(metric)
+
+
+def as_batch(model: Model, pairs: PromptPairs | PairBatch, answer: AnswerMode) -> PairBatch:
+    """Tokenized pairs, checked before any forward pass."""
+    batch = pairs if isinstance(pairs, PairBatch) else tokenize_pairs(pairs, model.tokenizer, answer=answer)
+    if batch.clean.shape != batch.corrupt.shape:
+        raise TokenizationError(
+            f"clean tokens have shape {tuple(batch.clean.shape)} and corrupt tokens "
+            f"{tuple(batch.corrupt.shape)}; pairs need equal counts and lengths"
+        )
+    if len(batch) == 0:
+        raise TokenizationError("no pairs to attribute")
+    if batch.clean_answer.shape != batch.corrupt_answer.shape or batch.clean_answer.shape[0] != len(batch):
+        raise TokenizationError(
+            f"answers have shapes {tuple(batch.clean_answer.shape)} (clean) and "
+            f"{tuple(batch.corrupt_answer.shape)} (corrupt) for {len(batch)} pairs"
+        )
+    return batch
+
+
+@dataclass(frozen=True)
+class Passes:
+    """What one batch's gradient passes give: per-site activations of both runs,
+    the (path-averaged) gradient on the target run, and per-pair metric values."""
+
+    source: dict[Site, torch.Tensor]
+    target: dict[Site, torch.Tensor]
+    grad: dict[Site, torch.Tensor]
+    source_scores: torch.Tensor
+    target_scores: torch.Tensor
+
+
+def gradient_passes(model: Model, part: PairBatch, sites: Sequence[Site], metric_fn: MetricFn,
+                    direction: Direction, method: AttributionMethod, ig_steps: int) -> Passes:
+    """One backward pass of the target run (``ig_steps`` for IG) and one forward pass of the source.
+
+    ``sites`` are whole sites; the metric is summed over pairs so the gradient
+    for pair ``i`` is the gradient of pair ``i``'s own metric.
+    """
+    source_tokens, target_tokens = (part.clean, part.corrupt) if direction == "denoise" else (part.corrupt, part.clean)
+    sites = list(dict.fromkeys([*sites, _INPUT] if method == "ig" else sites))
+    scores: dict[str, torch.Tensor] = {}
+
+    def scalar(logits: torch.Tensor) -> torch.Tensor:
+        per_pair = metric_fn(logits[:, part.answer_positions], part.clean_answer, part.corrupt_answer)
+        if not per_pair.requires_grad:
+            raise ConfigError(
+                "the metric's value does not depend differentiably on the logits (no gradient); "
+                "attribution needs a differentiable metric such as logit_diff or logprob"
+            )
+        scores.setdefault("target", per_pair.detach().double())
+        return per_pair.sum()
+
+    first = model.gradients(target_tokens, sites, scalar)
+    target = {s: first.activations[s] for s in sites}
+    grad = {s: first.gradients[s].clone() for s in sites}
+    logits, cache = model.run_with_cache(source_tokens, sites)
+    source = {s: cache[s] for s in sites}
+    source_scores = metric_fn(logits[:, part.answer_positions], part.clean_answer, part.corrupt_answer).double()
+    if method == "ig":
+        x_target, x_source = target[_INPUT], source[_INPUT]
+        for k in range(1, ig_steps):
+            point = x_target + (k / ig_steps) * (x_source - x_target)
+            step = model.gradients(target_tokens, sites, scalar, patches={_INPUT: point})
+            for s in sites:
+                grad[s] += step.gradients[s]
+        grad = {s: g / ig_steps for s, g in grad.items()}
+    return Passes(source, target, grad, source_scores, scores["target"])
+
+
+def baselines(direction: Direction, normalize: bool, clean_mean: float, corrupt_mean: float) -> float:
+    """The value a site with no effect gets on patching's scale."""
+    if normalize:
+        return 0.0 if direction == "denoise" else 1.0
+    return corrupt_mean if direction == "denoise" else clean_mean
+
+
+# -- node attribution -----------------------------------------------------------------------
+
+
+def _node_scores(kind: str, delta: torch.Tensor, grad: torch.Tensor,
+                 neurons: Sequence[int] | None) -> torch.Tensor:
+    """Per-pair first-order effects of one whole site, ``[batch, inner, pos]``."""
+    prod = delta * grad
+    if kind == "pattern":  # [b, head, q_pos, k_pos]; a position selects the query
+        return prod.sum(-1)
+    if kind in HEAD_KINDS:  # [b, pos, head, d_head]
+        return prod.sum(-1).transpose(1, 2)
+    if kind in NEURON_KINDS:  # [b, pos, neuron]
+        out = prod.transpose(1, 2)
+        return out if neurons is None else out[:, list(neurons)]
+    return prod.sum(-1).unsqueeze(1)  # [b, pos, d_model]
+
+
+def attribution_patch(
+    model: Model,
+    pairs: PromptPairs | PairBatch,
+    *,
+    kind: str = "attn_head",
+    per_position: bool = True,
+    neurons: Sequence[int] | None = None,
+    direction: Direction = "denoise",
+    metric: str | MetricFn = "logit_diff",
+    normalize: bool = True,
+    answer: AnswerMode = "multi",
+    method: AttributionMethod = "atp",
+    ig_steps: int = 10,
+    batch_size: int = 32,
+    n_boot: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
+    validate: bool = False,
+) -> AttributionResult:
+    """Estimate :func:`patch_activations` for every site of ``kind`` from gradients.
+
+    Args:
+        model: the model.
+        pairs: clean/corrupt pairs (:func:`arithinterp.tasks.make_pairs`) or a tokenized batch.
+        kind: the site kind (``attn_head``, ``q``/``k``/``v``, ``pattern``, ``mlp_post``,
+            ``resid_pre`` / ``resid_mid`` / ``resid_post``, ``attn_out``, ``mlp_out``,
+            ``embed``, ``final_resid``).
+        per_position: one cell per position (else the sum over positions, which is
+            the first-order estimate of patching all positions at once).
+        neurons: for ``mlp_post``, which neurons (default: all).
+        direction: ``"denoise"`` (estimate patching clean into corrupt) or ``"noise"``.
+        metric: ``logit_diff``, ``logprob``, ``prob`` or a differentiable
+            ``fn(logits, clean, corrupt) -> [batch]`` (``accuracy`` has no gradient).
+        normalize: rescale as patching does (corrupt run 0, clean run 1).
+        answer: ``"multi"`` (teacher-forced answer tokens) or ``"single"``.
+        method: ``"atp"`` (gradient at the target run) or ``"ig"`` (EAP-IG input
+            interpolation; see the module docs).
+        ig_steps: interpolation points for ``method="ig"``.
+        batch_size: pairs per pass.
+        n_boot: bootstrap resamples for the confidence intervals.
+        seed: bootstrap seed.
+        progress: show a progress bar.
+        validate: also run the exact literal patching sweep and store
+            :func:`compare_with_exact`'s numbers (k=10) in ``meta.extra["validation"]``.
+    """
+    metric_name, metric_fn = check_options(direction=direction, metric=metric, method=method,
+                                           ig_steps=ig_steps, batch_size=batch_size, n_boot=n_boot,
+                                           answer=answer)
+    if neurons is not None and kind not in NEURON_KINDS:
+        raise ConfigError(f"neurons= applies to mlp_post, not {kind!r}")
+    batch = as_batch(model, pairs, answer)
+    _, layout = sweep_sites(model, kind, per_position=per_position, seq_len=batch.seq_len, neurons=neurons)
+    layers: list[int | None] = [None] if kind in LAYERLESS_KINDS else list(range(model.shape.n_layers))
+    wholes = [Site(kind, layer) for layer in layers]
+    shape = [len(layout["coords"][d]) for d in layout["dims"]]
+
+    per_pair, target_scores, source_scores = [], [], []
+    starts = range(0, len(batch), batch_size)
+    for start in tqdm(starts, desc=f"attribution ({method})", disable=not progress, leave=False):
+        part = batch.slice(start, start + batch_size)
+        passes = gradient_passes(model, part, wholes, metric_fn, direction, method, ig_steps)
+        cells = torch.stack([
+            _node_scores(kind, passes.source[w] - passes.target[w], passes.grad[w], neurons) for w in wholes
+        ], 1)  # [b, layer, inner, pos]
+        if not per_position:
+            cells = cells.sum(-1)
+        per_pair.append(cells.reshape(len(part), *shape).double())
+        target_scores.append(passes.target_scores)
+        source_scores.append(passes.source_scores)
+    estimate = torch.cat(per_pair)  # [pair, *cells]
+    target = torch.cat(target_scores)
+    source = torch.cat(source_scores)
+    clean, corrupt = (source, target) if direction == "denoise" else (target, source)
+    clean_mean, corrupt_mean = float(clean.mean()), float(corrupt.mean())
+    patched = target.reshape(-1, *[1] * len(shape)) + estimate
+    if normalize:
+        if abs(clean_mean - corrupt_mean) < 1e-12:
+            raise ConfigError("clean and corrupt runs score the same on this metric; use normalize=False")
+        patched = normalise(patched, clean_mean, corrupt_mean)
+    samples = np.moveaxis(patched.numpy(), 0, -1)
+    mean, low, high = bootstrap_ci(samples, axis=-1, n_boot=n_boot, seed=seed)
+
+    dims, coords = layout["dims"], dict(layout["coords"])
+    if "pos" in dims:
+        coords["pos_token"] = ("pos", np.array(batch.str_tokens))
+    values = xr.DataArray(np.asarray(mean), dims=dims, coords=coords)
+    extras = {"ci_low": xr.DataArray(np.asarray(low), dims=dims, coords=coords),
+              "ci_high": xr.DataArray(np.asarray(high), dims=dims, coords=coords)}
+    options = {"kind": kind, "per_position": per_position, "direction": direction,
+               "metric": metric_name, "normalize": normalize, "answer": answer, "method": method,
+               "n_pairs": len(batch), "n_boot": n_boot}
+    if method == "ig":
+        options["ig_steps"] = ig_steps
+    if neurons is not None:
+        options["neurons"] = [int(n) for n in neurons]
+    extra = {"clean_mean": clean_mean, "corrupt_mean": corrupt_mean,
+             "baseline": baselines(direction, normalize, clean_mean, corrupt_mean)}
+    prompts = pairs.clean if isinstance(pairs, PromptPairs) else None
+    result = AttributionResult(
+        values=values, extras=extras,
+        meta=make_meta("attribution_patch", model, prompts, options=options, seed=seed, extra=extra),
+    )
+    if validate:
+        exact = patch_activations(model, batch, kind=kind, per_position=per_position, neurons=neurons,
+                                  direction=direction, metric=metric, normalize=normalize, answer=answer,
+                                  engine="literal", batch_size=batch_size, n_boot=n_boot, seed=seed,
+                                  progress=progress)
+        extra["validation"] = {"engine": "literal", **compare_with_exact(result, exact, k=10)}
+        result = result.replace(meta=make_meta("attribution_patch", model, prompts, options=options,
+                                               seed=seed, extra=extra))
+    return result
+
+
+# -- validation against exact patching ------------------------------------------------------
+
+_SHARED_OPTIONS = ("kind", "per_position", "direction", "metric", "normalize", "answer")
+
+
+def _effect(result: Result) -> xr.DataArray:
+    extra, opts = result.meta.extra, result.meta.options
+    if "baseline" in extra:
+        base = float(extra["baseline"])
+    else:
+        base = baselines(opts.get("direction", "denoise"), bool(opts.get("normalize", True)),
+                         float(extra.get("clean_mean", 0.0)), float(extra.get("corrupt_mean", 0.0)))
+    return result.values - base
+
+
+def compare_with_exact(attribution: AttributionResult, patching: PatchingResult, *,
+                       k: int = 10) -> dict[str, float | int]:
+    """How well an attribution result ranks sites like exact patching of the same sweep.
+
+    Both results must have the same dims and labels and the same sweep options.
+    Returns ``spearman`` (rank correlation of the cells' effects), ``pearson``,
+    ``top_k_overlap`` (``|top-k ∩ top-k| / k`` by absolute effect, ``k`` capped at
+    the number of cells), ``k``, ``n_cells``, ``mean_abs_error`` and
+    ``max_abs_error`` (attribution minus exact, on the results' scale).
+    Cells where either value is NaN are left out. Cells that are exactly zero in
+    both (positions before the first differing token) count, and raise the
+    correlation; compare the errors too.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"k must be a positive int, got {k!r}")
+    if attribution.dims != patching.dims or attribution.sizes != patching.sizes:
+        raise ResultError(
+            f"the results cover different cells: attribution {attribution.sizes}, patching {patching.sizes}"
+        )
+    for dim in attribution.dims:
+        if not np.array_equal(attribution.values[dim].values, patching.values[dim].values):
+            raise ResultError(f"the results label dim {dim!r} differently")
+    a_opts, p_opts = attribution.meta.options, patching.meta.options
+    differ = [o for o in _SHARED_OPTIONS if o in a_opts and o in p_opts and a_opts[o] != p_opts[o]]
+    if differ:
+        pairs = ", ".join(f"{o}: {a_opts[o]!r} vs {p_opts[o]!r}" for o in differ)
+        raise ConfigError(f"the results were computed with different options ({pairs})")
+    a = np.asarray(_effect(attribution).transpose(*attribution.dims).values, dtype=float).ravel()
+    p = np.asarray(_effect(patching).transpose(*attribution.dims).values, dtype=float).ravel()
+    keep = np.isfinite(a) & np.isfinite(p)
+    a, p = a[keep], p[keep]
+    n = int(a.size)
+    k = min(k, n)
+    top_a = set(np.argsort(-np.abs(a), kind="stable")[:k].tolist())
+    top_p = set(np.argsort(-np.abs(p), kind="stable")[:k].tolist())
+    return {
+        "spearman": _correlation(stats.spearmanr, a, p),
+        "pearson": _correlation(stats.pearsonr, a, p),
+        "top_k_overlap": len(top_a & top_p) / k if k else float("nan"),
+        "k": k,
+        "n_cells": n,
+        "mean_abs_error": float(np.abs(a - p).mean()) if n else float("nan"),
+        "max_abs_error": float(np.abs(a - p).max()) if n else float("nan"),
+    }
+
+
+def _correlation(fn: Callable, a: np.ndarray, p: np.ndarray) -> float:
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(p) == 0:
+        return float("nan")
+    return float(fn(a, p)[0])

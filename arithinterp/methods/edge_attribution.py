@@ -1,0 +1,250 @@
+"""Edge attribution patching (EAP): which sender → receiver edges carry the difference.
+
+The residual stream is a sum of writes: ``resid_post[L-1] = embed + Σ_heads z_h W_O[h]
++ Σ_layers mlp_out (+ biases)``. Every component reads the sum of the writes
+before it. The edge ``u → v`` is the part of ``v``'s input that ``u`` wrote;
+patching that edge alone changes the metric by, to first order (Syed, Rager &
+Conmy 2023; Hanna, Pezzelle & Belinkov 2024)::
+
+    score(u → v) = Σ_pos (Δ write_u)[pos] · ∂metric/∂(input of v)[pos]
+
+with ``Δ write_u = write_u(source run) - write_u(target run)`` and the gradient
+on the target run (``method="ig"``: averaged over interpolated inputs, as in
+:mod:`arithinterp.methods.attribution`).
+
+Senders: ``embed`` (``resid_pre`` of layer 0: token + position embeddings),
+``attn_head`` (head ``h`` of layer ``l`` writes ``z_h @ W_O[h]``) and
+``mlp_out``. Receivers, and the gradient of each one's *own* input: the
+residual-stream gradient at a point counts every later reader, so a reader's
+share is a difference of consecutive residual gradients,
+
+- ``attn_in`` layer ``l``: ``g(resid_pre[l]) - g(resid_mid[l])`` (what flows
+  through the attention block, not its skip connection);
+- ``mlp_in`` layer ``l``: ``g(resid_mid[l]) - g(resid_post[l])``;
+- ``logits``: ``g(resid_post[L-1])`` (through the final norm and unembedding).
+
+Two sum rules follow and hold exactly (the tests check them): the scores of
+all edges out of a sender add up to the sender's node attribution (the
+differences telescope to the gradient where it writes), and the scores of all
+edges into ``logits`` add up to the node attribution of ``resid_post[L-1]``.
+
+Limitation: a layer's heads share one receiver. All heads of layer ``l`` read
+``resid_pre[l]`` through one norm, and separating their q / k / v inputs needs
+the norm's Jacobian, which the backends do not expose; ``attn_in`` scores the
+attention block as a whole. Models with a parallel residual (attention and
+MLP both read ``resid_pre``) have no ``resid_mid`` and are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+import xarray as xr
+from tqdm.auto import tqdm
+
+from arithinterp.errors import ConfigError
+from arithinterp.methods._common import make_meta
+from arithinterp.methods.attribution import (
+    AttributionMethod,
+    as_batch,
+    check_options,
+    gradient_passes,
+)
+from arithinterp.methods.metrics import AnswerMode, MetricFn, PairBatch
+from arithinterp.methods.patching import Direction
+from arithinterp.models import Model, Site
+from arithinterp.results import Result, bootstrap_ci
+from arithinterp.tasks import PromptPairs
+
+__all__ = ["EdgeAttributionResult", "Receiver", "Sender", "edge_attribution_patch"]
+
+Sender = Literal["embed", "attn_head", "mlp_out"]
+Receiver = Literal["attn_in", "mlp_in", "logits"]
+SENDERS: tuple[str, ...] = get_args(Sender)
+RECEIVERS: tuple[str, ...] = get_args(Receiver)
+
+
+class EdgeAttributionResult(Result):
+    """First-order effect of patching each edge alone.
+
+    ``values``: dims ``(component, site)``: the sender (``embed``, ``L0H1``,
+    ``MLP0``) and the receiver's input (``ATTN1``, ``MLP1``, ``logits``), with
+    coordinates ``component_layer`` / ``component_head`` (-1 where not
+    applicable) and ``site_layer``. Edges that cannot exist (the sender writes
+    after the receiver reads) are NaN. The estimated change of the metric,
+    divided by ``clean_mean - corrupt_mean`` when normalised (0 = no effect in
+    both directions). Extras ``ci_low`` / ``ci_high``.
+    """
+
+    metric_name = "edge_attribution"
+
+    @classmethod
+    def example(cls) -> EdgeAttributionResult:
+        senders = ["embed", "L0H0", "L0H1", "MLP0"]
+        receivers = ["ATTN0", "MLP0", "logits"]
+        vals = np.array([[0.1, 0.2, 0.3], [np.nan, 0.4, -0.1], [np.nan, 0.0, 0.5], [np.nan, np.nan, 0.2]])
+        coords = {"component": senders, "site": receivers,
+                  "component_layer": ("component", [-1, 0, 0, 0]),
+                  "component_head": ("component", [-1, 0, 1, -1]),
+                  "site_layer": ("site", [0, 0, 1])}
+        values = xr.DataArray(vals, dims=("component", "site"), coords=coords)
+        meta = make_meta("edge_attribution_patch", None,
+                         options={"direction": "denoise", "metric": "logit_diff", "normalize": True,
+                                  "method": "atp"})
+        return cls(values=values, meta=meta, extras={"ci_low": values - 0.1, "ci_high": values + 0.1})
+
+
+def _edge_layout(model: Model, senders: Sequence[str], receivers: Sequence[str]):
+    """Sender and receiver labels, layers, heads and write / read stages.
+
+    A write at stage ``s`` is visible to a read at stage ``r`` iff ``s <= r``:
+    embed writes at 0, heads of layer l at 2l+1, MLP l at 2l+2; attention of
+    layer l reads at 2l, MLP l at 2l+1, the logits at 2L.
+    """
+    n_layers, n_heads = model.shape.n_layers, model.shape.n_heads
+    send: list[tuple[str, int, int, int]] = []  # label, layer, head, stage
+    if "embed" in senders:
+        send.append(("embed", -1, -1, 0))
+    for layer in range(n_layers):
+        if "attn_head" in senders:
+            send.extend((f"L{layer}H{h}", layer, h, 2 * layer + 1) for h in range(n_heads))
+        if "mlp_out" in senders:
+            send.append((f"MLP{layer}", layer, -1, 2 * layer + 2))
+    recv: list[tuple[str, int, int]] = []  # label, layer, stage
+    for layer in range(n_layers):
+        if "attn_in" in receivers:
+            recv.append((f"ATTN{layer}", layer, 2 * layer))
+        if "mlp_in" in receivers:
+            recv.append((f"MLP{layer}", layer, 2 * layer + 1))
+    if "logits" in receivers:
+        recv.append(("logits", n_layers, 2 * n_layers))
+    return send, recv
+
+
+def _receiver_grads(grad: dict[Site, torch.Tensor], n_layers: int, recv) -> list[torch.Tensor]:
+    """The gradient of each receiver's own input, ``[batch, pos, d_model]``."""
+    pre = [grad[Site("resid_pre", layer)] for layer in range(n_layers)]
+    mid = [grad[Site("resid_mid", layer)] for layer in range(n_layers)]
+    post = pre[1:] + [grad[Site("resid_post", n_layers - 1)]]
+    out = []
+    for label, layer, _ in recv:
+        if label == "logits":
+            out.append(post[-1])
+        elif label.startswith("ATTN"):
+            out.append(pre[layer] - mid[layer])
+        else:
+            out.append(mid[layer] - post[layer])
+    return out
+
+
+def edge_attribution_patch(
+    model: Model,
+    pairs: PromptPairs | PairBatch,
+    *,
+    senders: Sequence[Sender] = SENDERS,
+    receivers: Sequence[Receiver] = RECEIVERS,
+    direction: Direction = "denoise",
+    metric: str | MetricFn = "logit_diff",
+    normalize: bool = True,
+    answer: AnswerMode = "multi",
+    method: AttributionMethod = "atp",
+    ig_steps: int = 10,
+    batch_size: int = 32,
+    n_boot: int = 1000,
+    seed: int = 0,
+    progress: bool = True,
+) -> EdgeAttributionResult:
+    """Score every sender → receiver edge with EAP (or EAP-IG), summed over positions.
+
+    Args:
+        model: the model (sequential residual: attention, then MLP).
+        pairs: clean/corrupt pairs or a tokenized batch.
+        senders: which writers: ``embed``, ``attn_head`` (one per head), ``mlp_out``.
+        receivers: which readers: ``attn_in`` (a layer's attention block), ``mlp_in``, ``logits``.
+        direction: ``"denoise"`` (clean edge into the corrupt run) or ``"noise"``.
+        metric: ``logit_diff``, ``logprob``, ``prob`` or a differentiable callable.
+        normalize: divide by ``clean_mean - corrupt_mean``.
+        answer: ``"multi"`` or ``"single"``.
+        method: ``"atp"`` (EAP) or ``"ig"`` (EAP-IG).
+        ig_steps: interpolation points for ``method="ig"``.
+        batch_size: pairs per pass.
+        n_boot: bootstrap resamples.
+        seed: bootstrap seed.
+        progress: show a progress bar.
+    """
+    metric_name, metric_fn = check_options(direction=direction, metric=metric, method=method,
+                                           ig_steps=ig_steps, batch_size=batch_size, n_boot=n_boot,
+                                           answer=answer)
+    senders, receivers = _check_names(senders, SENDERS, "senders"), _check_names(receivers, RECEIVERS, "receivers")
+    batch = as_batch(model, pairs, answer)
+    n_layers = model.shape.n_layers
+    send, recv = _edge_layout(model, senders, receivers)
+    grad_sites = [Site("resid_pre", layer) for layer in range(n_layers)]
+    grad_sites += [Site("resid_mid", layer) for layer in range(n_layers)] + [Site("resid_post", n_layers - 1)]
+    writer_sites = [Site("attn_head", layer) for layer in range(n_layers)] if "attn_head" in senders else []
+    writer_sites += [Site("mlp_out", layer) for layer in range(n_layers)] if "mlp_out" in senders else []
+    model.validate(grad_sites + writer_sites, batch.seq_len)
+    W_O = model.weights().W_O.detach() if "attn_head" in senders else None
+
+    per_pair, target_scores, source_scores = [], [], []
+    starts = range(0, len(batch), batch_size)
+    for start in tqdm(starts, desc=f"edge attribution ({method})", disable=not progress, leave=False):
+        part = batch.slice(start, start + batch_size)
+        passes = gradient_passes(model, part, grad_sites + writer_sites, metric_fn, direction, method, ig_steps)
+        delta = {s: passes.source[s] - passes.target[s] for s in [Site("resid_pre", 0), *writer_sites]}
+        columns = []
+        for g in _receiver_grads(passes.grad, n_layers, recv):
+            rows = []
+            if "embed" in senders:
+                rows.append((delta[Site("resid_pre", 0)] * g).sum((1, 2)).unsqueeze(1))
+            for layer in range(n_layers):
+                if W_O is not None:
+                    back = torch.einsum("bpd,hed->bphe", g, W_O[layer].to(g.dtype))
+                    rows.append((delta[Site("attn_head", layer)] * back).sum((1, 3)))
+                if "mlp_out" in senders:
+                    rows.append((delta[Site("mlp_out", layer)] * g).sum((1, 2)).unsqueeze(1))
+            columns.append(torch.cat(rows, 1))
+        per_pair.append(torch.stack(columns, -1).double())  # [b, sender, receiver]
+        target_scores.append(passes.target_scores)
+        source_scores.append(passes.source_scores)
+    scores = torch.cat(per_pair)
+    target, source = torch.cat(target_scores), torch.cat(source_scores)
+    clean, corrupt = (source, target) if direction == "denoise" else (target, source)
+    clean_mean, corrupt_mean = float(clean.mean()), float(corrupt.mean())
+    if normalize:
+        denom = clean_mean - corrupt_mean
+        if abs(denom) < 1e-12:
+            raise ConfigError("clean and corrupt runs score the same on this metric; use normalize=False")
+        scores = scores / denom
+    valid = np.array([[s[3] <= r[2] for r in recv] for s in send])
+    samples = np.where(valid[None], scores.numpy(), np.nan)
+    mean, low, high = bootstrap_ci(np.moveaxis(samples, 0, -1), axis=-1, n_boot=n_boot, seed=seed)
+
+    coords = {"component": [s[0] for s in send], "site": [r[0] for r in recv],
+              "component_layer": ("component", [s[1] for s in send]),
+              "component_head": ("component", [s[2] for s in send]),
+              "site_layer": ("site", [r[1] for r in recv])}
+    dims = ("component", "site")
+    values = xr.DataArray(np.asarray(mean), dims=dims, coords=coords)
+    extras = {"ci_low": xr.DataArray(np.asarray(low), dims=dims, coords=coords),
+              "ci_high": xr.DataArray(np.asarray(high), dims=dims, coords=coords)}
+    options = {"senders": list(senders), "receivers": list(receivers), "direction": direction,
+               "metric": metric_name, "normalize": normalize, "answer": answer, "method": method,
+               "n_pairs": len(batch), "n_boot": n_boot}
+    if method == "ig":
+        options["ig_steps"] = ig_steps
+    prompts = pairs.clean if isinstance(pairs, PromptPairs) else None
+    meta = make_meta("edge_attribution_patch", model, prompts, options=options, seed=seed,
+                     extra={"clean_mean": clean_mean, "corrupt_mean": corrupt_mean, "baseline": 0.0})
+    return EdgeAttributionResult(values=values, meta=meta, extras=extras)
+
+
+def _check_names(given: Sequence[str], valid: tuple[str, ...], what: str) -> tuple[str, ...]:
+    given = (given,) if isinstance(given, str) else tuple(given)
+    bad = [g for g in given if g not in valid]
+    if bad or not given:
+        raise ConfigError(f"{what} {bad or 'must not be empty'}: valid {what} are {', '.join(valid)}")
+    return given
