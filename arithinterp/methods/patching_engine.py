@@ -118,9 +118,9 @@ def _group_key(site: Site, seq_len: int) -> tuple[str, int, int]:
     return stage, max(layer, 0) if stage != "final" else layer, 0 if pos is None else pos
 
 
-def _at(x: torch.Tensor, site: Site, p0: int) -> tuple:
+def _at(site: Site, p0: int) -> tuple:
     """Index of the patched positions within ``x[:, p0:]`` (all of it for pos=None)."""
-    return (slice(None), slice(None)) if site.pos is None else (slice(None), 0)
+    return (slice(None), slice(None)) if site.pos is None else (slice(None), site.pos - p0)
 
 
 def _head_z(ft: FunctionalTransformer, site: Site, src: Trace, tgt: Trace, p0: int) -> torch.Tensor:
@@ -150,7 +150,7 @@ def _head_z(ft: FunctionalTransformer, site: Site, src: Trace, tgt: Trace, p0: i
 def _inject(ft: FunctionalTransformer, site: Site, src: Trace, tgt: Trace, p0: int) -> torch.Tensor:
     """The target's residual stream at the site's stage for positions ``p0...`` after the patch."""
     kind, layer = site.kind, site.layer
-    idx = _at(None, site, p0)
+    idx = _at(site, p0)
     if kind == "final_resid":
         x = tgt.final[:, p0:].clone()
         x[idx] = src.final[:, p0:][idx]
@@ -263,23 +263,53 @@ def run_fast(model: Model, batch: PairBatch, sites: list[Site], direction: str, 
         return _sweep(ft, batch, sites, src, tgt, metric, progress, memory_budget)
 
 
+MERGE_ROWS = 4096
+"""Below this many token rows per pass, passes are overhead-bound and positions are merged."""
+
+
+def _chunks(members: list[tuple[int, int]], b: int, seq_len: int, rows_cap: int) -> list[tuple[int, list[int]]]:
+    """Split one (stage, layer) group, sorted by start position, into passes ``(start, sites)``.
+
+    A pass starts at the smallest start position of its variants; a variant
+    that starts later recomputes a few unchanged positions, which is exact
+    (they equal the target run). Variants are merged while the pass fits the
+    memory budget and either the pass is small (overhead-bound) or the extra
+    recomputed positions stay under a quarter of its work.
+    """
+    out: list[tuple[int, list[int]]] = []
+    start, current, waste = 0, [], 0
+    for p0, i in members:
+        if current:
+            rows = (len(current) + 1) * b * (seq_len - start)
+            new_waste = waste + (p0 - start)
+            small = rows <= MERGE_ROWS
+            cheap = new_waste <= 0.25 * (len(current) + 1) * (seq_len - start)
+            if rows <= rows_cap and (small or cheap):
+                current.append(i)
+                waste = new_waste
+                continue
+            out.append((start, current))
+        start, current, waste = p0, [i], 0
+    if current:
+        out.append((start, current))
+    return out
+
+
 def _sweep(ft, batch, sites, src, tgt, metric, progress, memory_budget) -> torch.Tensor:
     b, seq_len = batch.clean.shape
     ap = batch.answer_positions
     out = torch.empty(len(sites), b, dtype=torch.float64)
-    groups: dict[tuple, list[int]] = defaultdict(list)
+    groups: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
     for i, site in enumerate(sites):
-        groups[_group_key(site, seq_len)].append(i)
+        stage, layer, p0 = _group_key(site, seq_len)
+        groups[(stage, layer)].append((p0, i))
     base_logits = _answer_logits(tgt, ap)
+    d_wide = max(ft.d_model, ft.blocks[0]["W_in"].shape[1])
+    rows_cap = max(1, memory_budget // (d_wide * 4 * 4))
     bar = tqdm(total=len(sites), desc="patching", disable=not progress, leave=False)
-    for (stage, layer, p0), members in groups.items():
-        d_wide = max(ft.d_model, ft.blocks[0]["W_in"].shape[1])
-        per_variant = b * (seq_len - p0 + 1) * d_wide * 4 * 4
-        chunk = max(1, memory_budget // max(per_variant, 1))
-        for start in range(0, len(members), chunk):
-            idx = members[start:start + chunk]
-            x = torch.cat([_inject(ft, sites[i].at(None if sites[i].pos is None else p0), src, tgt, p0)
-                           for i in idx], dim=0)
+    for (stage, layer), members in groups.items():
+        for p0, idx in _chunks(sorted(members), b, seq_len, rows_cap):
+            x = torch.cat([_inject(ft, _absolute(sites[i], seq_len), src, tgt, p0) for i in idx], dim=0)
             logits = _continue(ft, stage, layer, p0, x, tgt, len(idx), ap)
             full = base_logits.repeat(len(idx), 1, 1)
             full[:, ap >= p0] = logits
@@ -288,3 +318,7 @@ def _sweep(ft, batch, sites, src, tgt, metric, progress, memory_budget) -> torch
             bar.update(len(idx))
     bar.close()
     return out
+
+
+def _absolute(site: Site, seq_len: int) -> Site:
+    return site if site.pos is None or site.pos >= 0 else site.at(seq_len + site.pos)

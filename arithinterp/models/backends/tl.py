@@ -81,13 +81,20 @@ class TransformerLensBackend(Backend):
     ) -> TransformerLensBackend:
         from transformer_lens.model_bridge import TransformerBridge
 
+        from transformers import AutoTokenizer
+
         try:
-            bridge = TransformerBridge.boot_transformers(path, device=device, dtype=dtype)
+            # The directory's own tokenizer, as nnsight loads it: the bridge's
+            # configured copy may add a BOS token the model never saw in training.
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            bridge = TransformerBridge.boot_transformers(
+                path, device=device, dtype=dtype, tokenizer=tokenizer
+            )
         except Exception as err:  # the bridge raises many kinds; all mean "cannot load"
             raise ModelLoadError(
                 f"TransformerLens could not load {path!r}: {type(err).__name__}: {err}"
             ) from err
-        return cls(bridge, bridge.tokenizer, device=torch.device(device), dtype=dtype)
+        return cls(bridge, tokenizer, device=torch.device(device), dtype=dtype)
 
     @classmethod
     def from_config(
