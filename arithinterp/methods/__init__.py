@@ -1,26 +1,44 @@
-"""Analysis methods: pure functions of (model, prompts, options) returning a Result."""
+"""Analysis methods: pure functions of (model, prompts, options) returning a Result.
 
-from arithinterp.methods.evaluate import EvalResult, evaluate
-from arithinterp.methods.lens import LensResult, logit_lens
+Methods never import transformer_lens or nnsight; they address activations by
+:class:`arithinterp.Site` through :class:`arithinterp.Model`.
+"""
 
-__all__ = ["EvalResult", "LensResult", "evaluate", "logit_lens"]
-
-from arithinterp.methods.mediation import MediationResult, mediate  # noqa: E402
-
-__all__ += ["MediationResult", "mediate"]
-
-from arithinterp.methods.ablation import (  # noqa: E402
+from arithinterp.methods.ablation import (
     FaithfulnessResult,
     PathPatchingResult,
     ablate,
     faithfulness,
     path_patch,
 )
+from arithinterp.methods.attribution import AttributionResult, attribution_patch, compare_with_exact
+from arithinterp.methods.edge_attribution import EdgeAttributionResult, edge_attribution_patch
+from arithinterp.methods.evaluate import EvalResult, evaluate
+from arithinterp.methods.lens import LensResult, logit_lens
+from arithinterp.methods.mediation import MediationResult, mediate
+from arithinterp.methods.metrics import METRICS, PairBatch, tokenize_pairs
+from arithinterp.methods.patching import PatchingResult, patch_activations
 
-__all__ += ["FaithfulnessResult", "PathPatchingResult", "ablate", "faithfulness", "path_patch"]
-
-from arithinterp.methods.attribution import AttributionResult, attribution_patch, compare_with_exact  # noqa: E402
-from arithinterp.methods.edge_attribution import EdgeAttributionResult, edge_attribution_patch  # noqa: E402
-
-__all__ += ["AttributionResult", "EdgeAttributionResult", "attribution_patch", "compare_with_exact",
-            "edge_attribution_patch"]
+__all__ = [
+    "METRICS",
+    "AttributionResult",
+    "EdgeAttributionResult",
+    "EvalResult",
+    "FaithfulnessResult",
+    "LensResult",
+    "MediationResult",
+    "PairBatch",
+    "PatchingResult",
+    "PathPatchingResult",
+    "ablate",
+    "attribution_patch",
+    "compare_with_exact",
+    "edge_attribution_patch",
+    "evaluate",
+    "faithfulness",
+    "logit_lens",
+    "mediate",
+    "patch_activations",
+    "path_patch",
+    "tokenize_pairs",
+]

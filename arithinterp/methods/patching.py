@@ -36,6 +36,7 @@ from arithinterp.methods.metrics import (
     MetricFn,
     PairBatch,
     normalise,
+    prob,
     resolve_metric,
     tokenize_pairs,
 )
@@ -45,6 +46,8 @@ from arithinterp.results import Result, bootstrap_ci
 from arithinterp.tasks import PromptPairs
 
 Direction = Literal["denoise", "noise"]
+RELATIVE_EPS = 1e-10
+"""Added to P(r) in the denominator of ``metric="relative_prob"``."""
 Engine = Literal["fast", "literal"]
 
 
@@ -175,7 +178,9 @@ def patch_activations(
         per_position: one cell per position (else all positions at once).
         neurons: for ``mlp_post``, which neurons (default: all).
         direction: ``"denoise"`` (clean into corrupt) or ``"noise"`` (corrupt into clean).
-        metric: ``logit_diff``, ``logprob``, ``prob``, ``accuracy`` or ``fn(logits, clean, corrupt) -> [batch]``.
+        metric: ``logit_diff``, ``logprob``, ``prob``, ``accuracy``, ``relative_prob`` (Stolfo et
+            al.'s relative change of the clean answer's probability, (P* − P) / P, against the
+            patched run; needs ``normalize=False``) or ``fn(logits, clean, corrupt) -> [batch]``.
         normalize: rescale so the corrupt run is 0 and the clean run is 1.
         answer: ``"multi"`` (teacher-forced answer tokens) or ``"single"`` (one-token answers).
         engine: ``"fast"`` or ``"literal"`` (one forward pass per cell; the oracle).
@@ -188,26 +193,42 @@ def patch_activations(
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     if engine not in ("fast", "literal"):
         raise ValueError(f"engine must be 'fast' or 'literal', got {engine!r}")
-    metric_name, metric_fn = resolve_metric(metric)
+    relative = metric == "relative_prob"
+    if relative and normalize:
+        raise ValueError(
+            "metric='relative_prob' is already relative to the unpatched run; pass normalize=False"
+        )
+    metric_name, metric_fn = ("relative_prob", prob) if relative else resolve_metric(metric)
     batch = pairs if isinstance(pairs, PairBatch) else tokenize_pairs(pairs, model.tokenizer, answer=answer)
     sites, layout = sweep_sites(model, kind, per_position=per_position, seq_len=batch.seq_len, neurons=neurons)
 
     per_pair, clean_scores, corrupt_scores = [], [], []
     for start in range(0, len(batch), batch_size):
         part = batch.slice(start, start + batch_size)
-        clean_logits = model.logits(part.clean)[:, part.answer_positions]
-        corrupt_logits = model.logits(part.corrupt)[:, part.answer_positions]
-        clean_scores.append(metric_fn(clean_logits, part.clean_answer, part.corrupt_answer).double())
-        corrupt_scores.append(metric_fn(corrupt_logits, part.clean_answer, part.corrupt_answer).double())
         if engine == "literal":
+            clean_logits = model.logits(part.clean)[:, part.answer_positions]
+            corrupt_logits = model.logits(part.corrupt)[:, part.answer_positions]
             per_pair.append(_run_literal(model, part, sites, direction, metric_fn, progress))
         else:
             from arithinterp.methods.patching_engine import run_fast
 
-            per_pair.append(run_fast(model, part, sites, direction, metric_fn, progress=progress))
+            scores_part, clean_logits, corrupt_logits = run_fast(
+                model, part, sites, direction, metric_fn, progress=progress
+            )
+            per_pair.append(scores_part)
+        clean_scores.append(metric_fn(clean_logits, part.clean_answer, part.corrupt_answer).double())
+        corrupt_scores.append(metric_fn(corrupt_logits, part.clean_answer, part.corrupt_answer).double())
     scores = torch.cat(per_pair, dim=1)  # [site, pair]
-    clean_mean = float(torch.cat(clean_scores).mean())
-    corrupt_mean = float(torch.cat(corrupt_scores).mean())
+    clean_all, corrupt_all = torch.cat(clean_scores), torch.cat(corrupt_scores)
+    if relative:
+        # Stolfo et al.'s relative change (P*(r) - P(r)) / P(r) of the clean answer's
+        # probability, against the run that was patched; RELATIVE_EPS guards P(r) = 0.
+        base = corrupt_all if direction == "denoise" else clean_all
+        scores = (scores - base) / (base + RELATIVE_EPS)
+        clean_all = (clean_all - base) / (base + RELATIVE_EPS)
+        corrupt_all = (corrupt_all - base) / (base + RELATIVE_EPS)
+    clean_mean = float(clean_all.mean())
+    corrupt_mean = float(corrupt_all.mean())
     if normalize:
         scores = normalise(scores, clean_mean, corrupt_mean)
     shape = [len(layout["coords"][d]) for d in layout["dims"]]

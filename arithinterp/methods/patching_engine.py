@@ -242,25 +242,34 @@ def _answer_logits(tgt: Trace, answer_positions: torch.Tensor) -> torch.Tensor:
 
 
 def run_fast(model: Model, batch: PairBatch, sites: list[Site], direction: str, metric: MetricFn,
-             *, progress: bool = True, memory_budget: int = MEMORY_BUDGET) -> torch.Tensor:
-    """Metric per (site, pair) for patching each site; equals the literal engine."""
+             *, progress: bool = True, memory_budget: int = MEMORY_BUDGET
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Patch each site; equals the literal engine.
+
+    Returns the metric per (site, pair) ``[site, pair]`` and the unpatched
+    clean and corrupt answer logits ``[pair, answer, vocab]``.
+    """
+    ap = batch.answer_positions
     ft = functional_for(model)
-    source_tokens, target_tokens = (batch.clean, batch.corrupt) if direction == "denoise" else (batch.corrupt, batch.clean)
     if ft is None or any(s.kind in ("k", "v") for s in sites) and ft.n_kv_heads != ft.n_heads:
         warnings.warn(f"the fast patching engine does not support {model.name}; using the literal engine",
                       stacklevel=2)
         from arithinterp.methods.patching import _run_literal
 
-        return _run_literal(model, batch, sites, direction, metric, progress)
+        clean, corrupt = model.logits(batch.clean)[:, ap], model.logits(batch.corrupt)[:, ap]
+        return _run_literal(model, batch, sites, direction, metric, progress), clean, corrupt
     with torch.no_grad():
-        src, tgt = trace(ft, source_tokens), trace(ft, target_tokens)
-        reference = model.logits(target_tokens)
-        if not torch.allclose(tgt.logits, reference, atol=1e-4, rtol=1e-4):
+        clean, corrupt = trace(ft, batch.clean), trace(ft, batch.corrupt)
+        # The functional forward must reproduce the backend before its numbers are trusted.
+        reference = model.logits(batch.corrupt)
+        if not torch.allclose(corrupt.logits, reference, atol=1e-4, rtol=1e-4):
             raise RuntimeError(
                 "the functional forward disagrees with the backend "
-                f"(max |diff| {float((tgt.logits - reference).abs().max()):.2e}); please report this model"
+                f"(max |diff| {float((corrupt.logits - reference).abs().max()):.2e}); please report this model"
             )
-        return _sweep(ft, batch, sites, src, tgt, metric, progress, memory_budget)
+        src, tgt = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
+        scores = _sweep(ft, batch, sites, src, tgt, metric, progress, memory_budget)
+        return scores, clean.logits[:, ap], corrupt.logits[:, ap]
 
 
 MERGE_ROWS = 4096
@@ -304,12 +313,14 @@ def _sweep(ft, batch, sites, src, tgt, metric, progress, memory_budget) -> torch
         stage, layer, p0 = _group_key(site, seq_len)
         groups[(stage, layer)].append((p0, i))
     base_logits = _answer_logits(tgt, ap)
+    deltas = _Deltas(ft, src, tgt)
     d_wide = max(ft.d_model, ft.blocks[0]["W_in"].shape[1])
     rows_cap = max(1, memory_budget // (d_wide * 4 * 4))
     bar = tqdm(total=len(sites), desc="patching", disable=not progress, leave=False)
     for (stage, layer), members in groups.items():
         for p0, idx in _chunks(sorted(members), b, seq_len, rows_cap):
-            x = torch.cat([_inject(ft, _absolute(sites[i], seq_len), src, tgt, p0) for i in idx], dim=0)
+            chunk_sites = [_absolute(sites[i], seq_len) for i in idx]
+            x = _inject_many(ft, chunk_sites, src, tgt, p0, deltas)
             logits = _continue(ft, stage, layer, p0, x, tgt, len(idx), ap)
             full = base_logits.repeat(len(idx), 1, 1)
             full[:, ap >= p0] = logits
@@ -318,6 +329,79 @@ def _sweep(ft, batch, sites, src, tgt, metric, progress, memory_budget) -> torch
             bar.update(len(idx))
     bar.close()
     return out
+
+
+_ADDITIVE = {"embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "attn_head",
+             "mlp_post", "final_resid"}
+
+
+class _Deltas:
+    """Per-position residual deltas (source − target contribution), computed once per layer."""
+
+    def __init__(self, ft: FunctionalTransformer, src: Trace, tgt: Trace):
+        self.ft, self.src, self.tgt = ft, src, tgt
+        self._heads: dict[int, torch.Tensor] = {}
+
+    def heads(self, layer: int) -> torch.Tensor:
+        """``[b, pos, head, d_model]``: each head's change of its residual write."""
+        if layer not in self._heads:
+            d_z = self.src.z[layer] - self.tgt.z[layer]
+            self._heads[layer] = torch.einsum("bphd,hdm->bphm", d_z, self.ft.W_O_heads(layer))
+        return self._heads[layer]
+
+    def base(self, site: Site) -> torch.Tensor:
+        t = self.tgt
+        if site.kind == "final_resid":
+            return t.final
+        stage = _STAGE[site.kind]
+        layer = 0 if site.kind == "embed" else site.layer
+        return {"pre": t.resid_pre, "mid": t.resid_mid, "post": t.resid_post}[stage][layer]
+
+    def at(self, sites: list[Site], kind: str) -> torch.Tensor:
+        """Deltas ``[V, b, d_model]`` for sites of one kind, each at its own position."""
+        pos = torch.tensor([s.pos for s in sites])
+        src, tgt = self.src, self.tgt
+        if kind == "attn_head":
+            layer = sites[0].layer
+            heads = torch.tensor([s.head for s in sites])
+            return self.heads(layer)[:, pos, heads].transpose(0, 1)
+        if kind == "mlp_post":
+            layer = sites[0].layer
+            neurons = torch.tensor([s.neuron for s in sites])
+            d_post = (src.mlp_post[layer] - tgt.mlp_post[layer])[:, pos, neurons]  # [b, V]
+            return d_post.T.unsqueeze(-1) * self.ft.W_out(layer)[neurons].unsqueeze(1)
+        if kind == "final_resid":
+            return (src.final - tgt.final)[:, pos].transpose(0, 1)
+        if kind == "embed":
+            return (src.embed - tgt.embed)[:, pos].transpose(0, 1)
+        layer = sites[0].layer
+        source, target = getattr(src, kind)[layer], getattr(tgt, kind)[layer]
+        return (source - target)[:, pos].transpose(0, 1)
+
+
+def _inject_many(ft: FunctionalTransformer, sites: list[Site], src: Trace, tgt: Trace, p0: int,
+                 deltas: _Deltas) -> torch.Tensor:
+    """Stacked patched residual streams ``[V * b, S - p0, d]`` for sites sharing a stage and layer.
+
+    Single-position patches that add a delta to the residual stream are built
+    in one vectorised scatter; the rest (all-position patches, q/k/v/pattern)
+    go through :func:`_inject` one by one.
+    """
+    if any(s.pos is None or s.kind not in _ADDITIVE or (s.kind == "attn_head" and s.head is None)
+           or (s.kind == "mlp_post" and s.neuron is None) for s in sites):
+        return torch.cat([_inject(ft, s, src, tgt, p0) for s in sites], dim=0)
+    base = deltas.base(sites[0])[:, p0:]
+    n, b = len(sites), base.shape[0]
+    x = base.unsqueeze(0).repeat(n, 1, 1, 1)  # [V, b, S - p0, d]
+    by_kind: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(sites):
+        by_kind[s.kind].append(i)
+    for kind, members in by_kind.items():
+        d = deltas.at([sites[i] for i in members], kind)  # [V_k, b, d]
+        rows = torch.tensor(members)
+        cols = torch.tensor([sites[i].pos - p0 for i in members])
+        x[rows, :, cols] = x[rows, :, cols] + d
+    return x.reshape(n * b, *x.shape[2:])
 
 
 def _absolute(site: Site, seq_len: int) -> Site:

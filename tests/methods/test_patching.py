@@ -106,3 +106,37 @@ def test_result_plots_a_labeled_heatmap(model, pairs):
     assert fig.data[0].type == "heatmap"
     assert res.values.dims == ("layer", "head", "pos")
     assert list(res.values.coords["pos_token"].values[:2]) == list(tokenize_pairs(pairs, model.tokenizer).str_tokens[:2])
+
+
+def test_relative_prob_is_stolfos_relative_change(model, pairs):
+    batch = tokenize_pairs(pairs, model.tokenizer)
+    res = patch_activations(model, batch, kind="resid_pre", metric="relative_prob", normalize=False,
+                            progress=False, n_boot=10)
+    from arithinterp.models import Site
+
+    site = Site("resid_pre", 1, pos=3)
+    _, cache = model.run_with_cache(batch.clean, [site])
+    ap = batch.answer_positions
+
+    def p_clean(logits):
+        logp = torch.log_softmax(logits[:, ap].double(), -1)
+        return logp.gather(-1, batch.clean_answer.unsqueeze(-1)).squeeze(-1).sum(-1).exp()
+
+    before = p_clean(model.logits(batch.corrupt))
+    after = p_clean(model.run_with_patches(batch.corrupt, {site: cache[site]}))
+    expected = ((after - before) / (before + 1e-10)).mean()
+    assert float(res.values.sel(layer=1, pos=3)) == pytest.approx(float(expected), rel=1e-4, abs=1e-6)
+    with pytest.raises(ValueError, match="normalize=False"):
+        patch_activations(model, batch, kind="resid_pre", metric="relative_prob", progress=False)
+
+
+def test_backends_agree_on_patching(tiny_hf_dirs, pairs):
+    results = {}
+    for backend in ("transformer_lens", "nnsight"):
+        m = load_model(str(tiny_hf_dirs["gpt2"]), backend=backend)
+        results[backend] = [
+            patch_activations(m, pairs, kind=kind, engine=engine, progress=False, n_boot=10).values
+            for kind, engine in (("attn_head", "fast"), ("mlp_out", "literal"))
+        ]
+    for a, b in zip(results["transformer_lens"], results["nnsight"]):
+        torch.testing.assert_close(torch.as_tensor(a.values), torch.as_tensor(b.values), atol=1e-5, rtol=0)

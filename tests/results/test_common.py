@@ -25,6 +25,7 @@ RESULT_MODULES: list[str] = [
     "arithinterp.methods.ablation",
     "arithinterp.methods.attribution",
     "arithinterp.methods.edge_attribution",
+    "arithinterp.methods.patching",
 ]
 
 for _module in RESULT_MODULES:
