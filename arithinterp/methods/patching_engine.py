@@ -320,8 +320,12 @@ def _sweep(ft, batch, sites, src, tgt, metric, progress, memory_budget) -> torch
     for (stage, layer), members in groups.items():
         for p0, idx in _chunks(sorted(members), b, seq_len, rows_cap):
             chunk_sites = [_absolute(sites[i], seq_len) for i in idx]
-            x = _inject_many(ft, chunk_sites, src, tgt, p0, deltas)
-            logits = _continue(ft, stage, layer, p0, x, tgt, len(idx), ap)
+            x, changed = _inject_many(ft, chunk_sites, src, tgt, p0, deltas)
+            start_stage, start_layer = stage, layer
+            if stage == "mid" and changed is not None and layer < ft.n_layers - 1:
+                x = _finish_block_at(ft, layer, x, changed, tgt, p0)
+                start_stage, start_layer = "pre", layer + 1
+            logits = _continue(ft, start_stage, start_layer, p0, x, tgt, len(idx), ap)
             full = base_logits.repeat(len(idx), 1, 1)
             full[:, ap >= p0] = logits
             scores = metric(full, batch.clean_answer.repeat(len(idx), 1), batch.corrupt_answer.repeat(len(idx), 1))
@@ -381,7 +385,8 @@ class _Deltas:
 
 def _inject_many(ft: FunctionalTransformer, sites: list[Site], src: Trace, tgt: Trace, p0: int,
                  deltas: _Deltas) -> torch.Tensor:
-    """Stacked patched residual streams ``[V * b, S - p0, d]`` for sites sharing a stage and layer.
+    """Stacked patched residual streams ``[V * b, S - p0, d]`` for sites sharing a stage and layer,
+    and for single-position patches the changed column of each variant (else ``None``).
 
     Single-position patches that add a delta to the residual stream are built
     in one vectorised scatter; the rest (all-position patches, q/k/v/pattern)
@@ -389,7 +394,7 @@ def _inject_many(ft: FunctionalTransformer, sites: list[Site], src: Trace, tgt: 
     """
     if any(s.pos is None or s.kind not in _ADDITIVE or (s.kind == "attn_head" and s.head is None)
            or (s.kind == "mlp_post" and s.neuron is None) for s in sites):
-        return torch.cat([_inject(ft, s, src, tgt, p0) for s in sites], dim=0)
+        return torch.cat([_inject(ft, s, src, tgt, p0) for s in sites], dim=0), None
     base = deltas.base(sites[0])[:, p0:]
     n, b = len(sites), base.shape[0]
     x = base.unsqueeze(0).repeat(n, 1, 1, 1)  # [V, b, S - p0, d]
@@ -401,7 +406,26 @@ def _inject_many(ft: FunctionalTransformer, sites: list[Site], src: Trace, tgt: 
         rows = torch.tensor(members)
         cols = torch.tensor([sites[i].pos - p0 for i in members])
         x[rows, :, cols] = x[rows, :, cols] + d
-    return x.reshape(n * b, *x.shape[2:])
+    changed = torch.tensor([s.pos - p0 for s in sites])
+    return x.reshape(n * b, *x.shape[2:]), changed
+
+
+def _finish_block_at(ft: FunctionalTransformer, layer: int, x: torch.Tensor, changed: torch.Tensor,
+                     tgt: Trace, p0: int) -> torch.Tensor:
+    """Finish block ``layer`` after a single-position change of its resid_mid.
+
+    The MLP reads one position, so only the changed row of each variant is
+    recomputed; every other position keeps the target's resid_post. Returns
+    the residual stream entering block ``layer + 1`` for positions ``p0...``.
+    """
+    n = changed.shape[0]
+    x = x.view(n, -1, *x.shape[1:])  # [V, b, S - p0, d]
+    variants = torch.arange(n)
+    rows = x[variants, :, changed]  # [V, b, d]
+    rows = rows + ft.mlp_out(layer, ft.mlp_post(layer, rows))
+    y = tgt.resid_post[layer][:, p0:].unsqueeze(0).repeat(n, 1, 1, 1)
+    y[variants, :, changed] = rows
+    return y.reshape(-1, *y.shape[2:])
 
 
 def _absolute(site: Site, seq_len: int) -> Site:

@@ -54,10 +54,8 @@ def run(
 
 
 def _mount_zoo() -> None:
-    try:
-        from arithinterp.zoo.cli import train_cmd, zoo_app
-    except ImportError:  # the zoo package is optional while it is being built
-        return
+    from arithinterp.zoo.cli import train_cmd, zoo_app
+
     app.add_typer(zoo_app, name="zoo", help="The shipped model zoo.")
     app.command("train", help="Train a zoo model from its recipe.")(train_cmd)
 

@@ -80,7 +80,6 @@ class TransformerLensBackend(Backend):
         cls, path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> TransformerLensBackend:
         from transformer_lens.model_bridge import TransformerBridge
-
         from transformers import AutoTokenizer
 
         try:
