@@ -273,6 +273,7 @@ def run_fast(model: Model, batch: PairBatch, sites: list[Site], direction: str, 
 
 
 MERGE_ROWS = 4096
+CHEAP_WASTE = 0.05
 """Below this many token rows per pass, passes are overhead-bound and positions are merged."""
 
 
@@ -283,7 +284,7 @@ def _chunks(members: list[tuple[int, int]], b: int, seq_len: int, rows_cap: int)
     that starts later recomputes a few unchanged positions, which is exact
     (they equal the target run). Variants are merged while the pass fits the
     memory budget and either the pass is small (overhead-bound) or the extra
-    recomputed positions stay under a quarter of its work.
+    recomputed positions stay under CHEAP_WASTE of its work.
     """
     out: list[tuple[int, list[int]]] = []
     start, current, waste = 0, [], 0
@@ -292,7 +293,7 @@ def _chunks(members: list[tuple[int, int]], b: int, seq_len: int, rows_cap: int)
             rows = (len(current) + 1) * b * (seq_len - start)
             new_waste = waste + (p0 - start)
             small = rows <= MERGE_ROWS
-            cheap = new_waste <= 0.25 * (len(current) + 1) * (seq_len - start)
+            cheap = new_waste <= CHEAP_WASTE * (len(current) + 1) * (seq_len - start)
             if rows <= rows_cap and (small or cheap):
                 current.append(i)
                 waste = new_waste
