@@ -72,3 +72,22 @@ def tiny_tokens() -> torch.Tensor:
     tok = digit_tokenizer()
     texts = ["12+34=46", "50+71=21", "99+99=98", "03+40=43"]
     return torch.tensor([tok(t)["input_ids"] for t in texts])
+
+
+class CountingRun:
+    """Wraps a backend's run and counts forward passes."""
+
+    def __init__(self, run):
+        self.run, self.calls = run, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.run(*args, **kwargs)
+
+
+@pytest.fixture
+def counted(model, monkeypatch):
+    """Counts the forward passes of the test module's ``model`` fixture."""
+    counter = CountingRun(model.backend.run)
+    monkeypatch.setattr(model.backend, "run", counter)
+    return counter

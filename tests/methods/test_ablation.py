@@ -68,22 +68,6 @@ def prompts():
     return generate(TaskSpec(operation="add", operand_range=(0, 4), format="plain", n=10, seed=6))
 
 
-class CountingRun:
-    def __init__(self, run):
-        self.run, self.calls = run, 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.run(*args, **kwargs)
-
-
-@pytest.fixture
-def counted(model, monkeypatch):
-    counter = CountingRun(model.backend.run)
-    monkeypatch.setattr(model.backend, "run", counter)
-    return counter
-
-
 # ---- ablate -----------------------------------------------------------------------------
 
 

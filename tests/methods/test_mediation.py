@@ -82,24 +82,6 @@ def _literal_single(model, pairs, site: Site, eps: float = EPS):
     return ie.numpy(), te.numpy(), change.double().numpy()
 
 
-class CountingRun:
-    """Wraps a backend's run and counts forward passes."""
-
-    def __init__(self, run):
-        self.run, self.calls = run, 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.run(*args, **kwargs)
-
-
-@pytest.fixture
-def counted(model, monkeypatch):
-    counter = CountingRun(model.backend.run)
-    monkeypatch.setattr(model.backend, "run", counter)
-    return counter
-
-
 def test_ie_te_and_change_rate_equal_a_literal_computation(model, pairs):
     res = mediate(model, pairs, progress=False)
     assert isinstance(res, MediationResult)
