@@ -114,7 +114,7 @@ def sweep_sites(model: Model, kind: str, *, per_position: bool, seq_len: int,
     layers = [None] if kind in LAYERLESS_KINDS else list(range(shape.n_layers))
     positions = list(range(seq_len)) if per_position else [None]
     if kind in HEAD_KINDS and heads:
-        inner, inner_dim = list(range(shape.n_heads)), "head"
+        inner, inner_dim = list(range(shape.heads_of(kind))), "head"
     elif kind in NEURON_KINDS:
         inner = list(neurons) if neurons is not None else list(range(shape.d_mlp))
         inner_dim = "neuron"

@@ -251,7 +251,8 @@ def run_fast(model: Model, batch: PairBatch, sites: list[Site], direction: str, 
     """
     ap = batch.answer_positions
     ft = functional_for(model)
-    if ft is None or any(s.kind in ("k", "v") for s in sites) and ft.n_kv_heads != ft.n_heads:
+    grouped = ft is not None and ft.n_kv_heads != ft.n_heads
+    if ft is None or grouped and any(s.kind in ("q", "k", "v", "pattern") for s in sites):
         warnings.warn(f"the fast patching engine does not support {model.name}; using the literal engine",
                       stacklevel=2)
         from arithinterp.methods.patching import _run_literal

@@ -72,6 +72,14 @@ class ModelShape:
     n_ctx: int
     act_fn: str = "gelu"
     normalization: str = "LN"
+    n_kv_heads: int | None = None
+    """Key/value heads under grouped-query attention (``None``: as many as query heads)."""
+
+    def heads_of(self, kind: str) -> int:
+        """How many heads a head kind has (``k`` / ``v`` have fewer under grouped-query attention)."""
+        if kind in ("k", "v") and self.n_kv_heads is not None:
+            return self.n_kv_heads
+        return self.n_heads
 
 
 @dataclass(frozen=True, order=True)
@@ -141,10 +149,12 @@ class Site:
                 f"{self.label}: layer {self.layer} is out of range; the model has layers "
                 f"0..{shape.n_layers - 1}"
             )
-        if self.head is not None and not 0 <= self.head < shape.n_heads:
+        n_heads = shape.heads_of(self.kind)
+        if self.head is not None and not 0 <= self.head < n_heads:
+            which = "key/value heads" if n_heads != shape.n_heads else "heads"
             raise SiteError(
-                f"{self.label}: head {self.head} is out of range; the model has heads "
-                f"0..{shape.n_heads - 1}"
+                f"{self.label}: head {self.head} is out of range; the model has {which} "
+                f"0..{n_heads - 1}"
             )
         if self.neuron is not None and not 0 <= self.neuron < shape.d_mlp:
             raise SiteError(
@@ -180,7 +190,7 @@ def all_sites(
     layers: list[int | None] = [None] if kind in LAYERLESS_KINDS else list(range(shape.n_layers))
     pos_list: list[int | None] = [None] if positions is None else list(range(positions))
     heads: list[int | None] = (
-        list(range(shape.n_heads)) if per_head and kind in HEAD_KINDS else [None]
+        list(range(shape.heads_of(kind))) if per_head and kind in HEAD_KINDS else [None]
     )
     neurons: list[int | None] = (
         list(range(shape.d_mlp)) if per_neuron and kind in NEURON_KINDS else [None]

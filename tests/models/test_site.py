@@ -51,3 +51,12 @@ def test_all_sites_enumerates_every_cell_in_order():
     assert heads[-1] == Site("attn_head", 1, 3, None, 2)
     assert all_sites(SHAPE, "final_resid") == [Site("final_resid")]
     assert len(all_sites(SHAPE, "mlp_post", per_neuron=True)) == 2 * 64
+
+
+def test_key_value_heads_are_checked_against_their_own_count():
+    gqa = ModelShape(n_layers=2, n_heads=4, d_model=32, d_head=8, d_mlp=64, d_vocab=20, n_ctx=32, n_kv_heads=2)
+    Site("q", layer=0, head=3).validate(gqa)
+    Site("k", layer=0, head=1).validate(gqa)
+    with pytest.raises(SiteError, match="key/value heads 0..1"):
+        Site("v", layer=0, head=3).validate(gqa)
+    assert len(all_sites(gqa, "k", per_head=True)) == 2 * 2

@@ -149,6 +149,7 @@ def model_shape(config: Any, arch: HFArchitecture) -> ModelShape:
         n_ctx=int(config.max_position_embeddings),
         act_fn=str(getattr(config, "hidden_act", None) or getattr(config, "activation_function", "gelu")),
         normalization="RMS" if arch.rms_norm else "LN",
+        n_kv_heads=n_kv_heads(config),
     )
 
 

@@ -73,6 +73,7 @@ class TransformerLensBackend(Backend):
             n_ctx=int(cfg.n_ctx),
             act_fn=str(cfg.act_fn),
             normalization=str(cfg.normalization_type),
+            n_kv_heads=int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
         )
 
     @classmethod
