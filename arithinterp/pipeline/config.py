@@ -27,6 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from arithinterp.errors import ConfigError
 from arithinterp.tasks import TaskSpec
 
+SiteKindName = Literal[
+    "embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "attn_head",
+    "q", "k", "v", "pattern", "mlp_post", "final_resid",
+]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -49,7 +54,69 @@ class LogitLensStep(_Strict):
     batch_size: int = Field(256, ge=1)
 
 
-Step = Annotated[EvaluateStep | LogitLensStep, Field(discriminator="kind")]
+class PairsConfig(_Strict):
+    """Clean/corrupt pairs made from the task (:func:`arithinterp.tasks.make_pairs`)."""
+
+    kind: Literal["operand_a", "operand_b", "digit", "operator", "same_answer", "random"] = "operand_a"
+    column: int | None = None
+    operand: Literal["a", "b"] = "a"
+    seed: int = 0
+    on_impossible: Literal["raise", "drop"] = "raise"
+
+
+class PatchingStep(_Strict):
+    """Activation patching (:func:`arithinterp.methods.patch_activations`)."""
+
+    kind: Literal["patching"]
+    name: str | None = None
+    sites: SiteKindName = "attn_head"
+    per_position: bool = True
+    direction: Literal["denoise", "noise"] = "denoise"
+    metric: Literal["logit_diff", "logprob", "prob", "accuracy", "relative_prob"] = "logit_diff"
+    normalize: bool = True
+    answer: Literal["multi", "single"] = "multi"
+    engine: Literal["fast", "literal"] = "fast"
+    batch_size: int = Field(64, ge=1)
+    n_boot: int = Field(1000, ge=1)
+
+
+class AttributionStep(_Strict):
+    """Attribution patching, AtP or EAP-IG (:func:`arithinterp.methods.attribution_patch`)."""
+
+    kind: Literal["attribution"]
+    name: str | None = None
+    sites: SiteKindName = "attn_head"
+    per_position: bool = True
+    direction: Literal["denoise", "noise"] = "denoise"
+    metric: Literal["logit_diff", "logprob", "prob"] = "logit_diff"
+    normalize: bool = True
+    answer: Literal["multi", "single"] = "multi"
+    method: Literal["atp", "ig"] = "atp"
+    ig_steps: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    n_boot: int = Field(1000, ge=1)
+
+
+class MediationStep(_Strict):
+    """Causal mediation, Stolfo et al. 2023 (:func:`arithinterp.methods.mediate`)."""
+
+    kind: Literal["mediation"]
+    name: str | None = None
+    components: tuple[Literal["mlp_out", "attn_out"], ...] = ("mlp_out", "attn_out")
+    per_position: bool = True
+    heads: bool = False
+    answer: Literal["single", "multi"] = "single"
+    eps: float = Field(1e-10, ge=0)
+    batch_size: int = Field(64, ge=1)
+    n_boot: int = Field(1000, ge=1)
+
+
+PAIRED_STEPS = ("patching", "attribution", "mediation")
+
+Step = Annotated[
+    EvaluateStep | LogitLensStep | PatchingStep | AttributionStep | MediationStep,
+    Field(discriminator="kind"),
+]
 
 
 class PipelineConfig(_Strict):
@@ -62,8 +129,18 @@ class PipelineConfig(_Strict):
     device: str = "cpu"
     seed: int = 0
     task: TaskSpec
+    pairs: PairsConfig | None = None
     steps: list[Step] = Field(min_length=1)
     report: bool = True
+
+    @model_validator(mode="after")
+    def _pairs_for_causal_steps(self) -> PipelineConfig:
+        needing = [f"steps[{i}] ({s.kind})" for i, s in enumerate(self.steps) if s.kind in PAIRED_STEPS]
+        if needing and self.pairs is None:
+            raise ValueError(
+                f"pairs: required by {', '.join(needing)}; add e.g. `pairs: {{kind: operand_a}}`"
+            )
+        return self
 
     @model_validator(mode="after")
     def _unique_step_names(self) -> PipelineConfig:
@@ -81,6 +158,7 @@ class PipelineConfig(_Strict):
         payload = {
             "model": self.model, "backend": self.backend, "dtype": self.dtype, "seed": self.seed,
             "task": self.task.model_dump(mode="json"),
+            "pairs": self.pairs.model_dump(mode="json") if self.pairs else None,
             "step": self.steps[step_index].model_dump(mode="json"),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -29,13 +29,14 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from arithinterp.methods.metrics import tokenize_pairs
 from arithinterp.models import Model, load_model
 from arithinterp.models.loading import resolve_spec
 from arithinterp.pipeline.config import PipelineConfig, step_name
 from arithinterp.reports import ReportSection, write_html_report
 from arithinterp.results import Result
 from arithinterp.results.io import atomic_write_text
-from arithinterp.tasks import PromptSet, generate, tokenize
+from arithinterp.tasks import PromptSet, generate, make_pairs, tokenize
 
 
 @dataclass
@@ -58,14 +59,34 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _run_step(step: Any, model: Model, prompts: PromptSet) -> Result:
-    from arithinterp.methods import evaluate, logit_lens
+def _run_step(step: Any, model: Model, prompts: PromptSet, pairs: Any, seed: int) -> Result:
+    from arithinterp import methods
 
     if step.kind == "evaluate":
-        return evaluate(model, prompts, batch_size=step.batch_size)
+        return methods.evaluate(model, prompts, batch_size=step.batch_size)
     if step.kind == "logit_lens":
-        return logit_lens(model, prompts, k=step.k, batch_size=step.batch_size)
+        return methods.logit_lens(model, prompts, k=step.k, batch_size=step.batch_size)
+    options = step.model_dump(exclude={"kind", "name"})
+    if step.kind in ("patching", "attribution"):
+        options["kind"] = options.pop("sites")
+        fn = methods.patch_activations if step.kind == "patching" else methods.attribution_patch
+        return fn(model, pairs, seed=seed, **options)
+    if step.kind == "mediation":
+        return methods.mediate(model, pairs, seed=seed, **options)
     raise AssertionError(f"unhandled step kind {step.kind}")  # the config validated it
+
+
+def _make_pairs(config: PipelineConfig, prompts: PromptSet, model: Model) -> Any:
+    """Clean/corrupt pairs, tokenized up front so a length mismatch fails before any step."""
+    if config.pairs is None:
+        return None
+    spec = config.pairs
+    pairs = make_pairs(prompts, spec.kind, column=spec.column, operand=spec.operand, seed=spec.seed,
+                       on_impossible=spec.on_impossible)
+    for step in config.steps:
+        if step.kind in ("patching", "attribution", "mediation"):
+            tokenize_pairs(pairs, model.tokenizer, answer=step.answer)
+    return pairs
 
 
 def _is_complete(step_dir: Path, fingerprint: str) -> bool:
@@ -92,6 +113,7 @@ def run_pipeline(
     prompts = generate(config.task)
     model = load_model(config.model, backend=config.backend, device=config.device, dtype=config.dtype)
     tokenize(prompts, model.tokenizer, answer="multi")  # fails early if the task cannot be scored
+    pairs = _make_pairs(config, prompts, model)
 
     run_dir = Path(runs_dir) / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +131,7 @@ def run_pipeline(
             summary.skipped.append(name)
             continue
         start = time.perf_counter()
-        result = _run_step(step, model, prompts)
+        result = _run_step(step, model, prompts, pairs, config.seed)
         result.save(step_dir)
         record = {
             "step": name,
