@@ -14,6 +14,20 @@ from arithinterp.methods.ablation import (
 from arithinterp.methods.attribution import AttributionResult, attribution_patch, compare_with_exact
 from arithinterp.methods.edge_attribution import EdgeAttributionResult, edge_attribution_patch
 from arithinterp.methods.evaluate import EvalResult, evaluate
+from arithinterp.methods.fourier import (
+    KeyFrequencyResult,
+    ProgressResult,
+    SpectrumResult,
+    activation_spectrum,
+    digit_basis,
+    embedding_spectrum,
+    excluded_loss,
+    fourier_basis,
+    fourier_spectrum,
+    key_frequencies,
+    progress_measures,
+    restricted_loss,
+)
 from arithinterp.methods.lens import LensResult, logit_lens
 from arithinterp.methods.mediation import MediationResult, mediate
 from arithinterp.methods.metrics import METRICS, PairBatch, tokenize_pairs
@@ -41,4 +55,17 @@ __all__ = [
     "patch_activations",
     "path_patch",
     "tokenize_pairs",
+    # fourier
+    "KeyFrequencyResult",
+    "ProgressResult",
+    "SpectrumResult",
+    "activation_spectrum",
+    "digit_basis",
+    "embedding_spectrum",
+    "excluded_loss",
+    "fourier_basis",
+    "fourier_spectrum",
+    "key_frequencies",
+    "progress_measures",
+    "restricted_loss",
 ]

@@ -222,10 +222,12 @@ def path_patch(
             neurons see it), or a residual stream (``resid_pre`` / ``resid_mid`` /
             ``resid_post`` / ``final_resid``: the whole stream at that point, read by
             everything after it). Receivers upstream of a sender receive nothing.
-        metric, normalize, answer: as :func:`arithinterp.methods.patching.patch_activations`;
-            normalised values are 1 for the clean run and 0 for the corrupt run.
+        metric: as :func:`arithinterp.methods.patching.patch_activations`.
+        normalize: as there; normalised values are 1 for the clean run and 0 for the corrupt run.
+        answer: as there (``"multi"`` or ``"single"``).
         batch_size: pairs per forward pass.
-        n_boot, seed: bootstrap over pairs for ``ci_low`` / ``ci_high``.
+        n_boot: bootstrap resamples over pairs for ``ci_low`` / ``ci_high``.
+        seed: bootstrap seed.
         progress: show a progress bar.
     """
     receivers = [receiver_sites] if isinstance(receiver_sites, Site) else list(receiver_sites)

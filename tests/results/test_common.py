@@ -26,6 +26,7 @@ RESULT_MODULES: list[str] = [
     "arithinterp.methods.attribution",
     "arithinterp.methods.edge_attribution",
     "arithinterp.methods.patching",
+    "arithinterp.methods.fourier",
 ]
 
 for _module in RESULT_MODULES:
