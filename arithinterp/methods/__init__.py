@@ -12,6 +12,7 @@ from arithinterp.methods.ablation import (
     path_patch,
 )
 from arithinterp.methods.attribution import AttributionResult, attribution_patch, compare_with_exact
+from arithinterp.methods.components import DLAResult, direct_logit_attribution
 from arithinterp.methods.edge_attribution import EdgeAttributionResult, edge_attribution_patch
 from arithinterp.methods.evaluate import EvalResult, evaluate
 from arithinterp.methods.fourier import (
@@ -68,4 +69,7 @@ __all__ = [
     "key_frequencies",
     "progress_measures",
     "restricted_loss",
+    # components
+    "DLAResult",
+    "direct_logit_attribution",
 ]

@@ -27,6 +27,7 @@ RESULT_MODULES: list[str] = [
     "arithinterp.methods.edge_attribution",
     "arithinterp.methods.patching",
     "arithinterp.methods.fourier",
+    "arithinterp.methods.components",
 ]
 
 for _module in RESULT_MODULES:

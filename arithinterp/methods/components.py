@@ -1,0 +1,258 @@
+"""Direct logit attribution: each component's direct write to the answer logit.
+
+The residual stream at the answer position is a sum of component writes
+(embeddings, every head ``z_h @ W_O[h]``, every attention bias, every neuron
+``mlp_post[n] * W_out[n]``, every MLP bias). The final norm is not linear,
+so "the standard way" freezes its scale at the value of the real run: with
+LayerNorm ``y = (x - mean x) / s * w + b`` each write ``c`` contributes
+``((c - mean c) / s * w) @ W_U[:, answer]`` (RMSNorm: no centring, no
+``b``); the norm's bias ``b @ W_U`` is one more component. The components
+then sum exactly to the answer logit minus ``b_U[answer]``, which the tests
+check. With ``against`` tokens the direction is ``W_U[:, answer] -
+W_U[:, against]`` and the sum is the logit difference minus the ``b_U`` part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+import xarray as xr
+
+from arithinterp.errors import ArithInterpError
+from arithinterp.methods._common import make_meta
+from arithinterp.models import Model, Site
+from arithinterp.results import Result, bootstrap_ci
+from arithinterp.tasks import PromptSet, tokenize
+
+ComponentKind = Literal["embed", "pos_embed", "head", "attn_bias", "neuron", "mlp_bias", "norm_bias"]
+
+
+class DLAResult(Result):
+    """Direct logit attribution per prompt and component.
+
+    ``values``: dims ``(prompt, component)``; the components partition the
+    final residual stream, so they sum to the answer logit (or logit
+    difference) minus the unembedding bias. Coordinates on ``component``:
+    ``kind`` (one of :data:`ComponentKind`), ``comp_layer``, ``comp_head``,
+    ``comp_neuron`` (-1 where not applicable). Extras: ``mean``, ``ci_low``,
+    ``ci_high`` over prompts (bootstrap).
+    """
+
+    metric_name = "dla"
+
+    def _select(self, kind: str) -> xr.DataArray:
+        return self.values.isel(component=np.flatnonzero(self.values.coords["kind"].values == kind))
+
+    def heads(self) -> xr.DataArray:
+        """Head DLA as ``(prompt, layer, head)``."""
+        part = self._select("head")
+        layers = part.coords["comp_layer"].values
+        heads = part.coords["comp_head"].values
+        n_l, n_h = layers.max() + 1, heads.max() + 1
+        data = part.values.reshape(part.sizes["prompt"], n_l, n_h)
+        return xr.DataArray(data, dims=("prompt", "layer", "head"),
+                            coords={"layer": np.arange(n_l), "head": np.arange(n_h)})
+
+    def neurons(self, layer: int) -> xr.DataArray:
+        """Neuron DLA of one layer as ``(prompt, neuron)``."""
+        part = self._select("neuron")
+        part = part.isel(component=np.flatnonzero(part.coords["comp_layer"].values == layer))
+        return xr.DataArray(part.values, dims=("prompt", "neuron"),
+                            coords={"neuron": part.coords["comp_neuron"].values})
+
+    def totals(self) -> xr.DataArray:
+        """Per-prompt DLA of whole modules: embeddings, each attention layer (heads +
+        bias), each MLP (neurons + bias), the final norm's bias; ``(prompt, component)``."""
+        coords = self.values.coords
+        kinds, layers = coords["kind"].values, coords["comp_layer"].values
+        groups: dict[str, np.ndarray] = {}
+        for kind in ("embed", "pos_embed", "norm_bias"):
+            groups[kind] = kinds == kind
+        for layer in sorted(set(layers[layers >= 0].tolist())):
+            groups[f"L{layer} attn"] = np.isin(kinds, ["head", "attn_bias"]) & (layers == layer)
+            groups[f"L{layer} mlp"] = np.isin(kinds, ["neuron", "mlp_bias"]) & (layers == layer)
+        data = np.stack([self.values.values[:, m].sum(1) for m in groups.values()], axis=1)
+        return xr.DataArray(data, dims=("prompt", "component"),
+                            coords={"prompt": self.values.coords["prompt"].values,
+                                    "component": list(groups)})
+
+    def plot(self) -> go.Figure:
+        top = self.top(20)
+        return go.Figure(
+            go.Bar(x=top[self.metric], y=top["component"].astype(str), orientation="h"),
+            layout={"title": self.title(), "xaxis_title": "mean DLA", "yaxis": {"autorange": "reversed"}},
+        )
+
+    @classmethod
+    def example(cls) -> DLAResult:
+        rng = np.random.default_rng(0)
+        labels = ["embed", "L0H0", "L0H1", "L0 attn bias", "L0N0", "L0 mlp bias"]
+        kinds = ["embed", "head", "head", "attn_bias", "neuron", "mlp_bias"]
+        values = xr.DataArray(
+            rng.normal(size=(3, len(labels))),
+            dims=("prompt", "component"),
+            coords={"prompt": np.arange(3), "component": labels, "kind": ("component", kinds),
+                    "comp_layer": ("component", [-1, 0, 0, 0, 0, 0]),
+                    "comp_head": ("component", [-1, 0, 1, -1, -1, -1]),
+                    "comp_neuron": ("component", [-1, -1, -1, -1, 0, -1])},
+        )
+        return cls(values=values, meta=make_meta("direct_logit_attribution", None),
+                   extras=_aggregate(values))
+
+
+def _aggregate(values: xr.DataArray) -> dict[str, xr.DataArray]:
+    mean, low, high = bootstrap_ci(values, dim="prompt")
+    return {"mean": mean, "ci_low": low, "ci_high": high}
+
+
+def norm_parameters(model: Model) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The final norm's elementwise weight ``w`` and bias ``b``, and whether it centres.
+
+    Read by calling the norm (any backend): ``b = f(0)``, and ``f(M u)`` for a
+    large ±1 vector ``u`` has a scale of ``M`` up to ``eps / M^2``, so it
+    returns ``u_centred * w``.
+    """
+    d = model.shape.d_model
+    centres = model.shape.normalization.upper().startswith("LN")
+    dtype = model.weights().W_U.dtype
+    with torch.no_grad():  # the norm's parameters may require grad
+        zero = torch.zeros(1, d, dtype=dtype, device=model.device)
+        b = model.final_norm(zero)[0].double()
+        u = torch.ones(d, dtype=torch.float64, device=model.device)
+        u[1::2] = -1
+        big = 1e3
+        y = model.final_norm((big * u).to(dtype)[None])[0].double() - b
+        uc = u - u.mean() if centres else u
+        scale = uc.pow(2).mean().sqrt()
+        w = y * scale / uc
+    return w, b, centres
+
+
+def _answer_tokens(model: Model, prompts: PromptSet, answer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    tokenized = tokenize(prompts, model.tokenizer, answer=answer)  # type: ignore[arg-type]
+    tokens = tokenized.tokens[:, : tokenized.prompt_len].to(model.device)
+    return tokens, tokenized.answer_tokens[:, 0].to(model.device)
+
+
+def _against_tokens(model: Model, against, n: int, answer: str) -> torch.Tensor | None:
+    if against is None:
+        return None
+    if isinstance(against, PromptSet):
+        if len(against) != n:
+            raise ArithInterpError(f"against has {len(against)} prompts, prompts has {n}")
+        return _answer_tokens(model, against, answer)[1]
+    tok = torch.as_tensor(against, dtype=torch.long, device=model.device).reshape(-1)
+    if tok.numel() == 1:
+        tok = tok.expand(n)
+    if tok.numel() != n:
+        raise ArithInterpError(f"against must be one token or one per prompt ({n}); got {tok.numel()}")
+    return tok
+
+
+def direct_logit_attribution(
+    model: Model,
+    prompts: PromptSet,
+    *,
+    answer: Literal["single"] = "single",
+    against: PromptSet | int | Sequence[int] | torch.Tensor | None = None,
+    batch_size: int = 256,
+) -> DLAResult:
+    """Each component's direct contribution to the answer logit at the last prompt position.
+
+    Args:
+        model: the model.
+        prompts: a task whose answers are one token each.
+        answer: only ``"single"`` (the answer token itself).
+        against: ``None`` (the answer logit), a token id or one per prompt, or a
+            corrupt :class:`PromptSet` whose answers are subtracted (logit difference).
+        batch_size: prompts per forward pass.
+    """
+    if answer != "single":
+        raise ArithInterpError(f"answer must be 'single', got {answer!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    tokens, ans = _answer_tokens(model, prompts, answer)
+    other = _against_tokens(model, against, len(ans), answer)
+    s = model.shape
+    wts = model.weights()
+    w, b, centres = norm_parameters(model)
+    W_U = wts.W_U.detach().double()
+    W_O = wts.W_O.detach().double()
+    W_out = wts.W_out.detach().double()
+    sites = [Site("embed", pos=-1), Site("resid_pre", 0, pos=-1),
+             Site("resid_post", s.n_layers - 1, pos=-1), Site("final_resid", pos=-1)]
+    for layer in range(s.n_layers):
+        sites += [Site("attn_head", layer, pos=-1), Site("attn_out", layer, pos=-1),
+                  Site("mlp_post", layer, pos=-1), Site("mlp_out", layer, pos=-1)]
+    rows = []
+    for start in range(0, len(ans), batch_size):
+        sl = slice(start, start + batch_size)
+        _, cache = model.run_with_cache(tokens[sl], sites)
+        c = {site: t.double() for site, t in cache.items()}
+        x = c[Site("resid_post", s.n_layers - 1, pos=-1)]
+        y = c[Site("final_resid", pos=-1)] - b
+        xc = x - x.mean(-1, keepdim=True) if centres else x
+        # The real run's scale: y = xc / scale * w exactly, so it is read off, eps included.
+        scale = (xc * w).norm(dim=-1) / y.norm(dim=-1)
+        u = W_U[:, ans[sl]].T
+        if other is not None:
+            u = u - W_U[:, other[sl]].T
+        direction = w * u
+        if centres:
+            direction = direction - direction.mean(-1, keepdim=True)
+        direction = direction / scale[:, None]  # [b, d]
+
+        def dla(write: torch.Tensor, direction=direction) -> torch.Tensor:
+            return (write * direction).sum(-1)
+
+        embed = c[Site("embed", pos=-1)]
+        cols = [dla(embed), dla(c[Site("resid_pre", 0, pos=-1)] - embed)]
+        for layer in range(s.n_layers):
+            z = c[Site("attn_head", layer, pos=-1)]  # [b, head, d_head]
+            head_dirs = torch.einsum("hem,bm->bhe", W_O[layer], direction)
+            heads = (z * head_dirs).sum(-1)
+            cols += list(heads.unbind(1))
+            cols.append(dla(c[Site("attn_out", layer, pos=-1)]) - heads.sum(1))
+            neurons = c[Site("mlp_post", layer, pos=-1)] * (direction @ W_out[layer].T)
+            cols += list(neurons.unbind(1))
+            cols.append(dla(c[Site("mlp_out", layer, pos=-1)]) - neurons.sum(1))
+        cols.append((b * u).sum(-1))
+        rows.append(torch.stack(cols, 1).cpu())
+    labels, kinds, layers, heads_c, neurons_c = _component_labels(model)
+    values = xr.DataArray(
+        torch.cat(rows).numpy(),
+        dims=("prompt", "component"),
+        coords={"prompt": np.arange(len(ans)), "component": labels, "kind": ("component", kinds),
+                "comp_layer": ("component", layers), "comp_head": ("component", heads_c),
+                "comp_neuron": ("component", neurons_c)},
+    )
+    meta = make_meta("direct_logit_attribution", model, prompts,
+                     options={"answer": answer, "against": None if against is None else "given",
+                              "batch_size": batch_size})
+    return DLAResult(values=values, meta=meta, extras=_aggregate(values))
+
+
+def _component_labels(model: Model) -> tuple[list, list, list, list, list]:
+    s = model.shape
+    labels, kinds, layers, heads, neurons = ["embed", "pos_embed"], ["embed", "pos_embed"], [-1, -1], [-1, -1], [-1, -1]
+
+    def add(label, kind, layer=-1, head=-1, neuron=-1):
+        labels.append(label)
+        kinds.append(kind)
+        layers.append(layer)
+        heads.append(head)
+        neurons.append(neuron)
+
+    for layer in range(s.n_layers):
+        for h in range(s.n_heads):
+            add(f"L{layer}H{h}", "head", layer, head=h)
+        add(f"L{layer} attn bias", "attn_bias", layer)
+        for n in range(s.d_mlp):
+            add(f"L{layer}N{n}", "neuron", layer, neuron=n)
+        add(f"L{layer} mlp bias", "mlp_bias", layer)
+    add("final norm bias", "norm_bias")
+    return labels, kinds, layers, heads, neurons
