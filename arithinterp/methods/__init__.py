@@ -12,6 +12,7 @@ from arithinterp.methods.ablation import (
     path_patch,
 )
 from arithinterp.methods.attribution import AttributionResult, attribution_patch, compare_with_exact
+from arithinterp.methods.circuits import CircuitResult, circuit_figure, discover_circuit
 from arithinterp.methods.components import DLAResult, direct_logit_attribution
 from arithinterp.methods.edge_attribution import EdgeAttributionResult, edge_attribution_patch
 from arithinterp.methods.evaluate import EvalResult, evaluate
@@ -29,23 +30,10 @@ from arithinterp.methods.fourier import (
     progress_measures,
     restricted_loss,
 )
-from arithinterp.methods.lens import (
-    LensResult,
-    NumberLensResult,
-    logit_lens,
-    number_lens,
-    number_token_ids,
-)
+from arithinterp.methods.lens import LensResult, logit_lens
 from arithinterp.methods.mediation import MediationResult, mediate
 from arithinterp.methods.metrics import METRICS, PairBatch, tokenize_pairs
 from arithinterp.methods.patching import PatchingResult, patch_activations
-from arithinterp.methods.tuned_lens import (
-    LensKLResult,
-    TunedLens,
-    lens_kl,
-    train_tuned_lens,
-    tuned_lens,
-)
 
 __all__ = [
     "METRICS",
@@ -85,12 +73,8 @@ __all__ = [
     # components
     "DLAResult",
     "direct_logit_attribution",
-    "LensKLResult",
-    "NumberLensResult",
-    "TunedLens",
-    "lens_kl",
-    "number_lens",
-    "number_token_ids",
-    "train_tuned_lens",
-    "tuned_lens",
+    # circuits
+    "CircuitResult",
+    "circuit_figure",
+    "discover_circuit",
 ]

@@ -28,7 +28,7 @@ RESULT_MODULES: list[str] = [
     "arithinterp.methods.patching",
     "arithinterp.methods.fourier",
     "arithinterp.methods.components",
-    "arithinterp.methods.tuned_lens",
+    "arithinterp.methods.circuits",
 ]
 
 for _module in RESULT_MODULES:
