@@ -30,10 +30,23 @@ from arithinterp.methods.fourier import (
     progress_measures,
     restricted_loss,
 )
-from arithinterp.methods.lens import LensResult, logit_lens
+from arithinterp.methods.lens import (
+    LensResult,
+    NumberLensResult,
+    logit_lens,
+    number_lens,
+    number_token_ids,
+)
 from arithinterp.methods.mediation import MediationResult, mediate
 from arithinterp.methods.metrics import METRICS, PairBatch, tokenize_pairs
 from arithinterp.methods.patching import PatchingResult, patch_activations
+from arithinterp.methods.tuned_lens import (
+    LensKLResult,
+    TunedLens,
+    lens_kl,
+    train_tuned_lens,
+    tuned_lens,
+)
 
 __all__ = [
     "METRICS",
@@ -73,6 +86,14 @@ __all__ = [
     # components
     "DLAResult",
     "direct_logit_attribution",
+    "LensKLResult",
+    "NumberLensResult",
+    "TunedLens",
+    "lens_kl",
+    "number_lens",
+    "number_token_ids",
+    "train_tuned_lens",
+    "tuned_lens",
     # circuits
     "CircuitResult",
     "circuit_figure",

@@ -28,6 +28,7 @@ RESULT_MODULES: list[str] = [
     "arithinterp.methods.patching",
     "arithinterp.methods.fourier",
     "arithinterp.methods.components",
+    "arithinterp.methods.tuned_lens",
     "arithinterp.methods.circuits",
 ]
 
