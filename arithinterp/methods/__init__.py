@@ -30,6 +30,13 @@ from arithinterp.methods.fourier import (
     progress_measures,
     restricted_loss,
 )
+from arithinterp.methods.helix import (
+    HelixFit,
+    HelixPatchResult,
+    fit_helix,
+    fourier_filter,
+    patch_with_fit,
+)
 from arithinterp.methods.lens import (
     LensResult,
     NumberLensResult,
@@ -98,4 +105,10 @@ __all__ = [
     "CircuitResult",
     "circuit_figure",
     "discover_circuit",
+    # helix
+    "HelixFit",
+    "HelixPatchResult",
+    "fit_helix",
+    "fourier_filter",
+    "patch_with_fit",
 ]

@@ -27,6 +27,7 @@ RESULT_MODULES: list[str] = [
     "arithinterp.methods.edge_attribution",
     "arithinterp.methods.patching",
     "arithinterp.methods.fourier",
+    "arithinterp.methods.helix",
     "arithinterp.methods.components",
     "arithinterp.methods.tuned_lens",
     "arithinterp.methods.circuits",
