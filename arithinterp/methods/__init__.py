@@ -47,6 +47,7 @@ from arithinterp.methods.lens import (
 from arithinterp.methods.mediation import MediationResult, mediate
 from arithinterp.methods.metrics import METRICS, PairBatch, tokenize_pairs
 from arithinterp.methods.patching import PatchingResult, patch_activations
+from arithinterp.methods.probes import LinearProbe, ProbeResult, fit_probes
 from arithinterp.methods.tuned_lens import (
     LensKLResult,
     TunedLens,
@@ -58,6 +59,7 @@ from arithinterp.methods.tuned_lens import (
 __all__ = [
     "METRICS",
     "AttributionResult",
+    "DLAResult",
     "EdgeAttributionResult",
     "EvalResult",
     "FaithfulnessResult",
@@ -69,6 +71,7 @@ __all__ = [
     "ablate",
     "attribution_patch",
     "compare_with_exact",
+    "direct_logit_attribution",
     "edge_attribution_patch",
     "evaluate",
     "faithfulness",
@@ -77,6 +80,9 @@ __all__ = [
     "patch_activations",
     "path_patch",
     "tokenize_pairs",
+    "LinearProbe",
+    "ProbeResult",
+    "fit_probes",
     # fourier
     "KeyFrequencyResult",
     "ProgressResult",
@@ -90,9 +96,6 @@ __all__ = [
     "key_frequencies",
     "progress_measures",
     "restricted_loss",
-    # components
-    "DLAResult",
-    "direct_logit_attribution",
     "LensKLResult",
     "NumberLensResult",
     "TunedLens",

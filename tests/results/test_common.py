@@ -26,6 +26,7 @@ RESULT_MODULES: list[str] = [
     "arithinterp.methods.attribution",
     "arithinterp.methods.edge_attribution",
     "arithinterp.methods.patching",
+    "arithinterp.methods.probes",
     "arithinterp.methods.fourier",
     "arithinterp.methods.helix",
     "arithinterp.methods.components",
