@@ -46,6 +46,13 @@ from arithinterp.methods.lens import (
 )
 from arithinterp.methods.mediation import MediationResult, mediate
 from arithinterp.methods.metrics import METRICS, PairBatch, tokenize_pairs
+from arithinterp.methods.neurons import (
+    HeuristicResult,
+    NeuronMaps,
+    classify_neurons,
+    heuristic_knockout,
+    neuron_maps,
+)
 from arithinterp.methods.patching import PatchingResult, patch_activations
 from arithinterp.methods.probes import LinearProbe, ProbeResult, fit_probes
 from arithinterp.methods.tuned_lens import (
@@ -114,4 +121,9 @@ __all__ = [
     "fit_helix",
     "fourier_filter",
     "patch_with_fit",
+    "HeuristicResult",
+    "NeuronMaps",
+    "classify_neurons",
+    "heuristic_knockout",
+    "neuron_maps",
 ]

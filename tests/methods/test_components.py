@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from arithinterp.methods._common import make_meta
 from arithinterp.methods.components import direct_logit_attribution
+from arithinterp.methods.neurons import (
+    _maps,
+    classify_neurons,
+    heuristic_knockout,
+    neuron_maps,
+    topk_overlap,
+)
 from arithinterp.models import Site, load_model
 from arithinterp.tasks import TaskSpec, generate, tokenize
 
@@ -76,3 +84,91 @@ def test_dla_sums_to_answer_logit_on_tiny_models(tiny_hf_dirs, arch):
     _, _, expected = _logits(model, prompts)
     np.testing.assert_allclose(res.values.sum("component").values, expected, atol=1e-4)
     assert res.heads().sizes == {"prompt": 16, "layer": model.shape.n_layers, "head": model.shape.n_heads}
+
+
+# -- neuron heuristics ---------------------------------------------------------------------
+
+
+def _planted_maps():
+    a, b = (g.ravel() for g in np.meshgrid(np.arange(100), np.arange(100), indexing="ij"))
+    r = a + b
+    rng = np.random.default_rng(0)
+    k = np.stack([
+        ((r % 5) == 3).astype(float),  # result heuristic: read on the KV map
+        ((a >= 10) & (a < 20)).astype(float) * (1 + rng.random(a.size)),  # operand range
+        rng.random(a.size),  # noise: implements nothing
+        np.zeros(a.size),  # silent: ties everywhere score |H| / |grid|
+    ])
+    kv = k * 2.0
+    return _maps(k, kv, a, b, r, layer=0, neurons=np.arange(4),
+                 meta=make_meta("neuron_maps", None), operation="add")
+
+
+def test_planted_maps_are_classified():
+    res = classify_neurons(_planted_maps())
+    assert res.dims == ("neuron", "class")
+    assert res.neuron_heuristics(0)[0] == "result = 3 mod 5"
+    assert res.values.sel(neuron=0, **{"class": "result = 3 mod 5"}) == pytest.approx(1.0)
+    assert res.neuron_heuristics(1)[0] == "a in [10,20)"  # length 10 = 1/10 of the domain
+    assert res.neuron_heuristics(2) == []
+    assert res.neuron_heuristics(3) == []
+    # Silent neuron: every prompt tied, so each heuristic scores its share of the grid.
+    share = res.values.sel(neuron=3, **{"class": "a = b"})
+    assert share == pytest.approx(0.01)
+    assert res.classified.values.tolist() == [True, True, False, False]
+    assert res.neurons_of("result = 3 mod 5") == [0]
+
+
+def test_topk_overlap_is_the_literal_intersection_without_ties():
+    rng = np.random.default_rng(1)
+    values = rng.random((3, 50))
+    mask = rng.random(50) < 0.3
+    k = mask.sum()
+    got = topk_overlap(values, mask[None])[:, 0]
+    for row, score in zip(values, got):
+        top = set(np.argsort(-row)[:k])
+        assert score == pytest.approx(len(top & set(np.flatnonzero(mask))) / k)
+
+
+def test_neuron_maps_match_the_model_and_weights(add_model):
+    spec = TaskSpec(operation="add", operand_range=(0, 19), format="plain")
+    maps = neuron_maps(add_model, spec, layer=0, neurons=[3, 7])
+    assert maps.sizes == {"neuron": 2, "prompt": 400}
+    row = maps.values.isel(prompt=37)
+    a, b = int(row.coords["operand_a"]), int(row.coords["operand_b"])
+    tokens = add_model.to_tokens([f"{a}+{b}="])
+    _, cache = add_model.run_with_cache(tokens, [Site("mlp_post", 0, pos=-1)])
+    np.testing.assert_allclose(row.values, cache[Site("mlp_post", 0, pos=-1)][0, [3, 7]].numpy(), atol=1e-6)
+    w = add_model.weights()
+    ans = add_model.tokenizer(str(a + b), add_special_tokens=False)["input_ids"][0]
+    vote = (w.W_out[0, [3, 7]] @ w.W_U[:, ans]).detach().numpy()
+    np.testing.assert_allclose(maps.extras["kv"].isel(prompt=37).values, row.values * vote, rtol=1e-5, atol=1e-6)
+    assert maps.grid(7).sizes == {"operand_a": 20, "operand_b": 20}
+
+
+def test_modadd_neurons_are_classified_and_knockout_hurts_associated_prompts():
+    model = load_model("zoo:modadd-113")
+    spec = TaskSpec(operation="modadd", p=113, format="modular")
+    maps = neuron_maps(model, spec, layer=0)
+    # "Top" neurons: largest mean |KV|, the neurons that vote most for the true results.
+    kv = np.abs(maps.extras["kv"]).mean("prompt")
+    top = kv.coords["neuron"].values[np.argsort(-kv.values)[:50]]
+    res = classify_neurons(maps.select(top))
+    frac = float(res.classified.mean())
+    hits = res.extras["implements"].sum("neuron")
+    by_family = hits.groupby("family").sum().to_series().to_dict()
+    print(f"\nmodadd-113: {frac:.2f} of the top 50 neurons classified; hits per family {by_family}")
+    assert frac > 0
+    # The heuristic of the strongest classified neuron (top is sorted by mean |KV|).
+    heuristic = next(res.neuron_heuristics(int(n))[0] for n in top if res.neuron_heuristics(int(n)))
+    ko = heuristic_knockout(model, spec, res, heuristic, n=200).values
+    print(f"knockout of {heuristic!r} {res.neurons_of(heuristic)}: accuracy associated "
+          f"{float(ko.sel(target='associated', stat='ablated_accuracy')):.3f} / unassociated "
+          f"{float(ko.sel(target='unassociated', stat='ablated_accuracy')):.3f}; log-prob drop "
+          f"{float(ko.sel(target='associated', stat='logprob_drop')):.4f} / "
+          f"{float(ko.sel(target='unassociated', stat='logprob_drop')):.4f}")
+    assert (ko.sel(stat="accuracy") == 1).all()
+    assert ko.sel(target="associated", stat="logprob_drop") > ko.sel(target="unassociated", stat="logprob_drop")
+    assert ko.sel(target="associated", stat="ablated_accuracy") <= ko.sel(
+        target="unassociated", stat="ablated_accuracy"
+    )

@@ -30,6 +30,7 @@ RESULT_MODULES: list[str] = [
     "arithinterp.methods.fourier",
     "arithinterp.methods.helix",
     "arithinterp.methods.components",
+    "arithinterp.methods.neurons",
     "arithinterp.methods.tuned_lens",
     "arithinterp.methods.circuits",
 ]

@@ -1,0 +1,372 @@
+"""Neuron heuristics (Nikankin et al., ICLR 2025): K / KV maps, classification, knockouts.
+
+A neuron's *K map* is its activation at the last position over every operand
+pair; its *KV map* multiplies that by the neuron's direct vote for the true
+result, ``(W_out[n] @ W_U)[token(result)]``. A heuristic ``H`` (result in a
+range, operand in a range, result / operand ``≡ m (mod n)``, identical
+operands) is a set of prompts; with ``k = |H|`` a neuron's score is the share
+of its top-``k`` prompts that lie in ``H`` (result heuristics on the KV map,
+operand heuristics on the K map: the paper's "HYBRID"), and it implements
+``H`` when the score is at least ``t = 0.6``. Ties in a map (a ReLU neuron is
+0 on many prompts) are broken at random in expectation, so a silent neuron
+scores ``|H| / |grid|``, not whatever a stable sort puts first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+import xarray as xr
+
+from arithinterp.errors import ArithInterpError
+from arithinterp.methods._common import make_meta
+from arithinterp.models import Model, Site
+from arithinterp.results import Result, ScalarTable, resultclass
+from arithinterp.tasks import TaskSpec
+from arithinterp.tasks.arithmetic import compute_answers
+from arithinterp.tasks.formats import answer_text, query_text
+
+MapKind = Literal["k", "kv"]
+
+
+@resultclass
+class NeuronMaps(Result):
+    """K and KV maps of MLP neurons over every operand pair (Nikankin et al.).
+
+    ``values`` (the K map): dims ``(neuron, prompt)``, each neuron's ``mlp_post``
+    at the last position for every ``(operand_a, operand_b)`` pair (coordinates
+    on ``prompt``: ``operand_a``, ``operand_b``, ``result``). Extra ``kv``: the
+    K map times ``(W_out[n] @ W_U)[token(result)]``, the neuron's direct
+    logit-lens vote for the true result. ``layer`` is a scalar coordinate.
+    """
+
+    metric_name = "activation"
+    operation: str = "add"
+
+    def grid(self, neuron: int, *, kind: MapKind = "k") -> xr.DataArray:
+        """One neuron's map as an ``operand_a × operand_b`` grid (coords are operand values)."""
+        data = self.values if kind == "k" else self.extras["kv"]
+        row = data.sel(neuron=neuron)
+        frame = row.to_series().to_frame("v")
+        frame["a"], frame["b"] = row.coords["operand_a"].values, row.coords["operand_b"].values
+        table = frame.pivot(index="a", columns="b", values="v")
+        return xr.DataArray(table.to_numpy(), dims=("operand_a", "operand_b"),
+                            coords={"operand_a": table.index.to_numpy(), "operand_b": table.columns.to_numpy()})
+
+    def select(self, neurons: Sequence[int]) -> NeuronMaps:
+        """The maps of ``neurons`` only."""
+        pick = {"neuron": list(neurons)}
+        return self.replace(values=self.values.sel(pick), extras={"kv": self.extras["kv"].sel(pick)})
+
+    def plot(self) -> go.Figure:
+        neuron = int(self.values.coords["neuron"].values[0])
+        grid = self.grid(neuron)
+        return go.Figure(
+            go.Heatmap(z=grid.values, x=grid.coords["operand_b"].values, y=grid.coords["operand_a"].values),
+            layout={"title": f"K map of neuron {neuron}: {self.meta.model}",
+                    "xaxis_title": "operand_b", "yaxis_title": "operand_a"},
+        )
+
+    @classmethod
+    def example(cls) -> NeuronMaps:
+        a, b = np.meshgrid(np.arange(5), np.arange(5), indexing="ij")
+        k = np.stack([(a + b) % 5 == 3, a == b]).reshape(2, -1).astype(float)
+        return _maps(k, k * 2.0, a.ravel(), b.ravel(), (a + b).ravel() % 5, layer=0,
+                     neurons=np.arange(2), meta=make_meta("neuron_maps", None), operation="modadd")
+
+
+def _maps(k, kv, a, b, result, *, layer, neurons, meta, operation) -> NeuronMaps:
+    coords = {"neuron": np.asarray(neurons), "prompt": np.arange(len(a)),
+              "operand_a": ("prompt", np.asarray(a)), "operand_b": ("prompt", np.asarray(b)),
+              "result": ("prompt", np.asarray(result)), "layer": layer}
+    values = xr.DataArray(np.asarray(k, dtype=np.float64), dims=("neuron", "prompt"), coords=coords)
+    kv_arr = xr.DataArray(np.asarray(kv, dtype=np.float64), dims=("neuron", "prompt"), coords=coords)
+    return NeuronMaps(values=values, meta=meta, extras={"kv": kv_arr}, operation=operation)
+
+
+
+def operand_grid(spec: TaskSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
+    """Every ``(a, b)`` pair of ``spec``'s operand domain with results, prompts and answers."""
+    if spec.operation == "modadd":
+        lo, hi = 0, spec.p - 1
+    elif spec.operand_range is not None:
+        lo, hi = spec.operand_range
+    else:
+        raise ArithInterpError("neuron maps need operand_range (or operation='modadd' with p)")
+    values = np.arange(lo, hi + 1)
+    a, b = (g.ravel() for g in np.meshgrid(values, values, indexing="ij"))
+    result = compute_answers(spec.operation, a, b, spec.p)
+    queries = [query_text(int(x), int(y), spec) for x, y in zip(a, b)]
+    answers = [answer_text(int(r), spec) for r in result]
+    return a, b, result, queries, answers
+
+
+def neuron_maps(
+    model: Model,
+    spec: TaskSpec,
+    *,
+    layer: int,
+    neurons: Sequence[int] | None = None,
+    batch_size: int = 1024,
+) -> NeuronMaps:
+    """K and KV maps of ``layer``'s neurons over the whole operand grid of ``spec``.
+
+    Args:
+        model: the model.
+        spec: the task; its ``operand_range`` (or ``p`` for ``modadd``) gives the grid.
+        layer: the MLP layer.
+        neurons: which neurons (default: all).
+        batch_size: prompts per forward pass.
+    """
+    a, b, result, queries, answers = operand_grid(spec)
+    answer_ids = [model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in answers]
+    if any(len(ids) != 1 for ids in answer_ids):
+        raise ArithInterpError("neuron maps need every result to be one token for this tokenizer")
+    answer_tok = torch.tensor([ids[0] for ids in answer_ids], device=model.device)
+    tokens = model.to_tokens(queries)
+    idx = torch.arange(model.shape.d_mlp) if neurons is None else torch.as_tensor(list(neurons))
+    site = Site("mlp_post", layer, pos=-1)
+    acts = []
+    for start in range(0, len(a), batch_size):
+        _, cache = model.run_with_cache(tokens[start : start + batch_size], [site])
+        acts.append(cache[site][:, idx].double().cpu())
+    k = torch.cat(acts).T  # [neuron, prompt]
+    w = model.weights()
+    votes = (w.W_out[layer, idx].detach().double() @ w.W_U.detach().double()).cpu()  # [neuron, vocab]
+    kv = k * votes[:, answer_tok.cpu()]
+    meta = make_meta("neuron_maps", model, None, options={"layer": layer, "spec": spec.model_dump(mode="json")})
+    return _maps(k.numpy(), kv.numpy(), a, b, result, layer=layer, neurons=idx.numpy(),
+                 meta=meta, operation=spec.operation)
+
+
+@dataclass(frozen=True)
+class Heuristic:
+    """A set of prompts of the operand grid, scored on the K or the KV map."""
+
+    name: str
+    family: str
+    map_kind: MapKind
+    mask: np.ndarray
+
+
+# Nikankin et al.'s range lengths as fractions of their domains (operands in [0, 300),
+# lengths 10/30/50/100; results of +/- in [0, 600), lengths 10/30/50), so that a
+# small model's grid gets ranges of the same relative width.
+OPERAND_RANGE_FRACTIONS = (1 / 30, 1 / 10, 1 / 6, 1 / 3)
+RESULT_RANGE_FRACTIONS = (1 / 60, 1 / 20, 1 / 12)
+
+
+def _ranges(lo: int, hi: int, fractions: Sequence[float]) -> list[tuple[int, int]]:
+    size = hi - lo + 1
+    out = []
+    for length in sorted({max(2, round(f * size)) for f in fractions}):
+        # Every start, not the paper's stride of length // 3: a planted range is then
+        # recovered exactly, and ranges of one length share one top-k threshold.
+        out += [(s, s + length) for s in range(lo, hi + 2 - length)]
+    return out
+
+
+def heuristics(
+    a: np.ndarray, b: np.ndarray, r: np.ndarray, *, moduli: Sequence[int] = range(2, 11)
+) -> list[Heuristic]:
+    """The heuristic families of Nikankin et al. over an operand grid (``r``: results).
+
+    Result ranges (:data:`RESULT_RANGE_FRACTIONS` of the result domain) and
+    result ``≡ m (mod n)`` use the KV map; operand ranges
+    (:data:`OPERAND_RANGE_FRACTIONS`) for ``a`` and ``b``, ``a`` / ``b`` / both
+    ``≡ m (mod n)`` and identical operands use the K map.
+    """
+    out: list[Heuristic] = []
+    for lo, hi in _ranges(int(r.min()), int(r.max()), RESULT_RANGE_FRACTIONS):
+        out.append(Heuristic(f"result in [{lo},{hi})", "result_range", "kv", (r >= lo) & (r < hi)))
+    for lo, hi in _ranges(int(a.min()), int(a.max()), OPERAND_RANGE_FRACTIONS):
+        out.append(Heuristic(f"a in [{lo},{hi})", "operand_range", "k", (a >= lo) & (a < hi)))
+        out.append(Heuristic(f"b in [{lo},{hi})", "operand_range", "k", (b >= lo) & (b < hi)))
+    for n in moduli:
+        for m in range(n):
+            out.append(Heuristic(f"result = {m} mod {n}", "result_mod", "kv", r % n == m))
+            out.append(Heuristic(f"a = {m} mod {n}", "operand_mod", "k", a % n == m))
+            out.append(Heuristic(f"b = {m} mod {n}", "operand_mod", "k", b % n == m))
+            out.append(Heuristic(f"a,b = {m} mod {n}", "operand_mod", "k", (a % n == m) & (b % n == m)))
+    out.append(Heuristic("a = b", "identical_operands", "k", a == b))
+    return [h for h in out if 0 < h.mask.sum() < len(a)]
+
+
+def topk_overlap(values: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """``|top-k ∩ H| / k`` for every row of ``values`` ``[neuron, prompt]`` and every
+    heuristic mask of ``masks`` ``[heuristic, prompt]``, with ``k = |H|``:
+    ``[neuron, heuristic]``.
+
+    Ties at the k-th value are shared in proportion (the expectation under a
+    random tie-break). Heuristics of one size share one threshold, so the cost
+    is one comparison per distinct ``k`` and a matrix product.
+    """
+    masks = np.atleast_2d(masks).astype(bool)
+    sizes = masks.sum(1)
+    desc = -np.sort(-values, axis=1)
+    out = np.zeros((values.shape[0], masks.shape[0]))
+    for k in np.unique(sizes):
+        cols = np.flatnonzero(sizes == k)
+        kth = desc[:, k - 1 : k]
+        above, tied = values > kth, values == kth
+        share = (k - above.sum(1)) / np.maximum(tied.sum(1), 1)
+        m = masks[cols].T.astype(np.float64)
+        out[:, cols] = (above @ m + (tied @ m) * share[:, None]) / k
+    return out
+
+
+@resultclass
+class HeuristicResult(Result):
+    """Heuristic scores per neuron: ``values`` dims ``(neuron, class)``; ``class``
+    is the heuristic (coordinates ``family``, ``map_kind``). Extra ``implements``:
+    score ≥ ``threshold``. ``layer`` is a scalar coordinate."""
+
+    metric_name = "score"
+    threshold: float = 0.6
+
+    @property
+    def classified(self) -> xr.DataArray:
+        """Whether each neuron implements at least one heuristic."""
+        return self.extras["implements"].any("class")
+
+    def neuron_heuristics(self, neuron: int) -> list[str]:
+        """The heuristics ``neuron`` implements, best score first."""
+        row = self.values.sel(neuron=neuron)
+        hits = row.where(self.extras["implements"].sel(neuron=neuron), drop=True)
+        return [str(h) for h in hits.sortby(hits, ascending=False).coords["class"].values]
+
+    def neurons_of(self, heuristic: str) -> list[int]:
+        """The neurons that implement ``heuristic``."""
+        col = self.extras["implements"].sel({"class": heuristic})
+        return [int(n) for n in col.coords["neuron"].values[col.values]]
+
+    def plot(self) -> go.Figure:
+        best = self.values.max("class")
+        return go.Figure(
+            go.Histogram(x=best.values, nbinsx=20),
+            layout={"title": f"best heuristic score per neuron (t = {self.threshold}): {self.meta.model}",
+                    "xaxis_title": "score", "yaxis_title": "neurons"},
+        )
+
+    @classmethod
+    def example(cls) -> HeuristicResult:
+        return classify_neurons(NeuronMaps.example())
+
+
+def classify_neurons(
+    maps: NeuronMaps | Model,
+    spec: TaskSpec | None = None,
+    *,
+    layer: int | None = None,
+    neurons: Sequence[int] | None = None,
+    threshold: float = 0.6,
+    moduli: Sequence[int] = range(2, 11),
+) -> HeuristicResult:
+    """Score every neuron of ``maps`` against every heuristic (HYBRID: result
+    heuristics on KV maps, operand heuristics on K maps).
+
+    Args:
+        maps: :func:`neuron_maps` output, or a model (then ``spec`` and ``layer``
+            are passed to :func:`neuron_maps`).
+        threshold: a neuron implements ``H`` when its score is at least this.
+        moduli: the ``n`` of the ``m mod n`` families.
+    """
+    if not 0 < threshold <= 1:
+        raise ArithInterpError(f"threshold must lie in (0, 1], got {threshold}")
+    if isinstance(maps, Model):
+        if spec is None or layer is None:
+            raise ArithInterpError("classify_neurons(model, spec, layer=...) needs a spec and a layer")
+        maps = neuron_maps(maps, spec, layer=layer, neurons=neurons)
+    c = maps.values.coords
+    hs = heuristics(c["operand_a"].values, c["operand_b"].values, c["result"].values, moduli=moduli)
+    scores = np.zeros((maps.sizes["neuron"], len(hs)))
+    for kind, array in (("k", maps.values.values), ("kv", maps.extras["kv"].values)):
+        cols = [i for i, h in enumerate(hs) if h.map_kind == kind]
+        if cols:
+            scores[:, cols] = topk_overlap(array, np.stack([hs[i].mask for i in cols]))
+    coords = {"neuron": maps.values.coords["neuron"].values, "class": [h.name for h in hs],
+              "family": ("class", [h.family for h in hs]),
+              "map_kind": ("class", [h.map_kind for h in hs]),
+              "layer": maps.values.coords["layer"].values}
+    values = xr.DataArray(scores, dims=("neuron", "class"), coords=coords)
+    meta = maps.meta.replace(method="classify_neurons",
+                             options={**maps.meta.options, "threshold": threshold, "moduli": list(moduli)})
+    return HeuristicResult(values=values, meta=meta, extras={"implements": values >= threshold},
+                           threshold=threshold)
+
+
+def heuristic_knockout(
+    model: Model,
+    spec: TaskSpec,
+    heuristics_result: HeuristicResult,
+    heuristic: str,
+    *,
+    n: int = 100,
+    seed: int = 0,
+    batch_size: int = 1024,
+) -> ScalarTable:
+    """Accuracy on prompts associated with ``heuristic`` and on unassociated ones,
+    before and after zeroing (``mlp_post`` at the last position) every neuron
+    that implements it.
+
+    Both groups are drawn (up to ``n`` each) from the grid prompts the model
+    answers correctly, so the baseline accuracy is 1. Returns a
+    :class:`ScalarTable` with dims ``(target, stat)``: ``target`` is
+    ``associated`` / ``unassociated``; ``stat`` is ``accuracy`` (before),
+    ``ablated_accuracy`` and ``logprob_drop`` (mean fall of the answer's
+    log-probability, which moves even when a wide model's accuracy does not).
+    """
+    if heuristic not in heuristics_result.values.coords["class"].values:
+        raise ArithInterpError(f"unknown heuristic {heuristic!r}; see heuristics_result.values.coords['class']")
+    layer = int(heuristics_result.values.coords["layer"])
+    neurons = heuristics_result.neurons_of(heuristic)
+    a, b, result, queries, answers = operand_grid(spec)
+    moduli = heuristics_result.meta.options.get("moduli", list(range(2, 11)))
+    masks = {h.name: h.mask for h in heuristics(a, b, result, moduli=moduli)}
+    if heuristic not in masks:
+        raise ArithInterpError(f"heuristic {heuristic!r} is not defined on the grid of {spec}")
+    mask = masks[heuristic]
+    answer_tok = torch.tensor([model.tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in answers])
+    tokens = model.to_tokens(queries)
+    idx = torch.as_tensor(neurons, dtype=torch.long)
+
+    def zero(act: torch.Tensor) -> torch.Tensor:
+        act = act.clone()  # the backend's tensor may be read downstream
+        act[:, idx] = 0
+        return act
+
+    def score(rows: np.ndarray, ablated: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Whether each prompt is answered correctly, and its answer log-probability."""
+        hits, logps = [np.zeros(0, bool)], [np.zeros(0)]
+        for start in range(0, len(rows), batch_size):
+            t = tokens[rows[start : start + batch_size]]
+            patches = {Site("mlp_post", layer, pos=-1): zero} if ablated and len(neurons) else {}
+            logits = model.logits(t, patches)[:, -1].detach().double().cpu()
+            ans = answer_tok[rows[start : start + batch_size]]
+            hits.append((logits.argmax(-1) == ans).numpy())
+            logps.append(torch.log_softmax(logits, -1).gather(1, ans[:, None])[:, 0].numpy())
+        return np.concatenate(hits), np.concatenate(logps)
+
+    ok, _ = score(np.arange(len(a)), ablated=False)
+    rng = np.random.default_rng(seed)
+    table = np.full((2, 3), np.nan)
+    sizes = []
+    for i, group in enumerate([mask & ok, ~mask & ok]):
+        rows = np.flatnonzero(group)
+        rows = rng.choice(rows, size=min(n, len(rows)), replace=False)
+        sizes.append(len(rows))
+        if len(rows):
+            _, base_logp = score(rows, ablated=False)
+            hit, logp = score(rows, ablated=True)
+            table[i] = [1.0, hit.mean(), (base_logp - logp).mean()]
+    meta = make_meta("heuristic_knockout", model, None,
+                     options={"heuristic": heuristic, "layer": layer, "n": n, "seed": seed},
+                     extra={"neurons": neurons, "n_prompts": sizes})
+    return ScalarTable.from_array(table, dims=("target", "stat"), meta=meta, metric="knockout",
+                                  coords={"target": ["associated", "unassociated"],
+                                          "stat": ["accuracy", "ablated_accuracy", "logprob_drop"]})
