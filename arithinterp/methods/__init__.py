@@ -13,7 +13,12 @@ from arithinterp.methods.ablation import (
 )
 from arithinterp.methods.attribution import AttributionResult, attribution_patch, compare_with_exact
 from arithinterp.methods.circuits import CircuitResult, circuit_figure, discover_circuit
-from arithinterp.methods.components import DLAResult, direct_logit_attribution
+from arithinterp.methods.components import (
+    CNAResult,
+    DLAResult,
+    comparative_neuron_analysis,
+    direct_logit_attribution,
+)
 from arithinterp.methods.edge_attribution import EdgeAttributionResult, edge_attribution_patch
 from arithinterp.methods.evaluate import EvalResult, evaluate
 from arithinterp.methods.fourier import (
@@ -66,6 +71,7 @@ from arithinterp.methods.tuned_lens import (
 __all__ = [
     "METRICS",
     "AttributionResult",
+    "CNAResult",
     "DLAResult",
     "EdgeAttributionResult",
     "EvalResult",
@@ -78,6 +84,7 @@ __all__ = [
     "ablate",
     "attribution_patch",
     "compare_with_exact",
+    "comparative_neuron_analysis",
     "direct_logit_attribution",
     "edge_attribution_patch",
     "evaluate",

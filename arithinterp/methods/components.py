@@ -256,3 +256,101 @@ def _component_labels(model: Model) -> tuple[list, list, list, list, list]:
         add(f"L{layer} mlp bias", "mlp_bias", layer)
     add("final norm bias", "norm_bias")
     return labels, kinds, layers, heads, neurons
+
+
+# -- comparative neuron analysis (Yu & Ananiadou, EMNLP 2024) -----------------------------
+
+
+class CNAResult(Result):
+    """Comparative neuron analysis of one layer's neurons against an ablated head.
+
+    ``values``: dims ``(prompt, neuron)``, ``CNA = Imp_clean − Imp_ablated``
+    where ``Imp(v_i) = log p(answer | v_i + h_res) − log p(answer | h_res)``
+    read through the final norm (its scale frozen at the clean run), ``v_i =
+    m_i W_out[i]`` and ``h_res`` the post-attention residual of the layer.
+    Extras ``imp_clean`` and ``imp_ablated``. Scalar coords ``layer``,
+    ``ablated_layer``, ``ablated_head``.
+    """
+
+    metric_name = "cna"
+
+    @classmethod
+    def example(cls) -> CNAResult:
+        rng = np.random.default_rng(0)
+        coords = {"prompt": np.arange(3), "neuron": np.arange(4), "layer": 0,
+                  "ablated_layer": 0, "ablated_head": 1}
+        clean = xr.DataArray(rng.normal(size=(3, 4)), dims=("prompt", "neuron"), coords=coords)
+        ablated = clean * 0.5
+        return cls(values=clean - ablated, meta=make_meta("comparative_neuron_analysis", None),
+                   extras={"imp_clean": clean, "imp_ablated": ablated})
+
+
+def _neuron_importance(model, tokens, ans, layer, patches, scale, w, b, centres, batch_size):
+    """Imp of every neuron of ``layer`` per prompt: ``[prompt, neuron]`` (double)."""
+    wts = model.weights()
+    W_U, b_U = wts.W_U.detach().double(), wts.b_U.detach().double()
+    W_out = wts.W_out[layer].detach().double()
+    if centres:
+        W_out = W_out - W_out.mean(-1, keepdim=True)
+    gain = (W_out * w) @ W_U  # [neuron, vocab]: a neuron's unit write through the norm
+    mid, post = Site("resid_mid", layer, pos=-1), Site("mlp_post", layer, pos=-1)
+    out = []
+    for start in range(0, len(ans), batch_size):
+        sl = slice(start, start + batch_size)
+        _, cache = model.run_with_cache(tokens[sl], [mid, post], patches)
+        h = cache[mid].double()
+        hc = h - h.mean(-1, keepdim=True) if centres else h
+        s = scale[sl, None]
+        base = (hc / s * w + b) @ W_U + b_U  # [b, vocab]
+        logits = base[:, None] + (cache[post].double() / s)[..., None] * gain  # [b, neuron, vocab]
+        a = ans[sl]
+        logp = torch.log_softmax(logits, -1)[torch.arange(len(a)), :, a]
+        out.append((logp - torch.log_softmax(base, -1).gather(1, a[:, None])).cpu())
+    return torch.cat(out)
+
+
+def comparative_neuron_analysis(
+    model: Model,
+    prompts: PromptSet,
+    *,
+    head: tuple[int, int],
+    layer: int | None = None,
+    batch_size: int = 32,
+) -> CNAResult:
+    """CNA of ``layer``'s neurons (default: the last) with and without ``head``.
+
+    Args:
+        model: the model.
+        prompts: a task whose answers are one token each.
+        head: ``(layer, head)`` zero-ablated (its output z, at every position).
+        layer: the MLP layer whose neurons are compared (default: the final one).
+        batch_size: prompts per forward pass.
+    """
+    s = model.shape
+    layer = s.n_layers - 1 if layer is None else layer
+    if not 0 <= layer < s.n_layers:
+        raise ArithInterpError(f"layer must lie in [0, {s.n_layers}), got {layer}")
+    head_site = Site("attn_head", head[0], head=head[1]).validate(s)
+    tokens, ans = _answer_tokens(model, prompts, "single")
+    w, b, centres = norm_parameters(model)
+    last = Site("resid_post", s.n_layers - 1, pos=-1)
+    final = Site("final_resid", pos=-1)
+    scales = []
+    for start in range(0, len(ans), batch_size):
+        _, cache = model.run_with_cache(tokens[start : start + batch_size], [last, final])
+        x, y = cache[last].double(), cache[final].double() - b
+        xc = x - x.mean(-1, keepdim=True) if centres else x
+        scales.append((xc * w).norm(dim=-1) / y.norm(dim=-1))
+    scale = torch.cat(scales)  # the clean run's final-norm scale, used for both runs
+    clean = _neuron_importance(model, tokens, ans, layer, {}, scale, w, b, centres, batch_size)
+    ablated = _neuron_importance(model, tokens, ans, layer, {head_site: torch.zeros(())},
+                                 scale, w, b, centres, batch_size)
+    coords = {"prompt": np.arange(len(ans)), "neuron": np.arange(s.d_mlp), "layer": layer,
+              "ablated_layer": head[0], "ablated_head": head[1]}
+    dims = ("prompt", "neuron")
+    imp_clean = xr.DataArray(clean.numpy(), dims=dims, coords=coords)
+    imp_ablated = xr.DataArray(ablated.numpy(), dims=dims, coords=coords)
+    meta = make_meta("comparative_neuron_analysis", model, prompts,
+                     options={"head": list(head), "layer": layer, "batch_size": batch_size})
+    return CNAResult(values=imp_clean - imp_ablated, meta=meta,
+                     extras={"imp_clean": imp_clean, "imp_ablated": imp_ablated})
