@@ -69,7 +69,7 @@ def _sklearn_loop(X, y, train, test, kind, l2):
             scaler = StandardScaler().fit(X[i, j, train])
             Xtr, Xte = scaler.transform(X[i, j, train]), scaler.transform(X[i, j, test])
             if kind == "logistic":
-                est = LogisticRegression(C=1 / (l2 * n), max_iter=1000).fit(Xtr, y[train])
+                est = LogisticRegression(C=1 / (l2 * n), tol=1e-8, max_iter=10_000).fit(Xtr, y[train])
             else:
                 est = Ridge(alpha=l2 * n).fit(Xtr, y[train])
             out[i, j] = est.score(Xte, y[test])
