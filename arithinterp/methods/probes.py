@@ -186,15 +186,15 @@ class LinearProbe:
         pen[-1] = 0.0  # the intercept is not penalised
         eye = torch.diag(pen + 1e-10)
 
-        def loss(w: torch.Tensor) -> torch.Tensor:
+        def loss(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             z = (Z1 @ w.unsqueeze(-1)).squeeze(-1)
             bce = torch.nn.functional.binary_cross_entropy_with_logits(z, t, reduction="none")
-            return bce.mean(-1) + 0.5 * (pen * w**2).sum(-1)
+            return bce.mean(-1) + 0.5 * (pen * w**2).sum(-1), z
 
         w = torch.zeros(*Z.shape[:-2], d + 1, dtype=Z.dtype)
-        current = loss(w)
+        current, z = loss(w)
         for _ in range(self.max_iter):
-            p = torch.sigmoid((Z1 @ w.unsqueeze(-1)).squeeze(-1))
+            p = torch.sigmoid(z)
             grad = (Z1.transpose(-1, -2) @ (p - t).unsqueeze(-1)).squeeze(-1) / n + pen * w
             # the Hessian only steers the step (the loss test below keeps it safe), so
             # float32 is enough for its one costly product
@@ -202,15 +202,18 @@ class LinearProbe:
             hess = (Z1f.transpose(-1, -2) @ weighted).to(Z.dtype) / n + eye
             step = torch.linalg.solve(hess, grad)
             scale = torch.ones_like(current)
-            for _ in range(20):  # halve each problem's step until its loss goes down
-                trial = loss(w - scale.unsqueeze(-1) * step)
+            for _ in range(30):  # halve each problem's step until its loss goes down
+                trial, z_trial = loss(w - scale.unsqueeze(-1) * step)
                 worse = trial > current + 1e-12
                 if not worse.any():
                     break
                 scale = torch.where(worse, scale / 2, scale)
+            else:  # a problem that cannot improve (already at its optimum) stays put
+                scale = torch.where(worse, torch.zeros_like(scale), scale)
+                trial, z_trial = loss(w - scale.unsqueeze(-1) * step)
             w = w - scale.unsqueeze(-1) * step
             done = bool((current - trial).max() < 1e-9)
-            current = trial
+            current, z = trial, z_trial
             if done:
                 break
         half = w[..., :d].unsqueeze(-1) / 2
