@@ -15,6 +15,17 @@ accuracy (or R²). Both run on one torch thread. Absolute times on a shared
 machine are noise; read the ratio.
 
     python benchmarks/probes.py [--model zoo:add-5d] [--n 2000] [--target SC_2] [--kind logistic]
+
+Measured on the shared 2-core CPU box (load average 4-6), 90 probes, d = 96,
+max score difference 0.0000 in every run:
+
+    logistic SC_2, 1500 train prompts   2.87 s vs 9.56 s   3.3x
+    logistic SC_2,  300 train prompts   0.47 s vs 4.13 s   8.8x
+    ridge answer,  1500 train prompts   0.63 s vs 0.88 s   1.4x
+
+The 10x target is not reached on this CPU: with d = 96 and n in the
+thousands each scikit-learn fit is already BLAS-bound, so batching saves
+per-fit overhead and line-search iterations, not arithmetic.
 """
 
 from __future__ import annotations
