@@ -159,6 +159,10 @@ class Heuristic:
 # small model's grid gets ranges of the same relative width.
 OPERAND_RANGE_FRACTIONS = (1 / 30, 1 / 10, 1 / 6, 1 / 3)
 RESULT_RANGE_FRACTIONS = (1 / 60, 1 / 20, 1 / 12)
+# A heuristic holding share q of the grid scores q for a map that ignores it, so one
+# holding much more than half would pass t = 0.6 by chance (e.g. "hundreds digit = 0"
+# when results stop at 112); m mod 2 (one half, or just over on an odd grid) stays.
+MAX_SHARE = 0.55
 
 
 def _ranges(lo: int, hi: int, fractions: Sequence[float]) -> list[tuple[int, int]]:
@@ -179,7 +183,8 @@ def heuristics(
     Result ranges (:data:`RESULT_RANGE_FRACTIONS` of the result domain) and
     result ``≡ m (mod n)`` use the KV map; operand ranges
     (:data:`OPERAND_RANGE_FRACTIONS`) for ``a`` and ``b``, ``a`` / ``b`` / both
-    ``≡ m (mod n)`` and identical operands use the K map.
+    ``≡ m (mod n)`` and identical operands use the K map; digit patterns (one
+    digit of the result / an operand fixed) use the map of what they describe.
     """
     out: list[Heuristic] = []
     for lo, hi in _ranges(int(r.min()), int(r.max()), RESULT_RANGE_FRACTIONS):
@@ -193,8 +198,21 @@ def heuristics(
             out.append(Heuristic(f"a = {m} mod {n}", "operand_mod", "k", a % n == m))
             out.append(Heuristic(f"b = {m} mod {n}", "operand_mod", "k", b % n == m))
             out.append(Heuristic(f"a,b = {m} mod {n}", "operand_mod", "k", (a % n == m) & (b % n == m)))
+    # Digit patterns (the paper's ".d." wildcards): one digit fixed, the others free.
+    for place, label in ((1, "units"), (10, "tens"), (100, "hundreds")):
+        for d in range(10):
+            out.append(Heuristic(f"result {label} digit = {d}", "result_pattern", "kv", r // place % 10 == d))
+            out.append(Heuristic(f"a {label} digit = {d}", "operand_pattern", "k", a // place % 10 == d))
+            out.append(Heuristic(f"b {label} digit = {d}", "operand_pattern", "k", b // place % 10 == d))
     out.append(Heuristic("a = b", "identical_operands", "k", a == b))
-    return [h for h in out if 0 < h.mask.sum() < len(a)]
+    seen: set[tuple[str, bytes]] = set()
+    kept = []
+    for h in out:
+        key = (h.map_kind, np.packbits(h.mask).tobytes())
+        if 0 < h.mask.sum() <= MAX_SHARE * len(a) and key not in seen:  # e.g. units digit = result mod 10
+            seen.add(key)
+            kept.append(h)
+    return kept
 
 
 def topk_overlap(values: np.ndarray, masks: np.ndarray) -> np.ndarray:

@@ -99,9 +99,10 @@ def _planted_maps():
         ((a >= 10) & (a < 20)).astype(float) * (1 + rng.random(a.size)),  # operand range
         rng.random(a.size),  # noise: implements nothing
         np.zeros(a.size),  # silent: ties everywhere score |H| / |grid|
+        ((r // 10 % 10) == 4).astype(float),  # digit pattern: result ".4."
     ])
     kv = k * 2.0
-    return _maps(k, kv, a, b, r, layer=0, neurons=np.arange(4),
+    return _maps(k, kv, a, b, r, layer=0, neurons=np.arange(5),
                  meta=make_meta("neuron_maps", None), operation="add")
 
 
@@ -116,7 +117,8 @@ def test_planted_maps_are_classified():
     # Silent neuron: every prompt tied, so each heuristic scores its share of the grid.
     share = res.values.sel(neuron=3, **{"class": "a = b"})
     assert share == pytest.approx(0.01)
-    assert res.classified.values.tolist() == [True, True, False, False]
+    assert res.neuron_heuristics(4)[0] == "result tens digit = 4"
+    assert res.classified.values.tolist() == [True, True, False, False, True]
     assert res.neurons_of("result = 3 mod 5") == [0]
 
 
