@@ -139,16 +139,7 @@ def build_planted(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Many tiny forward passes: on a shared 2-core machine a second intra-op thread
-    # costs far more in contention than it saves (measured ~20x slower under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,17 +14,7 @@ from arithinterp.methods.probes import ProbeError, split_prompts
 from arithinterp.models import load_model
 from arithinterp.tasks import TaskSpec, generate
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The probe problems here are tiny: on a shared 2-core machine a second intra-op
-    thread only waits for a busy core (measured 7x slower), so run on one and restore."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.fixture(scope="module")
