@@ -56,6 +56,24 @@ def build_tiny_hf(path: Path, arch: str, *, seed: int = 0, n_layer: int = 2) -> 
     return path
 
 
+def scaled_variant(source: Path, target: Path, *, scale: float = 25.0, zero_mlps: bool = False) -> Path:
+    """A tiny random GPT-2 with its weight matrices scaled up (so its next-token distributions
+    are far from uniform and interventions move them visibly) and, optionally, every MLP
+    weight and bias zeroed (attention only)."""
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(source, use_safetensors=True)
+    with torch.no_grad():
+        for name, weight in hf.named_parameters():
+            if zero_mlps and ".mlp." in name:
+                weight.zero_()
+            elif weight.ndim == 2:
+                weight.mul_(scale)
+    hf.save_pretrained(target, safe_serialization=True)
+    digit_tokenizer().save_pretrained(target)
+    return target
+
+
 @pytest.fixture(scope="session")
 def tiny_hf_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny_models")

@@ -105,10 +105,6 @@ def functional_for(model: Model) -> FunctionalTransformer | None:
         return None
 
 
-def _p0(site: Site) -> int:
-    return 0 if site.pos is None else site.pos
-
-
 def _group_key(site: Site, seq_len: int) -> tuple[str, int, int]:
     layer = -1 if site.layer is None else site.layer
     stage = _STAGE[site.kind]

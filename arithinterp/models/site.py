@@ -31,7 +31,6 @@ the query position.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -203,7 +202,3 @@ def all_sites(
         for pos in pos_list
     ]
 
-
-def iter_kinds() -> Iterator[str]:
-    """The valid site kinds."""
-    return iter(SITE_KINDS)

@@ -64,37 +64,35 @@ class PairsConfig(_Strict):
     on_impossible: Literal["raise", "drop"] = "raise"
 
 
-class PatchingStep(_Strict):
+class _SweepStep(_Strict):
+    """Options shared by the site sweeps (patching and attribution patching)."""
+
+    name: str | None = None
+    sites: SiteKindName = "attn_head"
+    per_position: bool = True
+    direction: Literal["denoise", "noise"] = "denoise"
+    normalize: bool = True
+    answer: Literal["multi", "single"] = "multi"
+    n_boot: int = Field(1000, ge=1)
+
+
+class PatchingStep(_SweepStep):
     """Activation patching (:func:`arithinterp.methods.patch_activations`)."""
 
     kind: Literal["patching"]
-    name: str | None = None
-    sites: SiteKindName = "attn_head"
-    per_position: bool = True
-    direction: Literal["denoise", "noise"] = "denoise"
     metric: Literal["logit_diff", "logprob", "prob", "accuracy", "relative_prob"] = "logit_diff"
-    normalize: bool = True
-    answer: Literal["multi", "single"] = "multi"
     engine: Literal["fast", "literal"] = "fast"
     batch_size: int = Field(64, ge=1)
-    n_boot: int = Field(1000, ge=1)
 
 
-class AttributionStep(_Strict):
+class AttributionStep(_SweepStep):
     """Attribution patching, AtP or EAP-IG (:func:`arithinterp.methods.attribution_patch`)."""
 
     kind: Literal["attribution"]
-    name: str | None = None
-    sites: SiteKindName = "attn_head"
-    per_position: bool = True
-    direction: Literal["denoise", "noise"] = "denoise"
     metric: Literal["logit_diff", "logprob", "prob"] = "logit_diff"
-    normalize: bool = True
-    answer: Literal["multi", "single"] = "multi"
     method: Literal["atp", "ig"] = "atp"
     ig_steps: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
-    n_boot: int = Field(1000, ge=1)
 
 
 class MediationStep(_Strict):

@@ -153,8 +153,9 @@ def run_pipeline(
 def _summary_table(result: Result) -> pd.DataFrame:
     summary = getattr(result, "summary", None)
     if callable(summary):
-        flat = {k: v for k, v in summary().items() if not isinstance(v, dict)}
-        for key, sub in summary().items():
+        summary = summary()
+        flat = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+        for key, sub in summary.items():
             if isinstance(sub, dict):
                 flat.update({f"{key}[{k}]": v for k, v in sub.items()})
         return pd.DataFrame({"quantity": list(flat), "value": list(flat.values())})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import plotly.graph_objects as go
 import pytest
@@ -21,40 +19,23 @@ from arithinterp.methods.metrics import logit_diff, tokenize_pairs
 from arithinterp.methods.patching import patch_activations
 from arithinterp.models import Site, load_model
 from arithinterp.tasks import PromptPairs, TaskSpec, generate, make_pairs
-from tests.conftest import build_tiny_hf, digit_tokenizer
-
-
-def _variant(source: Path, target: Path, *, scale: float = 25.0, zero_mlps: bool = False) -> Path:
-    """A tiny random GPT-2 with weight matrices scaled up (so interventions move its
-    outputs visibly) and, optionally, every MLP weight and bias zeroed (attention only)."""
-    from transformers import GPT2LMHeadModel
-
-    hf = GPT2LMHeadModel.from_pretrained(source, use_safetensors=True)
-    with torch.no_grad():
-        for name, weight in hf.named_parameters():
-            if zero_mlps and ".mlp." in name:
-                weight.zero_()
-            elif weight.ndim == 2:
-                weight.mul_(scale)
-    hf.save_pretrained(target, safe_serialization=True)
-    digit_tokenizer().save_pretrained(target)
-    return target
+from tests.conftest import build_tiny_hf, scaled_variant
 
 
 @pytest.fixture(scope="module")
 def model(tiny_hf_dirs, tmp_path_factory):
-    return load_model(str(_variant(tiny_hf_dirs["gpt2"], tmp_path_factory.mktemp("sharp2"))))
+    return load_model(str(scaled_variant(tiny_hf_dirs["gpt2"], tmp_path_factory.mktemp("sharp2"))))
 
 
 @pytest.fixture(scope="module")
 def one_layer(tmp_path_factory):
     root = tmp_path_factory.mktemp("one_layer")
-    return load_model(str(_variant(build_tiny_hf(root / "base", "gpt2", seed=1, n_layer=1), root / "sharp")))
+    return load_model(str(scaled_variant(build_tiny_hf(root / "base", "gpt2", seed=1, n_layer=1), root / "sharp")))
 
 
 @pytest.fixture(scope="module")
 def attn_only(tiny_hf_dirs, tmp_path_factory):
-    return load_model(str(_variant(tiny_hf_dirs["gpt2"], tmp_path_factory.mktemp("attn_only"), zero_mlps=True)))
+    return load_model(str(scaled_variant(tiny_hf_dirs["gpt2"], tmp_path_factory.mktemp("attn_only"), zero_mlps=True)))
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import plotly.graph_objects as go
 import pytest
@@ -20,29 +18,14 @@ from arithinterp.methods.mediation import (
 from arithinterp.models import Site, load_model
 from arithinterp.tasks import PromptPairs, TaskSpec, generate, make_pairs
 from arithinterp.zoo.registry import ZOO_DIR
-from tests.conftest import digit_tokenizer
+from tests.conftest import scaled_variant
 
 EPS = 1e-10
 
 
-def sharpened(source: Path, target: Path, scale: float = 25.0) -> Path:
-    """The tiny random GPT-2 with its weight matrices scaled up, so that its next-token
-    distributions are far from uniform and interventions move them visibly."""
-    from transformers import GPT2LMHeadModel
-
-    hf = GPT2LMHeadModel.from_pretrained(source, use_safetensors=True)
-    with torch.no_grad():
-        for weight in hf.parameters():
-            if weight.ndim == 2:
-                weight.mul_(scale)
-    hf.save_pretrained(target, safe_serialization=True)
-    digit_tokenizer().save_pretrained(target)
-    return target
-
-
 @pytest.fixture(scope="module")
 def model(tiny_hf_dirs, tmp_path_factory):
-    return load_model(str(sharpened(tiny_hf_dirs["gpt2"], tmp_path_factory.mktemp("sharp"))))
+    return load_model(str(scaled_variant(tiny_hf_dirs["gpt2"], tmp_path_factory.mktemp("sharp"))))
 
 
 @pytest.fixture(scope="module")
