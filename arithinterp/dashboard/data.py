@@ -1,0 +1,258 @@
+"""Loading a finished run for the dashboard, and reading one component's evidence out of it.
+
+A run is found from the path the user gives (a report directory, a run
+directory with ``report/`` inside, or a directory of runs) once, before the
+server starts; everything the dashboard reads afterwards is addressed by a
+*key* (a run name from that fixed list) and a *component label*, never by a
+path coming from the browser. Every file read goes through :func:`inside`,
+which refuses anything that resolves outside the run directory (``..``,
+absolute paths, symlinks pointing out).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from arithinterp.errors import ArithInterpError
+from arithinterp.results import Result
+
+__all__ = [
+    "RESULT_NAMES",
+    "Component",
+    "DashboardError",
+    "Report",
+    "RunSet",
+    "find_reports",
+    "inside",
+    "parse_component",
+]
+
+#: The result directories a report may hold (the report contract); nothing else is loaded.
+RESULT_NAMES: tuple[str, ...] = (
+    "patching_heads", "attribution_heads", "attribution_neurons", "mediation", "dla", "probes",
+    "key_frequencies", "heuristics", "neuron_maps", "logit_lens", "circuit",
+)  # fmt: skip
+
+SUMMARY = "summary.json"
+_LABEL_RE = re.compile(r"^L(\d+)([HN])(\d+)$|^MLP(\d+)$")
+
+
+class DashboardError(ArithInterpError, ValueError):
+    """A run directory the dashboard cannot serve (missing, malformed, or a path outside it)."""
+
+
+def inside(root: Path, relative: str | Path) -> Path:
+    """``root / relative``, refusing a path that leaves ``root`` (``..``, absolute, symlinks)."""
+    rel = Path(relative)
+    if rel.is_absolute() or rel.drive:
+        raise DashboardError(f"{str(relative)!r} is an absolute path; only paths inside {root} are served")
+    base = root.resolve()
+    target = (base / rel).resolve()
+    if target != base and base not in target.parents:
+        raise DashboardError(f"{str(relative)!r} points outside the run directory {root}; refused")
+    return target
+
+
+# ---- components ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Component:
+    """A head (``L0H1``), a neuron (``L0N17``) or a whole MLP (``MLP0``)."""
+
+    label: str
+    kind: str  # "head" | "neuron" | "mlp"
+    layer: int
+    index: int | None  # head or neuron number
+
+
+def parse_component(label: Any) -> Component:
+    """The component a label names; ``DashboardError`` for anything else."""
+    match = _LABEL_RE.match(label) if isinstance(label, str) else None
+    if match is None:
+        raise DashboardError(
+            f"{label!r} is not a component label; valid: 'L<layer>H<head>', 'L<layer>N<neuron>', "
+            "'MLP<layer>'"
+        )
+    if match.group(4) is not None:
+        return Component(label, "mlp", int(match.group(4)), None)
+    kind = "head" if match.group(2) == "H" else "neuron"
+    return Component(label, kind, int(match.group(1)), int(match.group(3)))
+
+
+# ---- one report -----------------------------------------------------------------------------
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DashboardError(f"{path} is missing ({what})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DashboardError(f"{path} is not valid JSON ({what}): {err}") from err
+
+
+def _read_table(root: Path, stem: str) -> pd.DataFrame:
+    parquet, records = inside(root, f"{stem}.parquet"), inside(root, f"{stem}.json")
+    if parquet.is_file():
+        try:
+            frame = pd.read_parquet(parquet)
+        except Exception as err:  # pyarrow raises several types for a damaged file
+            raise DashboardError(f"{parquet} cannot be read as Parquet: {err}") from err
+    elif records.is_file():
+        rows = _read_json(records, f"the {stem} table")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise DashboardError(f"{records} must be a JSON list of row objects (orient='records')")
+        frame = pd.DataFrame.from_records(rows)
+    else:
+        return pd.DataFrame()
+    if len(frame) and "component" not in frame.columns:
+        raise DashboardError(f"the {stem} table of {root} has no 'component' column")
+    return frame.reset_index(drop=True)
+
+
+@dataclass
+class Report:
+    """One report directory: summary, head and neuron tables, top prompts, and its results
+    (loaded on first use with :meth:`Result.load`)."""
+
+    root: Path
+    name: str
+    summary: dict[str, Any]
+    heads: pd.DataFrame
+    neurons: pd.DataFrame
+    top_prompts: dict[str, list[dict[str, Any]]]
+    _results: dict[str, Result | None] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, root: str | Path, name: str | None = None) -> Report:
+        """Read ``root`` (a report directory); ``DashboardError`` says what is missing or malformed."""
+        root = Path(root)
+        summary = _read_json(inside(root, SUMMARY), "the report summary")
+        if not isinstance(summary, dict):
+            raise DashboardError(f"{root / SUMMARY} must hold a JSON object")
+        heads, neurons = _read_table(root, "heads"), _read_table(root, "neurons")
+        if heads.empty and neurons.empty:
+            raise DashboardError(
+                f"{root} has neither a head table nor a neuron table "
+                "(heads.parquet / heads.json, neurons.parquet / neurons.json)"
+            )
+        top_path = inside(root, "top_prompts.json")
+        top = _read_json(top_path, "top prompts") if top_path.is_file() else {}
+        if not isinstance(top, dict):
+            raise DashboardError(f"{top_path} must map component labels to lists of prompts")
+        listed = summary.get("results") or {}
+        if not isinstance(listed, dict):
+            raise DashboardError(f"'results' in {root / SUMMARY} must be an object name -> path")
+        for rel in listed.values():  # a summary naming paths outside the run is refused up front
+            inside(root, str(rel))
+        return cls(root=root, name=name or root.name, summary=summary, heads=heads,
+                   neurons=neurons, top_prompts=top)
+
+    @property
+    def title(self) -> str:
+        model = self.summary.get("model") or "?"
+        return f"{self.name} ({model}, {self.summary.get('n_prompts', '?')} prompts)"
+
+    def result(self, name: str) -> Result | None:
+        """Result ``name`` (one of :data:`RESULT_NAMES`), or None when this report has none."""
+        if name not in RESULT_NAMES:
+            raise DashboardError(f"unknown result {name!r}; valid: {list(RESULT_NAMES)}")
+        if name not in self._results:
+            rel = (self.summary.get("results") or {}).get(name, f"results/{name}")
+            folder = inside(self.root, str(rel))
+            self._results[name] = Result.load(folder) if folder.is_dir() else None
+        return self._results[name]
+
+    def table(self, kind: str) -> pd.DataFrame:
+        return self.heads if kind == "head" else self.neurons
+
+    def row(self, label: str) -> dict[str, Any] | None:
+        """The table row of component ``label`` (JSON-safe values), or None."""
+        comp = parse_component(label)
+        frame = self.table("head" if comp.kind == "head" else "neuron")
+        if frame.empty:
+            return None
+        hit = frame[frame["component"] == label]
+        return None if hit.empty else json_row(hit.iloc[0].to_dict())
+
+
+def json_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A table row with numpy scalars made plain and NaN made None (what the browser gets)."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value) or value is pd.NA or value is pd.NaT:
+            value = None
+        out[str(key)] = value
+    return out
+
+
+# ---- finding the reports ------------------------------------------------------------------
+
+
+def _report_dir(path: Path) -> Path | None:
+    if (path / SUMMARY).is_file():
+        return path
+    if (path / "report" / SUMMARY).is_file():
+        return path / "report"
+    return None
+
+
+def find_reports(run_dir: str | Path) -> dict[str, Path]:
+    """Name -> report directory for ``run_dir``: a report directory, a run directory
+    (``report/`` inside) or a directory of runs (each child one of those)."""
+    root = Path(run_dir).expanduser()
+    if not root.exists():
+        raise DashboardError(f"{root} does not exist; give a report directory, a run directory "
+                             "(runs/<name>/) or a directory of runs (runs/)")
+    if not root.is_dir():
+        raise DashboardError(f"{root} is not a directory; give a report directory, a run "
+                             "directory (runs/<name>/) or a directory of runs (runs/)")
+    own = _report_dir(root)
+    if own is not None:
+        resolved = root.resolve()
+        name = resolved.parent.name if own == root and resolved.name == "report" else resolved.name
+        return {name: own}
+    found = {}
+    for child in sorted(root.iterdir()):
+        if child.name.startswith(".") or not child.is_dir():
+            continue
+        report = _report_dir(child)
+        if report is not None:
+            inside(root, report.relative_to(root))  # a symlinked run pointing elsewhere is refused
+            found[child.name] = report
+    if not found:
+        raise DashboardError(
+            f"no report found under {root}: expected {SUMMARY} (a report directory), "
+            f"report/{SUMMARY} (a run directory), or subdirectories holding either (a directory "
+            "of runs). Run the pipeline's 'report' step (or build_report(...).save(dir)) first."
+        )
+    return found
+
+
+class RunSet:
+    """The reports the dashboard serves, by name; all loaded (and so checked) up front."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.root = Path(run_dir).expanduser().resolve()
+        self.reports = {name: Report.load(path, name) for name, path in find_reports(self.root).items()}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.reports)
+
+    def get(self, name: Any) -> Report:
+        """The report called ``name``; ``DashboardError`` for any other value (never a path)."""
+        if not isinstance(name, str) or name not in self.reports:
+            raise DashboardError(f"unknown run {name!r}; this dashboard serves {self.names}")
+        return self.reports[name]

@@ -1,0 +1,220 @@
+"""What a report knows about one component, as plain data (what the detail panel shows).
+
+Each reader returns an :class:`Evidence`: ``data`` when the report holds
+something for that component, otherwise ``reason`` says why not (no such
+result in this run, or the result does not cover this component). The
+figures in :mod:`arithinterp.dashboard.figures` are drawn from these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from arithinterp.dashboard.data import Component, Report, json_row, parse_component
+
+__all__ = [
+    "Evidence",
+    "component_detail",
+    "fourier_evidence",
+    "lens_trajectory",
+    "neuron_map",
+    "probe_evidence",
+    "probe_sites",
+    "top_prompts",
+]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One section of the detail panel: ``data`` or, when absent, the ``reason``."""
+
+    data: Any = None
+    reason: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.reason is None
+
+    @classmethod
+    def missing(cls, reason: str) -> Evidence:
+        return cls(reason=reason)
+
+
+def _no_result(name: str) -> Evidence:
+    return Evidence.missing(f"this run has no {name} result")
+
+
+def _floats(values: Any) -> list[float | None]:
+    return [None if not np.isfinite(v) else float(v) for v in np.asarray(values, dtype=float).ravel()]
+
+
+def lens_trajectory(report: Report, comp: Component) -> Evidence:
+    """Mean logit-lens probability of each answer token by depth, with the depths just
+    before and after the component's layer (the step it writes into)."""
+    lens = report.result("logit_lens")
+    if lens is None:
+        return _no_result("logit-lens")
+    v = lens.values
+    if not {"layer", "pos"} <= set(v.dims):
+        return Evidence.missing("the logit-lens result has no (layer, pos) axes")
+    depths = v.sizes["layer"]
+    if comp.layer + 1 >= depths:
+        return Evidence.missing(f"layer {comp.layer} is outside the lens (depths 0..{depths - 1})")
+    mean = v.mean("prompt") if "prompt" in v.dims else v
+    is_answer = np.asarray(v.coords["is_answer"].values) if "is_answer" in v.coords else None
+    positions = np.flatnonzero(is_answer) if is_answer is not None and is_answer.any() else [v.sizes["pos"] - 1]
+    tokens = v.coords["pos_token"].values if "pos_token" in v.coords else v.coords["pos"].values
+    labels = (v.coords["layer_label"].values if "layer_label" in v.coords else v.coords["layer"].values)
+    series = [
+        {"pos": int(v.coords["pos"].values[p]), "token": str(tokens[p]),
+         "prob": _floats(mean.isel(pos=int(p)).transpose("layer").values)}
+        for p in positions
+    ]
+    return Evidence({"depth_labels": [str(x) for x in labels], "series": series,
+                     "before": comp.layer, "after": comp.layer + 1})
+
+
+def probe_sites(comp: Component, labels: list[str]) -> dict[str, str]:
+    """The residual sites a component reads (``in``) and writes (``out``), as probe layer labels:
+    a head between ``L{l} pre`` and ``L{l} mid``; a neuron or MLP between ``L{l} mid`` and
+    ``L{l+1} pre`` (``L{l} post`` after the last layer)."""
+    layer = comp.layer
+    if comp.kind == "head":
+        wanted = {"in": [f"L{layer} pre"], "out": [f"L{layer} mid"]}
+    else:
+        wanted = {"in": [f"L{layer} mid"], "out": [f"L{layer + 1} pre", f"L{layer} post"]}
+    out = {}
+    for role, names in wanted.items():
+        hit = next((n for n in names if n in labels), None)
+        if hit is not None:
+            out[role] = hit
+    return out
+
+
+def probe_evidence(report: Report, comp: Component) -> Evidence:
+    """For each probe target, the held-out score at the residual sites just before and
+    after the component (best position), with its CI, control and selectivity."""
+    probes = report.result("probes")
+    if probes is None:
+        return _no_result("probe")
+    v = probes.values
+    if "layer_label" not in v.coords or not {"target", "layer", "pos"} <= set(v.dims):
+        return Evidence.missing("the probe result has no labelled (target, layer, pos) axes")
+    labels = [str(x) for x in v.coords["layer_label"].values]
+    sites = probe_sites(comp, labels)
+    if not sites:
+        return Evidence.missing(f"no probes at layer {comp.layer} (probed: {', '.join(labels)})")
+    tokens = v.coords["pos_token"].values if "pos_token" in v.coords else v.coords["pos"].values
+    rows = []
+    for t, target in enumerate(v.coords["target"].values):
+        for role, site in sites.items():
+            layer = labels.index(site)
+            scores = v.isel(target=t, layer=layer).transpose("pos").values.astype(float)
+            if not np.isfinite(scores).any():
+                continue
+            p = int(np.nanargmax(scores))
+            row = {"target": str(target), "site": site, "role": role,
+                   "pos": int(v.coords["pos"].values[p]), "token": str(tokens[p]),
+                   "score": float(scores[p])}
+            for name in ("ci_low", "ci_high", "control", "selectivity"):
+                if name in probes.extras:
+                    row[name] = float(probes.extras[name].isel(target=t, layer=layer, pos=p).values)
+            rows.append(json_row(row))
+    if not rows:
+        return Evidence.missing(f"the probes at {', '.join(sites.values())} have no scores")
+    return Evidence({"sites": sites, "rows": rows})
+
+
+def fourier_evidence(report: Report, comp: Component) -> Evidence:
+    """A neuron's key frequency and explained variance fraction (key-frequency result),
+    or the component's spectrum when the result has a ``freq`` axis."""
+    res = report.result("key_frequencies")
+    if res is None:
+        return _no_result("Fourier (key-frequency)")
+    v = res.values
+    if "freq" in v.dims:
+        pick = {"layer": comp.layer} if "layer" in v.dims else {}
+        dim = {"head": "head", "neuron": "neuron"}.get(comp.kind)
+        if dim is None or dim not in v.dims:
+            return Evidence.missing(f"the Fourier spectrum does not cover {comp.kind}s")
+        pick[dim] = comp.index
+        try:
+            row = v.sel(pick)
+        except (KeyError, IndexError):
+            return Evidence.missing(f"{comp.label} is not in the Fourier spectrum")
+        other = [d for d in row.dims if d != "freq"]
+        row = row.mean(other) if other else row
+        return Evidence({"kind": "spectrum", "freq": [str(f) for f in row.coords["freq"].values],
+                         "value": _floats(row.values), "metric": res.metric})
+    if comp.kind != "neuron" or "neuron" not in v.dims:
+        return Evidence.missing("key frequencies are measured for MLP neurons only")
+    layer = res.meta.options.get("layer")
+    if layer is not None and int(layer) != comp.layer:
+        return Evidence.missing(f"key frequencies were measured on layer {layer}'s neurons")
+    neurons = [int(n) for n in v.coords["neuron"].values]
+    if comp.index not in neurons:
+        return Evidence.missing(f"neuron {comp.index} is not in the key-frequency result")
+    i = neurons.index(comp.index)
+    data = {"kind": "key_frequency", "explained": float(v.values[i]),
+            "threshold": getattr(res, "threshold", None)}
+    if "key_freq" in res.extras:
+        data["key_freq"] = int(res.extras["key_freq"].values[i])
+    if "clustered" in res.extras:
+        data["clustered"] = bool(res.extras["clustered"].values[i])
+    counts = getattr(res, "counts", None)
+    data["counts"] = {str(k): int(n) for k, n in (counts or {}).items()}
+    return Evidence(data)
+
+
+def neuron_map(report: Report, comp: Component) -> Evidence:
+    """A neuron's K map (activation) and KV map (activation × its vote for the true result)
+    over the operand grid, as ``operand_a × operand_b`` arrays."""
+    maps = report.result("neuron_maps")
+    if maps is None:
+        return _no_result("K/KV map")
+    if comp.kind != "neuron":
+        return Evidence.missing("K/KV maps are drawn for MLP neurons only")
+    v = maps.values
+    layer = int(v.coords["layer"].values) if "layer" in v.coords and v.coords["layer"].ndim == 0 else None
+    if layer is not None and layer != comp.layer:
+        return Evidence.missing(f"K/KV maps were drawn for layer {layer}'s neurons")
+    if comp.index not in {int(n) for n in v.coords["neuron"].values}:
+        return Evidence.missing(f"neuron {comp.index} has no K/KV map in this run")
+    out: dict[str, Any] = {}
+    for kind in ("k", "kv"):
+        if kind == "kv" and "kv" not in maps.extras:
+            continue
+        grid = maps.grid(comp.index, kind=kind)
+        out[kind] = [_floats(row) for row in grid.values]
+        out["operand_a"] = [int(x) for x in grid.coords["operand_a"].values]
+        out["operand_b"] = [int(x) for x in grid.coords["operand_b"].values]
+    out["operation"] = getattr(maps, "operation", "")
+    return Evidence(out)
+
+
+def top_prompts(report: Report, comp: Component) -> Evidence:
+    """The prompts on which the component is most active (``top_prompts.json``)."""
+    if not report.top_prompts:
+        return Evidence.missing("this run has no top_prompts.json")
+    rows = report.top_prompts.get(comp.label)
+    if not rows:
+        return Evidence.missing(f"no top prompts recorded for {comp.label}")
+    return Evidence([json_row({"prompt": r.get("prompt"), "value": r.get("value")})
+                     for r in rows if isinstance(r, dict)])
+
+
+def component_detail(report: Report, label: str) -> dict[str, Evidence]:
+    """Every section of the detail panel for ``label``."""
+    comp = parse_component(label)
+    row = report.row(label)
+    return {
+        "row": Evidence(row) if row is not None else Evidence.missing(f"{label} is not in the table"),
+        "lens": lens_trajectory(report, comp),
+        "probes": probe_evidence(report, comp),
+        "fourier": fourier_evidence(report, comp),
+        "neuron_map": neuron_map(report, comp),
+        "top_prompts": top_prompts(report, comp),
+    }

@@ -1,0 +1,71 @@
+"""End to end in headless Chromium: start the app on a free port, click a heatmap cell, and
+check that the detail panel shows that component, with no console errors."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from arithinterp.dashboard import create_app
+from tests.browser import chromium_page
+
+pytestmark = pytest.mark.browser
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _artifacts() -> Path:
+    folder = Path(os.environ.get("ARITHINTERP_TEST_ARTIFACTS") or REPO / "test-artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(runs_dir):
+    app = create_app(runs_dir)
+    server = make_server("127.0.0.1", _free_port(), app.server, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def _cell_centre(page, graph_id: str, row: int, col: int, n_rows: int, n_cols: int) -> tuple[float, float]:
+    box = page.locator(f"#{graph_id} .nsewdrag").first.bounding_box()
+    return (box["x"] + (col + 0.5) * box["width"] / n_cols,
+            box["y"] + (row + 0.5) * box["height"] / n_rows)
+
+
+def test_click_heatmap_cell_updates_detail_panel(served, runs_dir):
+    with chromium_page() as (page, errors):
+        page.goto(served)
+        page.wait_for_selector("#heads-graph .nsewdrag", timeout=20_000)
+        title = page.locator("#detail-title")
+        title.wait_for(timeout=20_000)
+        before = title.inner_text()
+        # zoo:add-2d-tok has one layer of 4 heads: click head 1 (the initial selection is L0H2).
+        page.mouse.click(*_cell_centre(page, "heads-graph", 0, 1, 1, 4))
+        page.wait_for_function(
+            "() => document.querySelector('#detail-title').innerText.startsWith('L0H1')",
+            timeout=20_000)
+        assert before.startswith("L0H") and not before.startswith("L0H1")
+        row = page.locator("#detail-row").inner_text()
+        assert "L0H1" in row
+        page.locator("#detail-lens .js-plotly-plot").wait_for(timeout=20_000)
+        assert "Not available for this component" in page.locator("#detail-neuron-map").inner_text()
+        page.screenshot(path=str(_artifacts() / "dashboard.png"), full_page=True)
+    assert errors == []
