@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -43,14 +44,43 @@ def run(
     except ArithInterpError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    for name, result in summary.results.items():
-        status = "skipped (complete)" if name in summary.skipped else "done"
-        headline = ""
-        if hasattr(result, "accuracy"):
-            headline = f"  exact match {result.accuracy:.4f}"
-        typer.echo(f"  {name}: {status}{headline}")
+    _print_summary(summary)
+
+
+def _headline(result: Any) -> str:
+    """A one-line number for the run summary, where a result has an obvious one."""
+    if hasattr(result, "accuracy"):
+        return f"  exact match {result.accuracy:.4f}"
+    if hasattr(result, "key_freqs"):
+        return f"  key frequencies {result.key_freqs} ({result.clustered_fraction:.0%} of neurons clustered)"
+    if hasattr(result, "circuit_faithfulness") and result.circuit_faithfulness is not None:
+        return f"  {len(result.circuit)} components, faithfulness {result.circuit_faithfulness:.3f}"
+    return ""
+
+
+def _print_summary(summary: Any) -> None:
+    for key, result in summary.results.items():
+        status = "skipped (complete)" if key.split("/", 1)[0] in summary.skipped else "done"
+        typer.echo(f"  {key}: {status}{_headline(result)}")
     if summary.report is not None:
         typer.echo(f"report: {summary.report}")
+    if summary.attribution_report is not None:
+        typer.echo(f"attribution report: {summary.attribution_report / 'report.html'}")
+    top = _top_components(summary)
+    if top:
+        typer.echo(f"top circuit components: {', '.join(top)}")
+
+
+def _top_components(summary: Any, k: int = 10) -> list[str]:
+    """The attribution report's top components, else the circuit's (in the order it grew)."""
+    if summary.attribution_report is not None:
+        path = summary.attribution_report / "summary.json"
+        if path.is_file():
+            data = json.loads(path.read_text())
+            circuit = (data.get("circuit") or {}).get("components")
+            return list(circuit or data.get("top_components") or [])[:k]
+    circuit = summary.circuit()
+    return list(circuit.circuit)[:k] if circuit is not None else []
 
 
 @app.command()
@@ -86,3 +116,7 @@ _mount_zoo()
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m arithinterp.pipeline.cli`
+    main()

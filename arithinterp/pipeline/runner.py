@@ -4,49 +4,82 @@ Layout of a run::
 
     runs/<name>/
       config.yaml          the validated config (with overrides applied)
-      <step>/              one saved Result per step, written atomically
-      <step>/step.json     written last: the step is complete when it exists
+      <step>/              the step's saved Result, or <step>/<part>/ for a step with parts
+      <step>/step.json     config, fingerprint, seed, versions, timing; the step is complete
+                           when it exists
+      report/              the attribution report directory (the `report` step)
       report.html          self-contained, with every step's figures
 
-A step whose ``step.json`` matches the config's fingerprint is skipped on a
-rerun (``force=True`` recomputes), so an interrupted run resumes where it
-stopped and loses nothing.
+Each step is built in a temporary directory ``.<step>.tmp-*`` beside its final
+place and renamed onto it only when complete, so a killed run never leaves a
+half-written step. On a rerun, leftover temporary directories are removed and
+every step whose ``step.json`` matches the config's fingerprint is loaded
+instead of recomputed (``force=True`` recomputes); every step reseeds the
+global generators first, so a resumed run equals an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 import yaml
 from tqdm.auto import tqdm
 
-from arithinterp.methods.metrics import tokenize_pairs
+from arithinterp.errors import ArithInterpError, ConfigError
 from arithinterp.models import Model, load_model
 from arithinterp.models.loading import resolve_spec
 from arithinterp.pipeline.config import PipelineConfig, step_name
+from arithinterp.pipeline.steps import STEPS, StepContext, seed_everything
 from arithinterp.reports import ReportSection, write_html_report
 from arithinterp.results import Result
-from arithinterp.results.io import atomic_write_text
-from arithinterp.tasks import PromptSet, generate, make_pairs, tokenize
+from arithinterp.results.io import atomic_dir, atomic_write_text
+from arithinterp.tasks import PromptPairs, PromptSet, generate, make_pairs, tokenize
+
+STEP_FILE = "step.json"
 
 
 @dataclass
 class RunSummary:
-    """What a finished run produced."""
+    """What a finished run produced.
+
+    ``results``: every step's results by their path under the run directory
+    (``evaluate``, or ``heuristics/classification`` for a step with parts).
+    ``artifacts``: other saved objects (a trained tuned lens), by the same paths.
+    """
 
     run_dir: Path
     report: Path | None
     results: dict[str, Result] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+    attribution_report: Path | None = None
+
+    def add(self, step: str, parts: dict[str, Any]) -> None:
+        for part, value in parts.items():
+            key = f"{step}/{part}" if part else step
+            (self.results if isinstance(value, Result) else self.artifacts)[key] = value
+
+    def step_results(self, step: str) -> dict[str, Result]:
+        """The results of one step (keys as in :attr:`results`)."""
+        return {k: v for k, v in self.results.items() if k == step or k.startswith(f"{step}/")}
+
+    def circuit(self) -> Any:
+        """The last circuit found (a :class:`~arithinterp.methods.CircuitResult`), if any."""
+        from arithinterp.methods import CircuitResult
+
+        found = [r for r in self.results.values() if isinstance(r, CircuitResult)]
+        return found[-1] if found else None
 
 
 def versions() -> dict[str, str]:
@@ -59,44 +92,145 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _run_step(step: Any, model: Model, prompts: PromptSet, pairs: Any, seed: int) -> Result:
-    from arithinterp import methods
-
-    if step.kind == "evaluate":
-        return methods.evaluate(model, prompts, batch_size=step.batch_size)
-    if step.kind == "logit_lens":
-        return methods.logit_lens(model, prompts, k=step.k, batch_size=step.batch_size)
-    options = step.model_dump(exclude={"kind", "name"})
-    if step.kind in ("patching", "attribution"):
-        options["kind"] = options.pop("sites")
-        fn = methods.patch_activations if step.kind == "patching" else methods.attribution_patch
-        return fn(model, pairs, seed=seed, **options)
-    if step.kind == "mediation":
-        return methods.mediate(model, pairs, seed=seed, **options)
-    raise AssertionError(f"unhandled step kind {step.kind}")  # the config validated it
+def _task_name_error(err: ArithInterpError, where: str) -> ArithInterpError:
+    """The same error with the YAML path it concerns in front of its message."""
+    try:
+        return type(err)(f"{where}: {err}")
+    except TypeError:  # an error class with a custom constructor: keep it, say where in a note
+        err.add_note(f"at {where}")
+        return err
 
 
-def _make_pairs(config: PipelineConfig, prompts: PromptSet, model: Model) -> Any:
-    """Clean/corrupt pairs, tokenized up front so a length mismatch fails before any step."""
-    if config.pairs is None:
-        return None
-    spec = config.pairs
-    pairs = make_pairs(prompts, spec.kind, column=spec.column, operand=spec.operand, seed=spec.seed,
-                       on_impossible=spec.on_impossible)
-    for step in config.steps:
-        if step.kind in ("patching", "attribution", "mediation"):
-            tokenize_pairs(pairs, model.tokenizer, answer=step.answer)
-    return pairs
+@dataclass
+class _Inputs:
+    """Prompts per task and pairs per (task, pairs config), generated once and shared by steps."""
+
+    config: PipelineConfig
+    prompts: dict[str, PromptSet] = field(default_factory=dict)
+    pairs: dict[tuple[str, str], PromptPairs] = field(default_factory=dict)
+
+    def task_prompts(self, name: str) -> PromptSet:
+        if name not in self.prompts:
+            self.prompts[name] = generate(self.config.task_specs()[name])
+        return self.prompts[name]
+
+    def step_pairs(self, step: Any) -> PromptPairs | None:
+        spec = self.config.step_pairs(step)
+        if spec is None:
+            return None
+        task = self.config.task_name(step)
+        key = (task, spec.model_dump_json())
+        if key not in self.pairs:
+            self.pairs[key] = make_pairs(self.task_prompts(task), spec.kind, column=spec.column,
+                                         operand=spec.operand, seed=spec.seed, on_impossible=spec.on_impossible)
+        return self.pairs[key]
+
+    def context(self, step: Any, model: Model, seed: int, progress: bool) -> StepContext:
+        task = self.config.task_name(step)
+        return StepContext(model=model, model_spec=self.config.model, spec=self.config.task_specs()[task],
+                           prompts=self.task_prompts(task), pairs=self.step_pairs(step), seed=seed,
+                           progress=progress)
+
+
+def _task_where(config: PipelineConfig, name: str) -> str:
+    return "task" if config.tasks is None else f"tasks.{name}"
+
+
+def preflight(config: PipelineConfig, *, progress: bool = False) -> tuple[Model, _Inputs]:
+    """Everything that can fail before any step runs: the model, each task's prompts and
+    tokenization, each step's pairs and options against the model. Errors name the YAML path."""
+    try:
+        resolve_spec(config.model)  # a missing zoo name or directory fails before loading anything
+        model = load_model(config.model, backend=config.backend, device=config.device, dtype=config.dtype)
+    except ArithInterpError as err:
+        raise _task_name_error(err, "model") from None
+    inputs = _Inputs(config)
+    used = {config.task_name(s) for s in config.steps}
+    for name in config.task_specs():
+        if name not in used:
+            continue
+        try:
+            tokenize(inputs.task_prompts(name), model.tokenizer, answer="multi")
+        except ArithInterpError as err:
+            raise _task_name_error(err, _task_where(config, name)) from None
+    for index, step in enumerate(config.steps):
+        where = f"steps[{index}] ({step_name(step, index)})"
+        try:
+            ctx = inputs.context(step, model, config.seed, progress)
+            check = STEPS[step.kind].check
+            if check is not None:
+                check(step, ctx)
+        except ArithInterpError as err:
+            raise _task_name_error(err, where) from None
+    return model, inputs
 
 
 def _is_complete(step_dir: Path, fingerprint: str) -> bool:
-    marker = step_dir / "step.json"
+    marker = step_dir / STEP_FILE
     if not marker.is_file():
         return False
     try:
         return json.loads(marker.read_text()).get("fingerprint") == fingerprint
     except (OSError, json.JSONDecodeError):
         return False
+
+
+def _save_output(output: Any, folder: Path) -> dict[str, str]:
+    """Save a step's output into ``folder``; returns ``{part: class}`` (part "" = the folder itself)."""
+    parts = {"": output} if not isinstance(output, dict) else output
+    kinds = {}
+    for part, value in parts.items():
+        value.save(folder / part if part else folder)
+        kinds[part] = type(value).__name__
+    return kinds
+
+
+def _load_output(step_dir: Path, parts: dict[str, str]) -> dict[str, Any]:
+    out = {}
+    for part, kind in parts.items():
+        folder = step_dir / part if part else step_dir
+        if kind == "TunedLens":
+            from arithinterp.methods import TunedLens
+
+            out[part] = TunedLens.load(folder)
+        else:
+            out[part] = Result.load(folder)
+    return out
+
+
+def _clean_stale(run_dir: Path) -> list[Path]:
+    """Remove the temporary directories an interrupted run left behind."""
+    stale = [p for p in run_dir.iterdir() if p.name.startswith(".") and ".tmp-" in p.name]
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
+
+
+def _acquire(run_dir: Path) -> Path:
+    """A lock file naming this process, so two runs never write one run directory."""
+    lock = run_dir / ".lock"
+    if lock.is_file():
+        try:
+            pid = int(lock.read_text().strip() or 0)
+        except (OSError, ValueError):
+            pid = 0
+        if pid and pid != os.getpid() and _alive(pid):
+            raise ConfigError(f"{run_dir} is being written by process {pid}; wait for it or stop it")
+    atomic_write_text(lock, str(os.getpid()))
+    return lock
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_pipeline(
@@ -107,46 +241,72 @@ def run_pipeline(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> RunSummary:
-    """Run ``config``: validate model, task and tokenization up front, then every step."""
-    resolve_spec(config.model)  # a missing zoo name or directory fails before any work
-    torch.manual_seed(config.seed)
-    prompts = generate(config.task)
-    model = load_model(config.model, backend=config.backend, device=config.device, dtype=config.dtype)
-    tokenize(prompts, model.tokenizer, answer="multi")  # fails early if the task cannot be scored
-    pairs = _make_pairs(config, prompts, model)
+    """Run ``config``: check model, tasks, pairs and every step's options up front, then each step.
 
+    A step is computed in a temporary directory beside ``runs/<name>/<step>/`` and renamed
+    onto it with its ``step.json`` only when complete; a complete step whose fingerprint
+    matches is loaded instead of recomputed (``force=True`` recomputes).
+    """
+    model, inputs = preflight(config, progress=progress)
     run_dir = Path(runs_dir) / config.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    summary = RunSummary(run_dir=run_dir, report=None)
-    names = config.step_names()
-    bar = tqdm(list(enumerate(config.steps)), desc=config.name, disable=not progress)
-    for index, step in bar:
-        name = names[index]
-        bar.set_postfix_str(name)
-        step_dir = run_dir / name
-        fingerprint = config.fingerprint(index)
-        if not force and _is_complete(step_dir, fingerprint):
-            summary.results[name] = Result.load(step_dir)
-            summary.skipped.append(name)
-            continue
-        start = time.perf_counter()
-        result = _run_step(step, model, prompts, pairs, config.seed)
-        result.save(step_dir)
-        record = {
-            "step": name,
-            "kind": step.kind,
-            "fingerprint": fingerprint,
-            "options": step.model_dump(mode="json"),
-            "seed": config.seed,
-            "dataset_hash": prompts.hash,
-            "seconds": round(time.perf_counter() - start, 3),
-            "versions": versions(),
-        }
-        atomic_write_text(step_dir / "step.json", json.dumps(record, indent=2))
-        summary.results[name] = result
-    if config.report:
-        summary.report = write_run_report(config, summary.results, run_dir / "report.html")
+    lock = _acquire(run_dir)
+    try:
+        for stale in _clean_stale(run_dir):
+            log(f"removed {stale.name} (left by an interrupted run)")
+        atomic_write_text(run_dir / "config.yaml",
+                          yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False))
+        summary = RunSummary(run_dir=run_dir, report=None)
+        names = config.step_names()
+        bar = tqdm(list(enumerate(config.steps)), desc=config.name, unit="step", disable=not progress)
+        for index, step in bar:
+            name = names[index]
+            bar.set_postfix_str(name)
+            step_dir = run_dir / name
+            fingerprint = config.fingerprint(index)
+            if not force and _is_complete(step_dir, fingerprint):
+                record = json.loads((step_dir / STEP_FILE).read_text())
+                summary.add(name, _load_output(step_dir, record.get("parts", {"": "Result"})))
+                summary.skipped.append(name)
+                continue
+            ctx = inputs.context(step, model, config.seed, progress)
+            seed_everything(config.seed)
+            started = time.time()
+            clock = time.perf_counter()
+            with atomic_dir(step_dir) as tmp:
+                output = STEPS[step.kind].run(step, ctx)
+                parts = _save_output(output, tmp)
+                pairs = config.step_pairs(step)
+                record = {
+                    "step": name,
+                    "kind": step.kind,
+                    "fingerprint": fingerprint,
+                    "pipeline": config.name,
+                    "model": config.model,
+                    "backend": config.backend,
+                    "dtype": config.dtype,
+                    "device": config.device,
+                    "task_name": config.task_name(step),
+                    "task": ctx.spec.model_dump(mode="json"),
+                    "pairs": pairs.model_dump(mode="json") if pairs else None,
+                    "options": step.model_dump(mode="json"),
+                    "seed": config.seed,
+                    "dataset_hash": ctx.prompts.hash,
+                    "n_prompts": len(ctx.prompts),
+                    "parts": parts,
+                    "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+                    "seconds": round(time.perf_counter() - clock, 3),
+                    "versions": versions(),
+                }
+                atomic_write_text(tmp / STEP_FILE, json.dumps(record, indent=2))
+            summary.add(name, output if isinstance(output, dict) else {"": output})
+        bar.close()
+        if config.report:
+            summary.report = write_run_report(config, summary.results, run_dir / "report.html")
+        if (run_dir / "report" / "report.html").is_file() and "report" in names:
+            summary.attribution_report = run_dir / "report"
+    finally:
+        lock.unlink(missing_ok=True)
     return summary
 
 
@@ -163,23 +323,24 @@ def _summary_table(result: Result) -> pd.DataFrame:
 
 
 def write_run_report(config: PipelineConfig, results: dict[str, Result], path: Path) -> Path:
-    """Write the self-contained HTML report of a run."""
+    """Write the self-contained HTML report of a run: one section per step result."""
     sections = [
         ReportSection(
             title="Run",
             figures=[],
-            tables=[pd.DataFrame({"field": ["model", "backend", "task", "seed"], "value": [
-                config.model, config.backend, json.dumps(config.task.model_dump(mode="json")), config.seed,
+            tables=[pd.DataFrame({"field": ["model", "backend", "tasks", "seed"], "value": [
+                config.model, config.backend,
+                json.dumps({k: v.model_dump(mode="json") for k, v in config.task_specs().items()}), config.seed,
             ]})],
-            text=f"Pipeline {config.name}: {len(results)} steps.",
+            text=f"Pipeline {config.name}: {len(config.steps)} steps.",
         )
     ]
-    for index, step in enumerate(config.steps):
-        name = step_name(step, index)
-        result = results[name]
+    kinds = dict(zip(config.step_names(), (s.kind for s in config.steps)))
+    for key, result in results.items():
+        step = key.split("/", 1)[0]
         sections.append(
             ReportSection(
-                title=f"{name} ({step.kind})",
+                title=f"{key} ({kinds.get(step, '?')})",
                 figures=[result.plot()],
                 tables=[_summary_table(result)],
                 text=repr(result),

@@ -112,5 +112,5 @@ def test_causal_steps_need_pairs_and_run(tmp_path, cfg):
 def test_unknown_site_kind_is_a_config_error(tmp_path, cfg):
     cfg["pairs"] = {"kind": "operand_a"}
     cfg["steps"] = [{"kind": "patching", "sites": "residual"}]
-    with pytest.raises(ConfigError, match=r"steps\[0\]\.patching\.sites"):
+    with pytest.raises(ConfigError, match=r"steps\[0\]\.sites"):
         load_config(_write(tmp_path, cfg))
