@@ -42,6 +42,7 @@ RESULT_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 
 SUMMARY = "summary.json"
+_RESULT_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 _LABEL_RE = re.compile(r"^L(\d+)([HN])(\d+)$|^MLP(\d+)$")
 
 
@@ -162,10 +163,16 @@ class Report:
         model = self.summary.get("model") or "?"
         return f"{self.name} ({model}, {self.summary.get('n_prompts', '?')} prompts)"
 
+    @property
+    def result_names(self) -> list[str]:
+        """The contract's result names and any others the summary lists (``key_frequencies_L0``)."""
+        listed = [n for n in (self.summary.get("results") or {}) if _RESULT_NAME_RE.match(str(n))]
+        return list(dict.fromkeys([*RESULT_NAMES, *listed]))
+
     def result(self, name: str) -> Result | None:
-        """Result ``name`` (one of :data:`RESULT_NAMES`), or None when this report has none."""
-        if name not in RESULT_NAMES:
-            raise DashboardError(f"unknown result {name!r}; valid: {list(RESULT_NAMES)}")
+        """Result ``name`` (one of :attr:`result_names`), or None when this report has none."""
+        if name not in self.result_names:
+            raise DashboardError(f"unknown result {name!r}; valid: {self.result_names}")
         if name not in self._results:
             rel = (self.summary.get("results") or {}).get(name, f"results/{name}")
             folder = inside(self.root, str(rel))

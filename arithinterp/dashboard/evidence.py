@@ -128,45 +128,64 @@ def probe_evidence(report: Report, comp: Component) -> Evidence:
     return Evidence({"sites": sites, "rows": rows})
 
 
-def fourier_evidence(report: Report, comp: Component) -> Evidence:
-    """A neuron's key frequency and explained variance fraction (key-frequency result),
-    or the component's spectrum when the result has a ``freq`` axis."""
-    res = report.result("key_frequencies")
-    if res is None:
-        return _no_result("Fourier (key-frequency)")
+def _fourier_results(report: Report, comp: Component) -> list:
+    """The key-frequency results that may cover ``comp``: per-layer neuron results
+    (``key_frequencies_L{layer}``, then ``key_frequencies``) or the head result."""
+    names = (["key_frequencies_heads", "key_frequencies"] if comp.kind == "head"
+             else [f"key_frequencies_L{comp.layer}", "key_frequencies"])
+    return [r for r in (report.result(n) for n in names if n in report.result_names) if r is not None]
+
+
+def _unit_index(res, comp: Component) -> dict | str:
+    """The ``sel`` indexers of ``comp`` in a key-frequency result, or why it is not there."""
     v = res.values
-    if "freq" in v.dims:
-        pick = {"layer": comp.layer} if "layer" in v.dims else {}
-        dim = {"head": "head", "neuron": "neuron"}.get(comp.kind)
-        if dim is None or dim not in v.dims:
-            return Evidence.missing(f"the Fourier spectrum does not cover {comp.kind}s")
-        pick[dim] = comp.index
-        try:
-            row = v.sel(pick)
-        except (KeyError, IndexError):
-            return Evidence.missing(f"{comp.label} is not in the Fourier spectrum")
-        other = [d for d in row.dims if d != "freq"]
-        row = row.mean(other) if other else row
-        return Evidence({"kind": "spectrum", "freq": [str(f) for f in row.coords["freq"].values],
-                         "value": _floats(row.values), "metric": res.metric})
-    if comp.kind != "neuron" or "neuron" not in v.dims:
-        return Evidence.missing("key frequencies are measured for MLP neurons only")
+    unit = {"head": "head", "neuron": "neuron"}.get(comp.kind)
+    if unit is None:
+        return "key frequencies are measured for heads and MLP neurons, not whole MLPs"
+    if unit not in v.dims:
+        return f"this run's key frequencies do not cover {unit}s"
     layer = res.meta.options.get("layer")
-    if layer is not None and int(layer) != comp.layer:
-        return Evidence.missing(f"key frequencies were measured on layer {layer}'s neurons")
-    neurons = [int(n) for n in v.coords["neuron"].values]
-    if comp.index not in neurons:
-        return Evidence.missing(f"neuron {comp.index} is not in the key-frequency result")
-    i = neurons.index(comp.index)
-    data = {"kind": "key_frequency", "explained": float(v.values[i]),
-            "threshold": getattr(res, "threshold", None)}
-    if "key_freq" in res.extras:
-        data["key_freq"] = int(res.extras["key_freq"].values[i])
-    if "clustered" in res.extras:
-        data["clustered"] = bool(res.extras["clustered"].values[i])
-    counts = getattr(res, "counts", None)
-    data["counts"] = {str(k): int(n) for k, n in (counts or {}).items()}
-    return Evidence(data)
+    if "layer" not in v.dims and layer is not None and int(layer) != comp.layer:
+        return f"key frequencies were measured on layer {layer}'s {unit}s"
+    pick = {unit: comp.index}
+    if "layer" in v.dims:
+        pick["layer"] = comp.layer
+    for dim, value in pick.items():
+        if value not in {int(x) for x in v.coords[dim].values}:
+            return f"{comp.label} is not in the key-frequency result"
+    return pick
+
+
+def fourier_evidence(report: Report, comp: Component) -> Evidence:
+    """The component's key frequency, the fraction of its variance that frequency's 2D block
+    explains, and how many units of its kind have each key frequency; or its spectrum
+    when the result has a ``freq`` axis."""
+    candidates = _fourier_results(report, comp)
+    if not candidates:
+        return _no_result("Fourier (key-frequency)")
+    reason = ""
+    for res in candidates:
+        pick = _unit_index(res, comp)
+        if isinstance(pick, str):
+            reason = pick
+            continue
+        v = res.values
+        if "freq" in v.dims:
+            row = v.sel(pick)
+            other = [d for d in row.dims if d != "freq"]
+            row = row.mean(other) if other else row
+            return Evidence({"kind": "spectrum", "metric": res.metric, "value": _floats(row.values),
+                             "freq": [str(f) for f in row.coords["freq"].values]})
+        data = {"kind": "key_frequency", "explained": float(v.sel(pick)),
+                "threshold": getattr(res, "threshold", None)}
+        if "clustered" in res.extras:
+            data["clustered"] = bool(res.extras["clustered"].sel(pick))
+        if "key_freq" in res.extras:
+            data["key_freq"] = int(res.extras["key_freq"].sel(pick))
+            ks, n = np.unique(res.extras["key_freq"].values, return_counts=True)
+            data["freq_counts"] = {str(int(k)): int(c) for k, c in zip(ks, n)}
+        return Evidence(data)
+    return Evidence.missing(reason)
 
 
 def neuron_map(report: Report, comp: Component) -> Evidence:

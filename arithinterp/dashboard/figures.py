@@ -163,17 +163,17 @@ def fourier_figure(data: dict, label: str) -> go.Figure:
                           xaxis={"title": "frequency", "type": "category"},
                           yaxis={"title": data["metric"]})
     else:
-        counts = data.get("counts") or {}
-        freqs = sorted(set(counts) | ({str(data["key_freq"])} if "key_freq" in data else set()),
-                       key=int)
-        colors = ["#d62728" if f == str(data.get("key_freq")) else "#1f77b4" for f in freqs]
+        counts = data.get("freq_counts") or {}
+        mine = str(data.get("key_freq"))
+        freqs = sorted(set(counts) | {mine}, key=int) if "key_freq" in data else sorted(counts, key=int)
+        colors = ["#d62728" if f == mine else "#1f77b4" for f in freqs]
         fig = go.Figure(go.Bar(x=freqs, y=[counts.get(f, 0) for f in freqs], marker_color=colors))
         fig.update_layout(
             title={"text": f"{label}: key frequency k = {data.get('key_freq')} explains "
-                           f"{data['explained']:.1%} (red); bars: clustered neurons per k",
+                           f"{data['explained']:.1%} of its variance (red); bars: units per key k",
                    "font": {"size": 13}},
             xaxis={"title": "key frequency k", "type": "category"},
-            yaxis={"title": "clustered neurons"})
+            yaxis={"title": "units with this key k"})
     fig.update_layout(height=260, margin={"l": 50, "r": 10, "t": 40, "b": 40})
     return fig
 

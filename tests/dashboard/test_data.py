@@ -168,7 +168,8 @@ def test_fourier_and_neuron_maps_of_a_neuron_are_the_stored_ones(full):
 
 def test_absent_evidence_says_why(runs_dir, full):
     head = component_detail(full, "L0H0")
-    assert "MLP neurons only" in head["fourier"].reason
+    assert "do not cover heads" in head["fourier"].reason
+    assert "not whole MLPs" in component_detail(full, "MLP0")["fourier"].reason
     assert "MLP neurons only" in head["neuron_map"].reason
     unmapped = component_detail(full, "L0N400")  # maps were drawn for neurons 0..15
     assert "has no K/KV map" in unmapped["neuron_map"].reason
