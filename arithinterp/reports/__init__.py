@@ -1,5 +1,6 @@
 """Reports: self-contained HTML pages and JSON/Parquet exports of results."""
 
+from arithinterp.reports.build import AttributionReport, build_report
 from arithinterp.reports.export import write_json_summary, write_parquet
 from arithinterp.reports.html import (
     MAX_TABLE_ROWS,
@@ -9,6 +10,8 @@ from arithinterp.reports.html import (
 )
 
 __all__ = [
+    "AttributionReport",
+    "build_report",
     "MAX_TABLE_ROWS",
     "ReportSection",
     "render_html_report",

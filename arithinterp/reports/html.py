@@ -49,6 +49,80 @@ table.data { border-collapse: collapse; font-size: 0.88em; font-variant-numeric:
 table.data th, table.data td { border: 1px solid var(--line); padding: 3px 8px; text-align: right; }
 table.data thead th { background: var(--bg-alt); position: sticky; top: 0; }
 table.data tbody tr:nth-child(even) { background: var(--bg-alt); }
+table.interactive thead th { cursor: pointer; user-select: none; white-space: nowrap; }
+table.interactive thead th[aria-sort="ascending"]::after { content: " \\25B2"; }
+table.interactive thead th[aria-sort="descending"]::after { content: " \\25BC"; }
+input.table-filter { font: inherit; padding: 4px 8px; margin: 4px 0; width: 360px; max-width: 100%; }
+.table-count { color: var(--muted); font-size: 0.85em; margin-left: 8px; }
+"""
+
+# Sorting (click a header; again to reverse) and filtering (every space-separated term must
+# appear in the row; "col=value" matches one column exactly, "col>x" / "col<x" compare numbers).
+_TABLE_JS = """
+(function () {
+  function cellValue(td) {
+    var t = td.textContent.trim();
+    var x = parseFloat(t);
+    return (t !== "" && !isNaN(x) && /^[-+]?[0-9.eE+-]+$/.test(t)) ? x : t.toLowerCase();
+  }
+  function compare(a, b) {
+    var an = typeof a === "number", bn = typeof b === "number";
+    if (an && bn) return a - b;
+    if (a === "" && b !== "") return 1;
+    if (b === "" && a !== "") return -1;
+    if (an) return -1;
+    if (bn) return 1;
+    return a < b ? -1 : (a > b ? 1 : 0);
+  }
+  function setup(table) {
+    var heads = Array.prototype.slice.call(table.tHead.rows[0].cells);
+    var names = heads.map(function (th) { return th.textContent.trim().toLowerCase(); });
+    var body = table.tBodies[0];
+    heads.forEach(function (th, col) {
+      th.setAttribute("role", "button");
+      th.title = "sort by " + th.textContent.trim();
+      th.addEventListener("click", function () {
+        var asc = th.getAttribute("aria-sort") !== "ascending";
+        heads.forEach(function (h) { h.removeAttribute("aria-sort"); });
+        th.setAttribute("aria-sort", asc ? "ascending" : "descending");
+        var rows = Array.prototype.slice.call(body.rows);
+        rows.sort(function (r1, r2) {
+          var c = compare(cellValue(r1.cells[col]), cellValue(r2.cells[col]));
+          return asc ? c : -c;
+        });
+        rows.forEach(function (r) { body.appendChild(r); });
+      });
+    });
+    var wrap = table.closest(".table-wrap");
+    var input = wrap && wrap.querySelector("input.table-filter");
+    var count = wrap && wrap.querySelector(".table-count");
+    if (!input) return;
+    function matches(row, term) {
+      var m = term.match(/^([a-z_0-9]+)(=|>|<)(.*)$/);
+      if (m && names.indexOf(m[1]) >= 0) {
+        var v = cellValue(row.cells[names.indexOf(m[1])]);
+        var want = cellValue({textContent: m[3]});
+        if (m[2] === "=") return String(v) === String(want);
+        if (typeof v !== "number" || typeof want !== "number") return false;
+        return m[2] === ">" ? v > want : v < want;
+      }
+      return row.textContent.toLowerCase().indexOf(term) >= 0;
+    }
+    input.addEventListener("input", function () {
+      var terms = input.value.toLowerCase().split(/\\s+/).filter(Boolean);
+      var shown = 0;
+      Array.prototype.forEach.call(body.rows, function (row) {
+        var ok = terms.every(function (t) { return matches(row, t); });
+        row.style.display = ok ? "" : "none";
+        if (ok) shown += 1;
+      });
+      if (count) count.textContent = shown + " of " + body.rows.length + " rows";
+    });
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    Array.prototype.forEach.call(document.querySelectorAll("table.interactive"), setup);
+  });
+})();
 """
 
 
@@ -58,12 +132,17 @@ class ReportSection:
 
     ``text`` is plain text (escaped; blank lines separate paragraphs). A
     table's ``frame.attrs["title"]``, when set, becomes its caption.
+    ``interactive`` tables get sortable headers and a filter box (a small
+    inline script, no external files); ``max_rows``, when set, overrides the
+    report's row limit for this section's tables.
     """
 
     title: str
     figures: list[go.Figure] = dataclasses.field(default_factory=list)
     tables: list[pd.DataFrame] = dataclasses.field(default_factory=list)
     text: str = ""
+    interactive: bool = False
+    max_rows: int | None = None
 
     @classmethod
     def from_result(
@@ -98,7 +177,7 @@ def _format_cell(value: object) -> str:
     return f"{value:.4g}"
 
 
-def _table_html(frame: pd.DataFrame, max_rows: int) -> str:
+def _table_html(frame: pd.DataFrame, max_rows: int, interactive: bool = False) -> str:
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"report tables must be pandas DataFrames, got {type(frame).__name__}")
     shown = frame.head(max_rows)
@@ -107,7 +186,7 @@ def _table_html(frame: pd.DataFrame, max_rows: int) -> str:
         escape=True,
         index=not plain_index,
         border=0,
-        classes="data",
+        classes="data interactive" if interactive else "data",
         na_rep="",
         float_format=_format_cell,
     )
@@ -116,7 +195,13 @@ def _table_html(frame: pd.DataFrame, max_rows: int) -> str:
     note = ""
     if len(frame) > max_rows:
         note = f'<p class="note">Showing the first {max_rows} of {len(frame)} rows.</p>\n'
-    return f'<div class="table-wrap">\n{caption_html}{body}\n{note}</div>\n'
+    controls = ""
+    if interactive:
+        controls = (
+            '<input class="table-filter" type="search" placeholder="filter: terms, col=value, col&gt;x" '
+            f'aria-label="filter rows"><span class="table-count">{len(shown)} of {len(shown)} rows</span>\n'
+        )
+    return f'<div class="table-wrap">\n{caption_html}{controls}{body}\n{note}</div>\n'
 
 
 def render_html_report(
@@ -136,11 +221,14 @@ def render_html_report(
         parts.extend(
             _figure_html(fig, f"figure-{i}-{j}") for j, fig in enumerate(section.figures, 1)
         )
-        parts.extend(_table_html(frame, max_rows) for frame in section.tables)
+        rows = max_rows if section.max_rows is None else section.max_rows
+        parts.extend(_table_html(frame, rows, section.interactive) for frame in section.tables)
         parts.append("</section>\n")
     has_figures = any(s.figures for s in sections)
     # Inlined once, in the head, so every figure's newPlot call finds it: no CDN, no server.
     script = f"<script>{plotly.offline.get_plotlyjs()}</script>\n" if has_figures else ""
+    if any(s.interactive and s.tables for s in sections):
+        script += f"<script>{_TABLE_JS}</script>\n"
     toc_html = (
         f'<nav class="toc">\n<h2>Contents</h2>\n<ol>\n{"".join(toc)}\n</ol>\n</nav>\n'
         if toc

@@ -1,0 +1,257 @@
+"""The methods a report runs, each on the report's model, prompts and pairs.
+
+Every runner returns ``{result name: Result}`` or raises :class:`Skip` with
+the reason the method does not apply to this model and task (a 5-digit task
+has no operand grid to take Fourier transforms or neuron maps over, a
+multi-token answer has no single logit to attribute directly ...). The names
+are the contract's ``results/<name>`` directories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import xarray as xr
+
+from arithinterp.errors import ArithInterpError
+from arithinterp.methods import (
+    attribution_patch,
+    classify_neurons,
+    direct_logit_attribution,
+    discover_circuit,
+    edge_attribution_patch,
+    fit_probes,
+    heuristic_knockout,
+    logit_lens,
+    mediate,
+    neuron_maps,
+    patch_activations,
+)
+from arithinterp.methods._common import make_meta
+from arithinterp.methods.fourier import (
+    KeyFrequencyResult,
+    block_fractions,
+    key_frequencies_from_activations,
+)
+from arithinterp.methods.neurons import operand_grid
+from arithinterp.models import Model, Site
+from arithinterp.reports.inputs import ReportInputs
+from arithinterp.results import Result
+from arithinterp.tasks import PromptSet, TaskSpec, generate, tokenize
+
+__all__ = ["MAX_GRID_SIDE", "PROBE_MIN_PROMPTS", "RUNNERS", "Skip", "grid_spec"]
+
+#: The largest operand domain (values per operand) the grid methods (Fourier, neuron maps) sweep.
+MAX_GRID_SIDE = 150
+#: Probes are fit on at least this many prompts (a fresh draw of the task) so held-out scores mean something.
+PROBE_MIN_PROMPTS = 256
+#: Neurons given a mediation IE: the top ones by |AtP| (each costs one patched run per pair).
+MEDIATION_NEURONS = 64
+N_BOOT = 1000
+
+
+class Skip(Exception):  # noqa: N818 (a control-flow signal, not an error)
+    """A method does not apply to this model/task; ``args[0]`` says why."""
+
+
+def _patching(inp: ReportInputs, seed: int, progress: bool) -> dict[str, Result]:
+    common = dict(per_position=False, answer=inp.answer, n_boot=N_BOOT, seed=seed, progress=progress)
+    return {
+        "patching_heads": patch_activations(inp.model, inp.pairs, kind="attn_head", **common),
+        "patching_neurons": patch_activations(inp.model, inp.pairs, kind="mlp_post", **common),
+    }
+
+
+def _attribution(inp: ReportInputs, seed: int, progress: bool) -> dict[str, Result]:
+    common = dict(per_position=False, answer=inp.answer, n_boot=N_BOOT, seed=seed, progress=progress)
+    return {
+        "attribution_heads": attribution_patch(inp.model, inp.pairs, kind="attn_head", **common),
+        "attribution_neurons": attribution_patch(inp.model, inp.pairs, kind="mlp_post", **common),
+    }
+
+
+def mediation_neurons(results: dict[str, Result], model: Model) -> list[int]:
+    """Neuron indices given a mediation IE: the top :data:`MEDIATION_NEURONS` by |AtP| in any layer."""
+    atp = results.get("attribution_neurons")
+    if atp is None:
+        return list(range(min(MEDIATION_NEURONS, model.shape.d_mlp)))
+    best = np.abs(atp.effect.transpose("layer", "neuron").values).max(0)
+    order = np.argsort(-best, kind="stable")[:MEDIATION_NEURONS]
+    return sorted(int(i) for i in order)
+
+
+def _mediation(inp: ReportInputs, seed: int, progress: bool, results: dict[str, Result]) -> dict[str, Result]:
+    common = dict(per_position=False, answer=inp.answer, n_boot=N_BOOT, seed=seed, progress=progress)
+    return {
+        "mediation": mediate(inp.model, inp.pairs, heads=True, **common),
+        "mediation_neurons": mediate(inp.model, inp.pairs, neurons=mediation_neurons(results, inp.model),
+                                     **common),
+    }
+
+
+def _dla(inp: ReportInputs, seed: int, progress: bool) -> dict[str, Result]:
+    if inp.answer != "single":
+        # The first answer token only: the logit the prompt's last position writes.
+        first = inp.prompts
+        try:
+            return {"dla": direct_logit_attribution(inp.model, _first_token_answers(first, inp.model))}
+        except ArithInterpError as err:
+            raise Skip(f"direct logit attribution needs one answer token: {err}") from err
+    return {"dla": direct_logit_attribution(inp.model, inp.prompts)}
+
+
+def _first_token_answers(prompts: PromptSet, model: Model) -> PromptSet:
+    """The prompts with each answer cut to its first token (DLA reads the prompt's last position)."""
+    tok = model.tokenizer
+    firsts = [tok.decode(tok(a, add_special_tokens=False)["input_ids"][:1]) for a in prompts.answers]
+    frame = prompts.frame.copy()
+    frame["answer_text"] = firsts
+    return PromptSet.from_frame(prompts.spec, frame)
+
+
+def probe_targets(prompts: PromptSet) -> list[str]:
+    """The annotations a report probes: answer digits, and carries / borrows / partial carries."""
+    frame = prompts.frame
+    patterns = ("answer_digit_", "carry_in_", "borrow_", "c_hat_")
+    cols = [c for c in frame.columns if c.startswith(patterns)]
+    keep = [c for c in cols if frame[c].nunique() > 1]
+    return keep[:12]
+
+
+def _probes(inp: ReportInputs, seed: int, progress: bool) -> dict[str, Result]:
+    spec = inp.prompts.spec
+    prompts = inp.prompts
+    if len(prompts) < PROBE_MIN_PROMPTS:
+        prompts = generate(spec.model_copy(update={"n": PROBE_MIN_PROMPTS, "seed": seed + 1}))
+    targets = probe_targets(prompts)
+    if not targets:
+        raise Skip("the task has no varying annotation to probe (answer digits, carries, borrows, partial carries)")
+    # The positions that predict answer tokens (the prompt's last, then the teacher-forced
+    # answer's): where the answer is computed, and a fraction of the cost of every position.
+    tok = tokenize(prompts, inp.model.tokenizer, answer="multi")
+    positions = [tok.prompt_len - 1 + i for i in range(tok.answer_len)]
+    return {"probes": fit_probes(inp.model, prompts, targets, positions=positions, n_boot=100, seed=seed,
+                                 progress=progress)}
+
+
+def grid_spec(spec: TaskSpec) -> TaskSpec:
+    """``spec`` with an explicit operand grid, or :class:`Skip` when it has none worth sweeping."""
+    if spec.few_shot:
+        raise Skip("few-shot prompts: the operand grid sweeps bare queries only")
+    if spec.operation == "modadd":
+        side = spec.p if spec.operand_range is None else spec.operand_range[1] - spec.operand_range[0] + 1
+    else:
+        side = spec.max_operand - spec.min_operand + 1
+        if spec.operand_range is None:
+            spec = spec.model_copy(update={"operand_range": (spec.min_operand, spec.max_operand)})
+    if side > MAX_GRID_SIDE:
+        raise Skip(f"the operands take {side} values each (more than {MAX_GRID_SIDE}): no operand grid "
+                   f"small enough to sweep every (a, b)")
+    return spec
+
+
+def _grid_activations(model: Model, spec: TaskSpec, progress: bool) -> tuple[int, dict[Site, torch.Tensor]]:
+    """Head writes ``[p, p, head, d_model]`` and neuron activations ``[p, p, neuron]`` over the grid."""
+    a, _b, _r, queries, _answers = operand_grid(spec)
+    side = int(round(np.sqrt(len(a))))
+    tokens = model.to_tokens(queries)
+    n = model.shape.n_layers
+    sites = [Site(k, layer, pos=-1) for layer in range(n) for k in ("attn_head", "mlp_post")]
+    parts: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
+    W_O = model.weights().W_O.detach().double()
+    for start in range(0, len(a), 1024):
+        _, cache = model.run_with_cache(tokens[start:start + 1024], sites)
+        for s in sites:
+            act = cache[s].detach().double().cpu()
+            if s.kind == "attn_head":  # [b, head, d_head] -> what each head writes, [b, head, d_model]
+                act = torch.einsum("bhe,hem->bhm", act, W_O[s.layer].cpu())
+            parts[s].append(act)
+    return side, {s: torch.cat(v).reshape(side, side, *v[0].shape[1:]) for s, v in parts.items()}
+
+
+def head_key_frequencies(writes: dict[int, torch.Tensor], meta_model: Model, side: int,
+                         threshold: float = 0.85) -> KeyFrequencyResult:
+    """Per head: the frequency whose 2D block explains most of the variance of its write, pooled
+    over ``d_model`` (each column's block fraction weighted by the column's variance)."""
+    layers = sorted(writes)
+    n_heads = writes[layers[0]].shape[2]
+    explained = np.zeros((len(layers), n_heads))
+    best = np.zeros((len(layers), n_heads), dtype=np.int64)
+    for i, layer in enumerate(layers):
+        for h in range(n_heads):
+            acts = writes[layer][:, :, h]  # [p, p, d_model]
+            var = (acts - acts.mean(dim=(0, 1), keepdim=True)).pow(2).sum(dim=(0, 1))
+            frac = block_fractions(acts)  # [d_model, k]
+            pooled = (frac * var[:, None]).sum(0) / var.sum().clamp_min(1e-30)
+            explained[i, h] = float(pooled.max())
+            best[i, h] = int(pooled.argmax()) + 1
+    coords = {"layer": np.array(layers), "head": np.arange(n_heads)}
+    values = xr.DataArray(explained, dims=("layer", "head"), coords=coords)
+    extras = {"key_freq": xr.DataArray(best, dims=("layer", "head"), coords=coords),
+              "clustered": xr.DataArray(explained >= threshold, dims=("layer", "head"), coords=coords)}
+    meta = make_meta("key_frequencies", meta_model, options={"p": side, "threshold": threshold,
+                                                             "site": "attn_head write (z @ W_O), last position"})
+    return KeyFrequencyResult(values=values, meta=meta, extras=extras, threshold=threshold)
+
+
+def _fourier(inp: ReportInputs, seed: int, progress: bool) -> dict[str, Result]:
+    spec = grid_spec(inp.prompts.spec)
+    try:
+        side, acts = _grid_activations(inp.model, spec, progress)
+    except ArithInterpError as err:
+        raise Skip(f"the operand grid cannot be batched: {err}") from err
+    n = inp.model.shape.n_layers
+    out: dict[str, Result] = {}
+    for layer in range(n):
+        meta = make_meta("key_frequencies", inp.model,
+                         options={"p": side, "threshold": 0.85, "layer": layer, "site": "mlp_post, last position"})
+        res = key_frequencies_from_activations(acts[Site("mlp_post", layer, pos=-1)], meta=meta)
+        out["key_frequencies" if layer == n - 1 else f"key_frequencies_L{layer}"] = res
+    writes = {layer: acts[Site("attn_head", layer, pos=-1)] for layer in range(n)}
+    out["key_frequencies_heads"] = head_key_frequencies(writes, inp.model, side)
+    return out
+
+
+def _heuristics(inp: ReportInputs, seed: int, progress: bool) -> dict[str, Result]:
+    spec = grid_spec(inp.prompts.spec)
+    layer = inp.model.shape.n_layers - 1
+    try:
+        maps = neuron_maps(inp.model, spec, layer=layer)
+    except ArithInterpError as err:
+        raise Skip(f"neuron maps do not apply: {err}") from err
+    heur = classify_neurons(maps)
+    out: dict[str, Result] = {"neuron_maps": maps, "heuristics": heur}
+    counts = heur.extras["implements"].sum("neuron")
+    if int(counts.max()) > 0:
+        top = str(counts.coords["class"].values[int(counts.argmax())])
+        out["heuristic_knockout"] = heuristic_knockout(inp.model, spec, heur, top, n=100, seed=seed)
+    return out
+
+
+def _logit_lens(inp: ReportInputs, seed: int, progress: bool) -> dict[str, Result]:
+    return {"logit_lens": logit_lens(inp.model, inp.prompts, progress=progress)}
+
+
+def _circuit(inp: ReportInputs, seed: int, progress: bool, target: float) -> dict[str, Result]:
+    circuit = discover_circuit(inp.model, inp.pairs, inp.prompts, target=target, answer=inp.answer,
+                               progress=progress)
+    edges = edge_attribution_patch(inp.model, inp.pairs, answer=inp.answer, n_boot=200, seed=seed,
+                                   progress=progress)
+    return {"circuit": circuit, "circuit_edges": edges}
+
+
+Runner = Callable[..., dict[str, Result]]
+
+RUNNERS: dict[str, Runner] = {
+    "patching": _patching,
+    "attribution": _attribution,
+    "mediation": _mediation,
+    "dla": _dla,
+    "probes": _probes,
+    "fourier": _fourier,
+    "heuristics": _heuristics,
+    "logit_lens": _logit_lens,
+    "circuit": _circuit,
+}
