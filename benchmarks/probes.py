@@ -4,28 +4,27 @@ On a zoo model (default ``zoo:add-5d``) it caches the residual stream (resid_pre
 and resid_mid of every layer, the final resid_post) at every position, then
 fits one probe per (site, position) for one target, in one process:
 
-- ``LinearProbe`` on all problems at once (one batched call),
+- ``LinearProbe`` on all problems at once (one call; binary logistic by damped
+  Newton with lagged Hessians, ridge by one Gram solve with iterative refinement,
+  problems processed in cache-sized chunks),
 - a loop of scikit-learn fits (``StandardScaler`` + ``LogisticRegression`` or
-  ``Ridge``), one per problem, with the same penalty and the same split;
-  ``tol=1e-8`` so scikit-learn reaches the optimum (at its default ``tol=1e-4``
-  lbfgs stops up to 8 accuracy points away on weakly penalised problems),
+  ``Ridge``), one per problem, with the same penalty (``C = 1 / (l2 n)``,
+  ``alpha = l2 n``), the same data and the same split; ``tol=1e-8`` so
+  scikit-learn's lbfgs reaches the optimum (at its default ``tol=1e-4`` it stops
+  up to 8 accuracy points away on weakly penalised problems).
 
-and prints both times, their ratio and the largest difference in held-out
-accuracy (or R²). Both run on one torch thread. Absolute times on a shared
-machine are noise; read the ratio.
+Both sides get the same train/test arrays (the split is taken once, outside
+the timings), run on one thread (torch and, through threadpoolctl, the BLAS
+that numpy/scipy use: with its default threads on a shared 2-core machine
+scikit-learn's BLAS oversubscribes and slows by an order of magnitude, which
+would flatter the ratio), and alternate for ``--repeats`` rounds. It prints
+each round's CPU times and the median ratio, and the largest difference in
+held-out accuracy (or R²). Absolute times on a shared machine are noise; read
+the ratio.
 
     python benchmarks/probes.py [--model zoo:add-5d] [--n 2000] [--target SC_2] [--kind logistic]
 
-Measured on the shared 2-core CPU box (load average 4-6), 90 probes, d = 96,
-max score difference 0.0000 in every run:
-
-    logistic SC_2, 1500 train prompts   2.87 s vs 9.56 s   3.3x
-    logistic SC_2,  300 train prompts   0.47 s vs 4.13 s   8.8x
-    ridge answer,  1500 train prompts   0.63 s vs 0.88 s   1.4x
-
-The 10x target is not reached on this CPU: with d = 96 and n in the
-thousands each scikit-learn fit is already BLAS-bound, so batching saves
-per-fit overhead and line-search iterations, not arithmetic.
+Measured numbers are in docs/methods/representations.md.
 """
 
 from __future__ import annotations
@@ -37,25 +36,36 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from arithinterp.methods.probes import LinearProbe, cache_resid, resid_sites, split_prompts
 from arithinterp.models import load_model
 from arithinterp.tasks import TaskSpec, generate, tokenize
 
 
-def sklearn_loop(X: np.ndarray, y: np.ndarray, train, test, kind: str, l2: float) -> np.ndarray:
-    out = np.empty(X.shape[:2])
-    for i in range(X.shape[0]):
-        for j in range(X.shape[1]):
-            scaler = StandardScaler().fit(X[i, j, train])
-            Xtr, Xte = scaler.transform(X[i, j, train]), scaler.transform(X[i, j, test])
+def sklearn_loop(X_train, y_train, X_test, y_test, kind: str, l2: float) -> np.ndarray:
+    out = np.empty(X_train.shape[:2])
+    n = X_train.shape[2]
+    for i in range(X_train.shape[0]):
+        for j in range(X_train.shape[1]):
+            scaler = StandardScaler().fit(X_train[i, j])
+            Xtr, Xte = scaler.transform(X_train[i, j]), scaler.transform(X_test[i, j])
             if kind == "logistic":
-                est = LogisticRegression(C=1 / (l2 * len(train)), tol=1e-8, max_iter=10_000)
-                est.fit(Xtr, y[train])
+                est = LogisticRegression(C=1 / (l2 * n), tol=1e-8, max_iter=10_000).fit(Xtr, y_train)
             else:
-                est = Ridge(alpha=l2 * len(train)).fit(Xtr, y[train])
-            out[i, j] = est.score(Xte, y[test])
+                est = Ridge(alpha=l2 * n).fit(Xtr, y_train)
+            out[i, j] = est.score(Xte, y_test)
     return out
+
+
+def batched(X_train, y_train, X_test, y_test, kind: str, l2: float) -> np.ndarray:
+    return LinearProbe(kind, l2=l2).fit(X_train, y_train).score(X_test, y_test)
+
+
+def _timed(fn, *args) -> tuple[np.ndarray, float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    return out, time.process_time() - cpu, time.perf_counter() - wall
 
 
 def main() -> None:
@@ -66,6 +76,7 @@ def main() -> None:
     parser.add_argument("--target", default="SC_2")
     parser.add_argument("--kind", choices=["logistic", "ridge"], default="logistic")
     parser.add_argument("--l2", type=float, default=1e-3)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -77,23 +88,25 @@ def main() -> None:
     y = prompts.frame[args.target].to_numpy()
     y = y.astype(np.int64) if args.kind == "logistic" else y.astype(float)
     train, test = split_prompts(prompts, test_fraction=0.25, split="random", seed=0)
+    data = (np.ascontiguousarray(X[:, :, train]), y[train], np.ascontiguousarray(X[:, :, test]), y[test],
+            args.kind, args.l2)
     print(f"{args.model}: {X.shape[0]} sites x {X.shape[1]} positions = {X.shape[0] * X.shape[1]} "
           f"probes, {len(train)} train / {len(test)} test prompts, d = {X.shape[-1]}, "
-          f"target {args.target} ({args.kind})")
+          f"target {args.target} ({args.kind}), one thread")
 
-    start = time.perf_counter()
-    ours = LinearProbe(args.kind, l2=args.l2).fit(X[:, :, train], y[train]).score(X[:, :, test], y[test])
-    t_ours = time.perf_counter() - start
-    start = time.perf_counter()
-    oracle = sklearn_loop(X, y, train, test, args.kind, args.l2)
-    t_sk = time.perf_counter() - start
-
-    print(f"batched LinearProbe : {t_ours:8.2f} s")
-    print(f"scikit-learn loop   : {t_sk:8.2f} s")
-    print(f"speed-up            : {t_sk / t_ours:8.1f}x (target >= 10x)")
-    print(f"max |score diff|    : {np.abs(ours - oracle).max():.4f}")
-    print(f"best cell           : {labels[np.unravel_index(ours.argmax(), ours.shape)[0]]} "
-          f"pos {np.unravel_index(ours.argmax(), ours.shape)[1]}, score {ours.max():.3f}")
+    ratios = []
+    with threadpool_limits(1):
+        for r in range(args.repeats):
+            ours, c_ours, w_ours = _timed(batched, *data)
+            oracle, c_sk, w_sk = _timed(sklearn_loop, *data)
+            ratios.append(c_sk / c_ours)
+            print(f"round {r}: batched {c_ours:6.2f} s cpu ({w_ours:6.2f} wall)   scikit-learn "
+                  f"{c_sk:6.2f} s cpu ({w_sk:6.2f} wall)   ratio {ratios[-1]:5.1f}x")
+    print(f"speed-up (median cpu) : {np.median(ratios):5.1f}x  (rounds: "
+          f"{', '.join(f'{x:.1f}' for x in ratios)}; target >= 10x)")
+    print(f"max |score diff|      : {np.abs(ours - oracle).max():.4f}")
+    cell = np.unravel_index(ours.argmax(), ours.shape)
+    print(f"best cell             : {labels[cell[0]]} pos {cell[1]}, score {ours.max():.3f}")
 
 
 if __name__ == "__main__":

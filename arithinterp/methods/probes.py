@@ -7,10 +7,16 @@ holds many independent problems (one per layer and position) that are
 fitted in one call. Features are standardised per problem, as a scikit-learn
 ``StandardScaler`` would.
 
-- ``ridge``: one batched closed-form solve ``(X'X + l2 n I) W = X'y``.
-- ``logistic``: softmax regression, loss ``mean CE + l2/2 |W|^2`` per problem
-  (scikit-learn's ``C = 1 / (l2 n)``), full-batch L-BFGS on all problems together
-  (they are independent, so minimising the sum minimises each).
+Problems are processed in chunks of a few MB, so each chunk's iterations run
+on data in the CPU cache.
+
+- ``ridge``: one batched closed-form solve ``(X'X + l2 n I) W = X'y`` per chunk
+  (Gram matrix in float32, float64 answer by iterative refinement).
+- ``logistic``, loss ``mean CE + l2/2 |W|^2`` per problem (scikit-learn's
+  ``C = 1 / (l2 n)``): two classes by damped Newton with per-problem Armijo line
+  search, stopping on the Newton decrement and reusing a Hessian while it still
+  gives fast full steps; more classes by full-batch L-BFGS on all problems
+  together (they are independent, so minimising the sum minimises each).
 - ``circular``: ridge onto ``(cos, sin)(2 pi x / period)``; predicts ``x mod period``
   from the angle of the prediction, scored by accuracy.
 
@@ -18,22 +24,27 @@ fitted in one call. Features are standardised per problem, as a scikit-learn
 :class:`~arithinterp.tasks.PromptSet`, fits probes for task annotations
 (carry bits ``SC_i``, operand digits, running sums ``c_hat_k``...) and scores
 them on held-out prompts, with bootstrap intervals, a majority baseline and a
-Hewitt & Liang (2019) control task: each distinct token at the probed
-position gets a random label drawn from the target's label distribution. The
-control is memorisable from the token but means nothing, so
+Hewitt & Liang (2019) control task: each input *type* gets a fixed random label
+drawn from the target's label distribution. For arithmetic the type is what a
+probe could memorise: by default the operand digits the target is a function of
+(``a_digit_2, b_digit_2`` for the carry ``SC_2``; :func:`control_columns`). The
+control is memorisable from the type but means nothing, so
 ``selectivity = score - control`` separates what the probe reads from the
 stream from what it could memorise.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Literal, get_args
 
 import numpy as np
 import plotly.graph_objects as go
 import torch
+import torch.nn.functional as F
 import xarray as xr
 from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
@@ -47,6 +58,7 @@ from arithinterp.tasks import PromptSet, tokenize
 ProbeKind = Literal["logistic", "ridge", "circular"]
 FitKind = Literal["auto", "logistic", "ridge", "circular"]
 Split = Literal["random", "operand"]
+ControlBy = Literal["auto", "operands", "token"]
 _MAX_CLASSES = 20
 
 
@@ -60,6 +72,135 @@ def _as_tensor(x, dtype=torch.float64) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=dtype)
 
 
+def _as_float_tensor(x) -> torch.Tensor:
+    """``x`` as a CPU tensor, keeping float32/float64 (no copy of a large float32 input)."""
+    t = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float64)
+
+
+# Problems are fitted in chunks of about this many bytes of float64 features, so that a
+# chunk's Newton iterations read data that stays in the CPU cache instead of streaming
+# every problem from memory on every iteration.
+_CHUNK_BYTES = 4 << 20
+_MAX_CHUNK = 64
+
+
+def _chunk_size(n: int, d: int) -> int:
+    return int(min(_MAX_CHUNK, max(1, _CHUNK_BYTES // (8 * n * (d + 1)))))
+
+
+def _standardised_t(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features of a chunk ``x [c, n, d]`` standardised and transposed, with a row of ones.
+
+    Returns ``Zt [c, d + 1, n]`` (float64; row ``d`` is the intercept's constant), the mean
+    and the scale ``[c, d]`` (a constant feature keeps scale 1, as scikit-learn's
+    ``StandardScaler``)."""
+    c, n, d = x.shape
+    x = x.to(torch.float64)
+    mean = x.mean(1, keepdim=True)
+    zt = torch.empty(c, d + 1, n, dtype=torch.float64)
+    centred = torch.sub(x, mean, out=zt[:, :d].transpose(1, 2))
+    std = centred.pow(2).mean(1, keepdim=True).sqrt_()
+    scale = torch.where(std > 1e-12, std, torch.ones_like(std))
+    centred.div_(scale)
+    zt[:, d] = 1.0
+    return zt, mean.squeeze(1), scale.squeeze(1)
+
+
+def _inverse_spd(h: torch.Tensor) -> torch.Tensor:
+    """Inverse of a batch of symmetric positive definite matrices (jitter where Cholesky fails)."""
+    chol, info = torch.linalg.cholesky_ex(h)
+    if bool((info > 0).any()):
+        jitter = 1e-8 * h.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
+        h = h + jitter[:, None, None] * torch.eye(h.shape[-1], dtype=h.dtype)
+        chol = torch.linalg.cholesky(h)
+    return torch.cholesky_inverse(chol)
+
+
+def _ridge_chunk(zt: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Solve ``(Z'Z + diag(alpha)) W = Z'Y`` for a chunk: ``zt [c, d1, n]``, ``y [c, n, k]``.
+
+    The Gram matrix is formed in float32 (its one costly product) and the float64 answer
+    recovered by iterative refinement with exact float64 residuals."""
+    z32 = zt.float()
+    gram = torch.bmm(z32, z32.transpose(1, 2)).double() + torch.diag(alpha)
+    inv = _inverse_spd(gram)
+    rhs = torch.bmm(zt, y)
+    w = torch.bmm(inv, rhs)
+    scale = rhs.abs().amax(dim=(1, 2)).clamp_min(1e-300)
+    for _ in range(10):
+        resid = rhs - torch.bmm(zt, torch.bmm(zt.transpose(1, 2), w)) - alpha[:, None] * w
+        if bool((resid.abs().amax(dim=(1, 2)) <= 1e-13 * scale).all()):
+            break
+        w = w + torch.bmm(inv, resid)
+    return w
+
+
+def _newton_chunk(
+    zt: torch.Tensor, t: torch.Tensor, pen: torch.Tensor, *, tol: float, max_iter: int
+) -> tuple[torch.Tensor, int]:
+    """Minimise ``mean BCE(Z w, t) + 1/2 sum(pen w^2)`` for each problem of a chunk.
+
+    ``zt [c, d1, n]`` float64, ``t [c, n]`` in {0, 1}. Damped Newton with an Armijo line
+    search; a problem stops when its squared Newton decrement ``g' H^-1 g`` is below
+    ``tol``. The Hessian (formed in float32: it only steers, the gradient and the loss
+    are float64) is refreshed per problem only when the previous one stops giving full
+    steps that shrink the decrement tenfold; otherwise it is reused. Returns the weights
+    ``[c, d1]`` and the number of Hessians formed.
+    """
+    c, d1, n = zt.shape
+    z32 = zt.float()
+    w = torch.zeros(c, d1, dtype=torch.float64)
+    logits = torch.zeros(c, n, dtype=torch.float64)
+    grad = torch.empty(c, d1, dtype=torch.float64)
+    current = torch.full((c,), math.log(2.0), dtype=torch.float64)
+    h_inv = torch.empty(c, d1, d1, dtype=torch.float64)
+    ridge = torch.diag(pen + 1e-10)
+    refresh = torch.ones(c, dtype=torch.bool)
+    previous = None
+    n_hessians = 0
+    for _ in range(max_iter):
+        p = torch.sigmoid(logits)
+        resid = p - t
+        for i in range(c):  # c matrix-vector products beat one bmm with this layout
+            torch.mv(zt[i], resid[i], out=grad[i])
+        grad.div_(n).add_(pen * w)
+        if bool(refresh.any()):
+            idx = refresh.nonzero().squeeze(1)
+            zs = z32[idx]
+            weight = (p[idx] * (1 - p[idx])).float().unsqueeze(1)
+            hess = torch.bmm(zs * weight, zs.transpose(1, 2)).double().div_(n).add_(ridge)
+            h_inv[idx] = _inverse_spd(hess)
+            n_hessians += len(idx)
+        step = torch.bmm(h_inv, grad.unsqueeze(-1)).squeeze(-1)
+        decrement = (grad * step).sum(-1)
+        live = decrement > tol
+        if not bool(live.any()):
+            break
+        dz = torch.bmm(step.unsqueeze(1), zt).squeeze(1)
+        scale = torch.ones(c, dtype=torch.float64)
+        for _ in range(40):  # halve each problem's step until its loss goes down enough
+            trial = (
+                F.binary_cross_entropy_with_logits(logits - scale[:, None] * dz, t, reduction="none").mean(-1)
+                + 0.5 * (pen * (w - scale[:, None] * step) ** 2).sum(-1)
+            )
+            worse = (trial > current - 1e-4 * scale * decrement) & live
+            if not bool(worse.any()):
+                break
+            scale = torch.where(worse, scale / 2, scale)
+        else:  # a problem that cannot improve (at its optimum to rounding) stays put
+            scale = torch.where(worse, torch.zeros_like(scale), scale)
+            trial = torch.where(worse, current, trial)
+        w -= scale[:, None] * step
+        logits -= scale[:, None] * dz
+        current = trial
+        refresh = live & (scale < 1)
+        if previous is not None:
+            refresh |= live & (decrement > 0.1 * previous)
+        previous = decrement
+    return w, n_hessians
+
+
 class LinearProbe:
     """A batched linear probe with scikit-learn conventions.
 
@@ -67,14 +208,17 @@ class LinearProbe:
         kind: ``"logistic"`` (classes), ``"ridge"`` (real values) or ``"circular"``
             (residue ``x mod period`` through its angle).
         l2: penalty; ridge ``alpha = l2 * n``, logistic ``C = 1 / (l2 * n)``.
-        max_iter: L-BFGS iterations (logistic).
-        lr: L-BFGS step size (logistic; a strong-Wolfe line search scales it).
+        max_iter: Newton (binary) or L-BFGS (multiclass) iterations.
+        lr: L-BFGS step size (multiclass logistic; a strong-Wolfe line search scales it).
         seed: kept for scikit-learn conformance; the fit is deterministic.
         period: the period of a circular probe.
+        tol: convergence tolerance: the squared Newton decrement ``g' H^-1 g`` of the
+            binary logistic loss (``1e-12``: at most ``5e-13`` above the optimum).
 
     Learned: ``mean_``, ``scale_`` (standardisation, ``[..., d]``), ``coef_``
     (``[..., d, k]``; ``k`` classes, 1 output for ridge on ``[n]`` targets, 2 for
-    circular), ``intercept_`` (``[..., k]``), ``classes_`` (logistic).
+    circular), ``intercept_`` (``[..., k]``), ``classes_`` (logistic), ``n_hessians_``
+    (binary logistic: Hessians formed, over all problems).
     """
 
     def __init__(
@@ -85,6 +229,7 @@ class LinearProbe:
         lr: float = 1.0,
         seed: int = 0,
         period: int | None = None,
+        tol: float = 1e-12,
     ):
         self.kind = kind
         self.l2 = l2
@@ -92,9 +237,10 @@ class LinearProbe:
         self.lr = lr
         self.seed = seed
         self.period = period
+        self.tol = tol
 
     def get_params(self, deep: bool = True) -> dict:
-        return {k: getattr(self, k) for k in ("kind", "l2", "max_iter", "lr", "seed", "period")}
+        return {k: getattr(self, k) for k in ("kind", "l2", "max_iter", "lr", "seed", "period", "tol")}
 
     def __repr__(self) -> str:
         return f"LinearProbe({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
@@ -106,6 +252,8 @@ class LinearProbe:
             raise ProbeError("a circular probe needs period >= 2, e.g. LinearProbe('circular', period=10)")
         if self.l2 < 0:
             raise ProbeError(f"l2 must be >= 0, got {self.l2}")
+        if self.tol <= 0:
+            raise ProbeError(f"tol must be > 0, got {self.tol}")
 
     def _standardise(self, X: torch.Tensor) -> torch.Tensor:
         return (X - self.mean_.unsqueeze(-2)) / self.scale_.unsqueeze(-2)
@@ -113,44 +261,72 @@ class LinearProbe:
     def fit(self, X, y) -> LinearProbe:
         """Fit every problem in ``X [..., n, d]`` against ``y [n]`` or ``[..., n]``."""
         self._check()
-        X = _as_tensor(X)
+        X = _as_float_tensor(X)
         if X.ndim < 2:
             raise ProbeError(f"X must be [..., n, d], got shape {tuple(X.shape)}")
         n = X.shape[-2]
         y_np = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y)
         if y_np.shape[-1] != n:
             raise ProbeError(f"y has {y_np.shape[-1]} samples, X has {n}")
+        if self.kind == "logistic":
+            self.classes_ = np.unique(y_np)
+            if len(self.classes_) < 2:
+                raise ProbeError(f"a logistic probe needs at least 2 classes, y has {self.classes_}")
+            idx = torch.as_tensor(np.searchsorted(self.classes_, y_np)).expand(X.shape[:-1])
+            if len(self.classes_) == 2:
+                self._fit_chunked(X, idx.to(torch.float64), "binary")
+            else:
+                self._fit_multiclass(X, idx)
+            return self
+        target = _as_tensor(y_np)
+        if self.kind == "circular":
+            angle = 2 * math.pi * target / self.period
+            target = torch.stack([angle.cos(), angle.sin()], -1)
+        else:
+            target = target.unsqueeze(-1)
+        self._fit_chunked(X, target.expand(*X.shape[:-1], target.shape[-1]), "ridge")
+        return self
+
+    def _fit_chunked(self, X: torch.Tensor, target: torch.Tensor, how: str) -> None:
+        """Binary logistic (``target [..., n]`` in {0, 1}) or ridge (``target [..., n, k]``),
+        problem chunk by problem chunk; each chunk is one batched solve."""
+        batch, (n, d) = X.shape[:-2], X.shape[-2:]
+        flat_x = X.reshape(-1, n, d)
+        flat_t = target.reshape(flat_x.shape[0], n, *target.shape[len(batch) + 1:]).to(torch.float64)
+        size = flat_x.shape[0]
+        k = 1 if how == "binary" else flat_t.shape[-1]
+        w = torch.empty(size, d + 1, k, dtype=torch.float64)
+        mean = torch.empty(size, d, dtype=torch.float64)
+        scale = torch.empty(size, d, dtype=torch.float64)
+        pen = torch.full((d + 1,), float(self.l2), dtype=torch.float64)
+        pen[d] = 0.0  # the intercept is not penalised
+        step = _chunk_size(n, d)
+        self.n_hessians_ = 0
+        for start in range(0, size, step):
+            part = slice(start, start + step)
+            zt, mean[part], scale[part] = _standardised_t(flat_x[part])
+            if how == "binary":
+                wc, n_hess = _newton_chunk(zt, flat_t[part], pen, tol=self.tol, max_iter=self.max_iter)
+                w[part] = wc.unsqueeze(-1)
+                self.n_hessians_ += n_hess
+            else:
+                w[part] = _ridge_chunk(zt, flat_t[part], pen * n)
+        self.mean_, self.scale_ = mean.reshape(*batch, d), scale.reshape(*batch, d)
+        coef, intercept = w[:, :d].reshape(*batch, d, k), w[:, d].reshape(*batch, k)
+        if how == "binary":  # softmax form: logit difference = w.x + b
+            self.coef_ = torch.cat([-coef / 2, coef / 2], -1)
+            self.intercept_ = torch.cat([-intercept / 2, intercept / 2], -1)
+        else:
+            self.coef_, self.intercept_ = coef, intercept
+
+    def _fit_multiclass(self, X: torch.Tensor, idx: torch.Tensor) -> None:
+        """Softmax regression, full-batch L-BFGS on all problems together (they are
+        independent, so minimising the sum minimises each)."""
+        X = X.to(torch.float64)
         self.mean_ = X.mean(-2)
         std = X.std(-2, unbiased=False)
         self.scale_ = torch.where(std > 1e-12, std, torch.ones_like(std))
         Z = self._standardise(X)
-        if self.kind == "logistic":
-            self._fit_logistic(Z, y_np)
-        else:
-            target = _as_tensor(y_np)
-            if self.kind == "circular":
-                angle = 2 * math.pi * target / self.period
-                target = torch.stack([angle.cos(), angle.sin()], -1)
-            else:
-                target = target.unsqueeze(-1)
-            self._fit_ridge(Z, target.expand(*X.shape[:-1], target.shape[-1]))
-        return self
-
-    def _fit_ridge(self, Z: torch.Tensor, Y: torch.Tensor) -> None:
-        n, d = Z.shape[-2:]
-        y_mean = Y.mean(-2)
-        gram = Z.transpose(-1, -2) @ Z + self.l2 * n * torch.eye(d, dtype=Z.dtype)
-        self.coef_ = torch.linalg.solve(gram, Z.transpose(-1, -2) @ (Y - y_mean.unsqueeze(-2)))
-        self.intercept_ = y_mean  # Z is centred, so the intercept is the target mean
-
-    def _fit_logistic(self, Z: torch.Tensor, y: np.ndarray) -> None:
-        self.classes_ = np.unique(y)
-        if len(self.classes_) < 2:
-            raise ProbeError(f"a logistic probe needs at least 2 classes, y has {self.classes_}")
-        idx = torch.as_tensor(np.searchsorted(self.classes_, y)).expand(Z.shape[:-1])
-        if len(self.classes_) == 2:
-            self._fit_binary_newton(Z, idx)
-            return
         n, d = Z.shape[-2:]
         k = len(self.classes_)
         W = torch.zeros(*Z.shape[:-2], d, k, dtype=Z.dtype)
@@ -160,7 +336,7 @@ class LinearProbe:
             tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe",
         )
 
-        onehot = torch.nn.functional.one_hot(idx, k).to(Z.dtype)
+        onehot = F.one_hot(idx, k).to(Z.dtype)
         Zt = Z.transpose(-1, -2)
 
         # Analytic gradients: autograd's overhead dominates on problems this small.
@@ -174,51 +350,6 @@ class LinearProbe:
 
         opt.step(closure)
         self.coef_, self.intercept_ = W, b
-
-    def _fit_binary_newton(self, Z: torch.Tensor, idx: torch.Tensor) -> None:
-        """Two classes: damped Newton on ``mean BCE + l2/2 |w|^2`` (scikit-learn's binary
-        loss), each problem with its own step; converges in a few batched solves."""
-        n, d = Z.shape[-2:]
-        Z1 = torch.cat([Z, torch.ones(*Z.shape[:-1], 1, dtype=Z.dtype)], -1)
-        Z1f = Z1.float()
-        t = idx.to(Z.dtype)
-        pen = torch.full((d + 1,), self.l2, dtype=Z.dtype)
-        pen[-1] = 0.0  # the intercept is not penalised
-        eye = torch.diag(pen + 1e-10)
-
-        def loss(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            z = (Z1 @ w.unsqueeze(-1)).squeeze(-1)
-            bce = torch.nn.functional.binary_cross_entropy_with_logits(z, t, reduction="none")
-            return bce.mean(-1) + 0.5 * (pen * w**2).sum(-1), z
-
-        w = torch.zeros(*Z.shape[:-2], d + 1, dtype=Z.dtype)
-        current, z = loss(w)
-        for _ in range(self.max_iter):
-            p = torch.sigmoid(z)
-            grad = (Z1.transpose(-1, -2) @ (p - t).unsqueeze(-1)).squeeze(-1) / n + pen * w
-            # the Hessian only steers the step (the loss test below keeps it safe), so
-            # float32 is enough for its one costly product
-            weighted = Z1f * (p * (1 - p)).to(Z1f.dtype).unsqueeze(-1)
-            hess = (Z1f.transpose(-1, -2) @ weighted).to(Z.dtype) / n + eye
-            step = torch.linalg.solve(hess, grad)
-            scale = torch.ones_like(current)
-            for _ in range(30):  # halve each problem's step until its loss goes down
-                trial, z_trial = loss(w - scale.unsqueeze(-1) * step)
-                worse = trial > current + 1e-12
-                if not worse.any():
-                    break
-                scale = torch.where(worse, scale / 2, scale)
-            else:  # a problem that cannot improve (already at its optimum) stays put
-                scale = torch.where(worse, torch.zeros_like(scale), scale)
-                trial, z_trial = loss(w - scale.unsqueeze(-1) * step)
-            w = w - scale.unsqueeze(-1) * step
-            done = bool((current - trial).max() < 1e-9)
-            current, z = trial, z_trial
-            if done:
-                break
-        half = w[..., :d].unsqueeze(-1) / 2
-        self.coef_ = torch.cat([-half, half], -1)  # softmax form: logit difference = w.x + b
-        self.intercept_ = torch.stack([-w[..., d] / 2, w[..., d] / 2], -1)
 
     def decision_function(self, X) -> torch.Tensor:
         """Raw outputs ``[..., m, k]`` (logits, or ridge/circular predictions)."""
@@ -398,12 +529,64 @@ def _auto_kind(y: np.ndarray) -> str:
 
 
 def _control_labels(y: np.ndarray, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Hewitt & Liang control: each token type at each position gets a label drawn from y.
+    """``control_by="token"``: each token id gets one label drawn from y, shared by positions.
 
     ``tokens`` is ``[prompt, pos]``; returns ``[pos, prompt]``.
     """
-    table = rng.choice(y, size=int(tokens.max()) + 1)  # one label per token id, shared by positions
+    table = rng.choice(y, size=int(tokens.max()) + 1)
     return table[tokens].T
+
+
+_DIGIT_COLUMN = re.compile(r"^[ab]_digit_\d+$")
+_MIN_PER_TYPE = 4  # a type must recur this often on average, or its label cannot be memorised
+
+
+def control_columns(frame, y: np.ndarray, *, max_size: int = 3) -> list[str]:
+    """The operand digits a target is a function of: the input *type* of its control task.
+
+    Searches subsets of the operand digit columns (``a_digit_i``, ``b_digit_j``), smallest
+    first, for one on which ``y`` is a deterministic function and whose value tuples recur
+    (at most ``len(y) / 4`` distinct tuples); ties go to fewer distinct tuples. Carry bit
+    ``SC_2`` of an addition gives ``["a_digit_2", "b_digit_2"]``; a target no small subset
+    determines (a cascading carry, the answer) gives ``["operand_a", "operand_b"]``.
+    """
+    digits = [c for c in frame.columns if _DIGIT_COLUMN.match(str(c))]
+    codes = {c: frame[c].to_numpy().astype(np.int64) for c in digits}
+    _, y_code = np.unique(y, return_inverse=True)
+    for size in range(1, max_size + 1):
+        found = []
+        for cols in itertools.combinations(digits, size):
+            key = np.zeros(len(y), dtype=np.int64)
+            for c in cols:
+                key = key * 10 + codes[c]
+            types, inverse = np.unique(key, return_inverse=True)
+            if len(types) * _MIN_PER_TYPE > len(y):
+                continue
+            first = np.zeros(len(types), dtype=np.int64)
+            first[inverse[::-1]] = y_code[::-1]  # one label per type (any occurrence)
+            if np.array_equal(first[inverse], y_code):
+                found.append((len(types), list(cols)))
+        if found:
+            return min(found, key=lambda f: f[0])[1]
+    return [c for c in ("operand_a", "operand_b") if c in frame.columns]
+
+
+def _type_ids(frame, columns: Sequence[str]) -> np.ndarray:
+    """One integer per prompt for the tuple of values in ``columns``."""
+    if not columns:
+        raise ProbeError("the control task needs at least one column to define input types")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ProbeError(f"control columns {missing} are not columns of the prompt set; "
+                         f"columns: {list(frame.columns)}")
+    values = np.stack([frame[c].to_numpy() for c in columns], axis=1)
+    return np.unique(values, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def _type_control_labels(y: np.ndarray, types: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Hewitt & Liang's control task: each input type gets a fixed label drawn from ``y``'s
+    empirical distribution; every prompt of that type carries it. ``[prompt]``."""
+    return rng.choice(y, size=int(types.max()) + 1)[types]
 
 
 def _bootstrap(pred: np.ndarray, y: np.ndarray, kind: str, n_boot: int, rng) -> tuple:
@@ -429,6 +612,7 @@ def fit_probes(
     test_fraction: float = 0.25,
     split: Split = "random",
     control: bool = True,
+    control_by: ControlBy | Sequence[str] | Mapping[str, Sequence[str]] = "auto",
     n_boot: int = 200,
     l2: float = 1e-3,
     seed: int = 0,
@@ -450,7 +634,15 @@ def fit_probes(
             in ``periods``, named ``"<target> mod <T>"``).
         test_fraction: share of prompts held out.
         split: ``"random"``, or ``"operand"`` (no operand_a value in both train and test).
-        control: also fit the Hewitt & Liang control task.
+        control: also fit the Hewitt & Liang (2019) control task: every input *type*
+            gets a fixed random label drawn from the target's label distribution, and
+            ``selectivity = score - control``.
+        control_by: what an input type is. ``"auto"``: the operand digits the target
+            is a function of (:func:`control_columns`; ``SC_2`` -> ``a_digit_2, b_digit_2``),
+            else the operand pair; ``"operands"``: the pair ``(operand_a, operand_b)``;
+            ``"token"``: the token at the probed position (each token id one label); a list
+            of frame columns; or a dict target -> columns. The columns used are in
+            ``meta.extra["control_columns"]``.
         n_boot: bootstrap resamples of the held-out prompts for ``ci_low``/``ci_high``.
         l2: probe penalty (see :class:`LinearProbe`).
         seed: seed of the split, the bootstrap and the control task.
@@ -464,6 +656,7 @@ def fit_probes(
     if not 0 < test_fraction < 1:
         raise ProbeError(f"test_fraction must be in (0, 1), got {test_fraction}")
     ys = _resolve_targets(prompts, targets)
+    control_cols = _control_plan(prompts, ys, control_by) if control else {}
     tokenized = tokenize(prompts, model.tokenizer, answer="multi")
     seq_len = tokenized.tokens.shape[1]
     positions = list(range(seq_len)) if positions is None else [int(p) for p in positions]
@@ -494,8 +687,11 @@ def fit_probes(
         else:
             jobs.append((name, y, k, None))
     for name, y, k, period in tqdm(jobs, desc="probes: fit", disable=not progress, leave=False):
+        base = name.split(" mod ")[0] if period else name
+        cols = control_cols.get(base)
+        types = None if cols is None or cols == "token" else _type_ids(prompts.frame, cols)
         rows.append(_fit_one(X_train, X_test, y, train, test, tokens, kind=k, period=period,
-                             l2=l2, control=control, n_boot=n_boot, rng=rng))
+                             l2=l2, control=control, types=types, n_boot=n_boot, rng=rng))
         names.append(name)
         kinds.append("r2" if k == "ridge" else "accuracy")
 
@@ -517,13 +713,41 @@ def fit_probes(
                                       coords={"target": coords["target"]})
     options = {"targets": list(ys), "sites": labels, "positions": positions, "kind": kind,
                "periods": list(periods), "test_fraction": test_fraction, "split": split,
-               "control": control, "n_boot": n_boot, "l2": l2, "batch_size": batch_size}
+               "control": control, "control_by": control_by if isinstance(control_by, str)
+               else (dict(control_by) if isinstance(control_by, Mapping) else list(control_by)),
+               "n_boot": n_boot, "l2": l2, "batch_size": batch_size}
     meta = make_meta("fit_probes", model, prompts, options=options, seed=seed,
-                     extra={"n_train": len(train), "n_test": len(test)})
+                     extra={"n_train": len(train), "n_test": len(test),
+                            "control_columns": control_cols})
     return ProbeResult(values=values, meta=meta, extras=extras)
 
 
-def _fit_one(X_train, X_test, y, train, test, tokens, *, kind, period, l2, control, n_boot, rng):
+def _control_plan(prompts: PromptSet, ys: dict[str, np.ndarray], control_by) -> dict:
+    """Per target, the frame columns whose value tuple is the control task's input type
+    (or ``"token"``)."""
+    if isinstance(control_by, str):
+        if control_by not in get_args(ControlBy):
+            raise ProbeError(f"control_by={control_by!r}; valid: {list(get_args(ControlBy))}, "
+                             "a list of columns, or a dict target -> columns")
+        if control_by == "auto":
+            return {name: control_columns(prompts.frame, y) for name, y in ys.items()}
+        if control_by == "operands":
+            return {name: ["operand_a", "operand_b"] for name in ys}
+        return {name: "token" for name in ys}
+    if isinstance(control_by, Mapping):
+        unknown = set(control_by) - set(ys)
+        if unknown:
+            raise ProbeError(f"control_by names targets {sorted(unknown)} that are not probed: {list(ys)}")
+        plan = {name: control_columns(prompts.frame, y) for name, y in ys.items()}
+        plan.update({name: list(cols) for name, cols in control_by.items()})
+    else:
+        plan = {name: list(control_by) for name in ys}
+    for cols in plan.values():
+        _type_ids(prompts.frame, cols)  # unknown columns fail here, before any forward pass
+    return plan
+
+
+def _fit_one(X_train, X_test, y, train, test, tokens, *, kind, period, l2, control, types, n_boot, rng):
     """Score of one target at every (site, pos): a dict of ``[site, pos]`` arrays."""
     y_eval = np.mod(y, period) if kind == "circular" else y
     score_kind = "ridge" if kind == "ridge" else "accuracy"
@@ -540,12 +764,29 @@ def _fit_one(X_train, X_test, y, train, test, tokens, *, kind, period, l2, contr
         values, counts = np.unique(y_eval[train], return_counts=True)
         out["majority"] = float((y_test == values[counts.argmax()]).mean())
     out["control"], out["selectivity"] = nan, nan
-    if control:
+    if control and types is not None:
+        y_ctrl = _type_control_labels(y, types, rng)
+        ctrl = _fit_type_control(X_train, X_test, y_ctrl, train, test, kind=kind, period=period, l2=l2)
+        out["control"] = ctrl
+        out["selectivity"] = out["score"] - ctrl
+    elif control:
         y_ctrl = _control_labels(y, tokens, rng)  # [pos, prompt]
         ctrl = _fit_control(X_train, X_test, y_ctrl, train, test, kind=kind, period=period, l2=l2)
         out["control"] = ctrl
         out["selectivity"] = out["score"] - ctrl
     return out
+
+
+def _fit_type_control(X_train, X_test, y_ctrl, train, test, *, kind, period, l2) -> np.ndarray:
+    """Score of the control task (labels ``[prompt]``) at every (site, pos)."""
+    score_kind = "ridge" if kind == "ridge" else "accuracy"
+    y_eval = np.mod(y_ctrl, period) if kind == "circular" else y_ctrl
+    if len(np.unique(y_eval[train])) < 2:  # one label: the control is trivially "learned"
+        const = np.full(len(test), y_eval[train][0])
+        return np.full(X_train.shape[:2], float(_score(const, y_eval[test], score_kind)))
+    probe = LinearProbe(kind, l2=l2, period=period).fit(X_train, y_ctrl[train])
+    pred = probe.predict(X_test)
+    return _score(pred, np.broadcast_to(y_eval[test], pred.shape), score_kind)
 
 
 def _fit_control(X_train, X_test, y_ctrl, train, test, *, kind, period, l2) -> np.ndarray:
