@@ -180,7 +180,7 @@ def fourier_figure(data: dict, label: str) -> go.Figure:
 
 def neuron_map_figure(data: dict, label: str) -> go.Figure:
     kinds = [k for k in ("k", "kv") if k in data]
-    titles = {"k": "K map (activation)", "kv": "KV map (activation × vote for the result)"}
+    titles = {"k": "K map (activation)", "kv": "KV map (× vote for the result)"}
     fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=[titles[k] for k in kinds])
     for i, kind in enumerate(kinds, start=1):
         fig.add_trace(go.Heatmap(

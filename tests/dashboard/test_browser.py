@@ -31,9 +31,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _built_report(root: Path) -> Path | None:
+    """A report written by ``build_report`` on zoo:add-2d-tok (the methods that take seconds);
+    None while ``arithinterp.reports`` does not export it yet."""
+    try:
+        from arithinterp.reports import build_report
+    except ImportError:
+        return None
+    report = build_report("zoo:add-2d-tok", None, n=24, progress=False,
+                          methods=["patching", "dla", "logit_lens", "circuit"])
+    return report.save(root / "add-2d-tok" / "report")
+
+
 @pytest.fixture
-def served(runs_dir):
-    app = create_app(runs_dir)
+def served(request, tmp_path):
+    built = _built_report(tmp_path / "runs")
+    app = create_app(tmp_path / "runs" if built is not None else request.getfixturevalue("runs_dir"))
     server = make_server("127.0.0.1", _free_port(), app.server, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -50,21 +63,20 @@ def _cell_centre(page, graph_id: str, row: int, col: int, n_rows: int, n_cols: i
             box["y"] + (row + 0.5) * box["height"] / n_rows)
 
 
-def test_click_heatmap_cell_updates_detail_panel(served, runs_dir):
+def test_click_heatmap_cell_updates_detail_panel(served):
     with chromium_page() as (page, errors):
         page.goto(served)
         page.wait_for_selector("#heads-graph .nsewdrag", timeout=20_000)
         title = page.locator("#detail-title")
         title.wait_for(timeout=20_000)
         before = title.inner_text()
-        # zoo:add-2d-tok has one layer of 4 heads: click head 1 (the initial selection is L0H2).
-        page.mouse.click(*_cell_centre(page, "heads-graph", 0, 1, 1, 4))
+        # zoo:add-2d-tok has one layer of 4 heads: click one that is not selected yet.
+        head = 1 if not before.startswith("L0H1") else 3
+        page.mouse.click(*_cell_centre(page, "heads-graph", 0, head, 1, 4))
         page.wait_for_function(
-            "() => document.querySelector('#detail-title').innerText.startsWith('L0H1')",
+            f"() => document.querySelector('#detail-title').innerText.startsWith('L0H{head}')",
             timeout=20_000)
-        assert before.startswith("L0H") and not before.startswith("L0H1")
-        row = page.locator("#detail-row").inner_text()
-        assert "L0H1" in row
+        assert f"L0H{head}" in page.locator("#detail-row").inner_text()
         page.locator("#detail-lens .js-plotly-plot").wait_for(timeout=20_000)
         assert "Not available for this component" in page.locator("#detail-neuron-map").inner_text()
         page.screenshot(path=str(_artifacts() / "dashboard.png"), full_page=True)
