@@ -3,6 +3,7 @@ check that the detail panel shows that component, with no console errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -12,6 +13,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from arithinterp.dashboard import create_app
+from arithinterp.reports import build_report
 from tests.browser import chromium_page
 
 pytestmark = pytest.mark.browser
@@ -31,27 +33,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _built_report(root: Path) -> Path | None:
-    """A report written by ``build_report`` on zoo:add-2d-tok (the methods that take seconds);
-    None while ``arithinterp.reports`` does not export it yet."""
-    try:
-        from arithinterp.reports import build_report
-    except ImportError:
-        return None
+def _built_report(root: Path) -> Path:
+    """A report written by ``build_report`` on zoo:add-2d-tok (the methods that take seconds)."""
     report = build_report("zoo:add-2d-tok", None, n=24, progress=False,
                           methods=["patching", "dla", "logit_lens", "circuit"])
     return report.save(root / "add-2d-tok" / "report")
 
 
 @pytest.fixture
-def served(request, tmp_path):
-    built = _built_report(tmp_path / "runs")
-    app = create_app(tmp_path / "runs" if built is not None else request.getfixturevalue("runs_dir"))
+def served(tmp_path):
+    report = _built_report(tmp_path / "runs")
+    app = create_app(tmp_path / "runs")
     server = make_server("127.0.0.1", _free_port(), app.server, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}/"
+        yield f"http://127.0.0.1:{server.server_port}/", report
     finally:
         server.shutdown()
         thread.join(timeout=10)
@@ -64,8 +61,10 @@ def _cell_centre(page, graph_id: str, row: int, col: int, n_rows: int, n_cols: i
 
 
 def test_click_heatmap_cell_updates_detail_panel(served):
+    url, report = served
+    heads = json.loads((report / "heads.json").read_text())
     with chromium_page() as (page, errors):
-        page.goto(served)
+        page.goto(url)
         page.wait_for_selector("#heads-graph .nsewdrag", timeout=20_000)
         title = page.locator("#detail-title")
         title.wait_for(timeout=20_000)
@@ -76,7 +75,9 @@ def test_click_heatmap_cell_updates_detail_panel(served):
         page.wait_for_function(
             f"() => document.querySelector('#detail-title').innerText.startsWith('L0H{head}')",
             timeout=20_000)
-        assert f"L0H{head}" in page.locator("#detail-row").inner_text()
+        row = page.locator("#detail-row").inner_text()
+        stored = next(r for r in heads if r["component"] == f"L0H{head}")
+        assert f"L0H{head}" in row and f"{stored['patch_effect']:.4g}" in row
         page.locator("#detail-lens .js-plotly-plot").wait_for(timeout=20_000)
         assert "Not available for this component" in page.locator("#detail-neuron-map").inner_text()
         page.screenshot(path=str(_artifacts() / "dashboard.png"), full_page=True)
