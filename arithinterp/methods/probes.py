@@ -107,6 +107,16 @@ def _standardised_t(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return zt, mean.squeeze(1), scale.squeeze(1)
 
 
+def _zt_mv(zt: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``zt [c, d1, n] @ r [c, n, k]`` as ``c * k`` matrix-vector products (for this
+    layout they are several times faster than one bmm)."""
+    out = torch.empty(zt.shape[0], zt.shape[1], r.shape[2], dtype=zt.dtype)
+    for i in range(zt.shape[0]):
+        for j in range(r.shape[2]):
+            torch.mv(zt[i], r[i, :, j], out=out[i, :, j])
+    return out
+
+
 def _inverse_spd(h: torch.Tensor) -> torch.Tensor:
     """Inverse of a batch of symmetric positive definite matrices (jitter where Cholesky fails)."""
     chol, info = torch.linalg.cholesky_ex(h)
@@ -125,12 +135,13 @@ def _ridge_chunk(zt: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor) -> torc
     z32 = zt.float()
     gram = torch.bmm(z32, z32.transpose(1, 2)).double() + torch.diag(alpha)
     inv = _inverse_spd(gram)
-    rhs = torch.bmm(zt, y)
+    rhs = _zt_mv(zt, y)
     w = torch.bmm(inv, rhs)
     scale = rhs.abs().amax(dim=(1, 2)).clamp_min(1e-300)
-    for _ in range(10):
-        resid = rhs - torch.bmm(zt, torch.bmm(zt.transpose(1, 2), w)) - alpha[:, None] * w
-        if bool((resid.abs().amax(dim=(1, 2)) <= 1e-13 * scale).all()):
+    for _ in range(5):  # each round gains the float32 Gram's relative accuracy (~1e-3 or better)
+        fitted = torch.bmm(w.transpose(1, 2), zt).transpose(1, 2)  # Z w, [c, n, k]
+        resid = rhs - _zt_mv(zt, fitted) - alpha[:, None] * w
+        if bool((resid.abs().amax(dim=(1, 2)) <= 1e-11 * scale).all()):
             break
         w = w + torch.bmm(inv, resid)
     return w
