@@ -176,10 +176,13 @@ class _Ablator:
     """Scores prompts with chosen components mean-ablated (means over the reference, once)."""
 
     def __init__(self, model: Model, prompts: PromptSet, reference: PromptSet | None, *,
-                 metric: str, answer: AnswerMode, batch_size: int) -> None:
+                 metric: str, answer: AnswerMode, batch_size: int, answer_index: int | None = None) -> None:
         self.model, self.metric, self.batch_size = model, metric, batch_size
         tok = tokenize(prompts, model.tokenizer, answer=answer)
         self.answers, self.positions = tok.answer_tokens, tok.answer_positions
+        if answer_index is not None:
+            self.answers = self.answers[:, answer_index:answer_index + 1]
+            self.positions = self.positions[answer_index:answer_index + 1]
         self.seqs = tok.prompt_tokens if answer == "single" else tok.tokens[:, :-1]
         if reference is None:
             ref = self.seqs
@@ -267,6 +270,7 @@ def discover_circuit(
     score_metric: str = "logit_diff",
     direction: Direction = "denoise",
     answer: AnswerMode = "multi",
+    answer_index: int | None = None,
     batch_size: int = 64,
     progress: bool = True,
 ) -> CircuitResult:
@@ -289,6 +293,8 @@ def discover_circuit(
         score_metric: the patching metric components are ranked by.
         direction: patching direction (the score is the absolute normalised effect).
         answer: ``"multi"`` (teacher-forced answer tokens) or ``"single"``.
+        answer_index: score and measure faithfulness on this answer token only (0 = the
+            first token written), e.g. one circuit per answer digit; default: all of them.
         batch_size: prompts per forward pass of the faithfulness runs.
         progress: show progress bars.
     """
@@ -299,7 +305,16 @@ def discover_circuit(
             raise ConfigError("pass `prompts` when `pairs` is an already tokenized PairBatch")
         prompts = pairs.clean
     batch = pairs if isinstance(pairs, PairBatch) else tokenize_pairs(pairs, model.tokenizer, answer=answer)
-    ablator = _Ablator(model, prompts, reference, metric=metric, answer=answer, batch_size=batch_size)
+    if answer_index is not None:
+        n_answer = int(batch.answer_positions.shape[0])
+        if isinstance(answer_index, bool) or not isinstance(answer_index, int) or not 0 <= answer_index < n_answer:
+            raise ConfigError(f"answer_index must be an int in 0..{n_answer - 1} (the answer has {n_answer} "
+                              f"tokens), got {answer_index!r}")
+        i = slice(answer_index, answer_index + 1)
+        batch = PairBatch(batch.clean, batch.corrupt, batch.clean_answer[:, i], batch.corrupt_answer[:, i],
+                          batch.answer_positions[i], batch.str_tokens)
+    ablator = _Ablator(model, prompts, reference, metric=metric, answer=answer, batch_size=batch_size,
+                       answer_index=answer_index)
 
     sites: list[Site] = []
     scores: list[float] = []
@@ -361,7 +376,8 @@ def discover_circuit(
         "discover_circuit", model, prompts,
         options={"components": components, "score": score, "grow": grow, "target": float(target),
                  "metric": metric, "max_size": max_size, "score_metric": score_metric,
-                 "direction": direction, "answer": answer, "n_pairs": len(batch),
+                 "direction": direction, "answer": answer, "answer_index": answer_index,
+                 "n_pairs": len(batch),
                  "n_prompts": int(ablator.seqs.shape[0]),
                  "reference_hash": None if reference is None else reference.hash},
     )

@@ -236,6 +236,12 @@ def test_planted_components_top_the_tables_and_form_the_circuit(tmp_path):
     in_circuit = rep.heads.set_index("component")["in_circuit"]
     assert in_circuit["L0H0"] and in_circuit["L0H1"] and not in_circuit["L0H2"] and not in_circuit["L0H3"]
     assert set(rep.summary["top_components"][:3]) == {"L0H0", "L0H1", f"L0N{CARRY}"}
+    # Per answer digit (answer_index): the tens digit is the carry, computed from both operands too.
+    pairs = make_pairs(generate(spec.model_copy(update={"n": 40})), "random", seed=3)
+    tens = discover_circuit(planted, pairs, answer_index=0, progress=False)
+    assert set(tens.circuit) == {"MLP0", "L0H0", "L0H1"} and tens.meta.options["answer_index"] == 0
+    with pytest.raises(ConfigError, match="answer_index"):
+        discover_circuit(planted, pairs, answer_index=2, progress=False)
 
 
 def test_zoo_model_report_matches_methods():
