@@ -62,46 +62,31 @@ def _print_summary(summary: Any) -> None:
     for key, result in summary.results.items():
         status = "skipped (complete)" if key.split("/", 1)[0] in summary.skipped else "done"
         typer.echo(f"  {key}: {status}{_headline(result)}")
+    for key in summary.artifacts:
+        status = "skipped (complete)" if key.split("/", 1)[0] in summary.skipped else "done"
+        typer.echo(f"  {key}: {status}")
     if summary.report is not None:
         typer.echo(f"report: {summary.report}")
     if summary.attribution_report is not None:
         typer.echo(f"attribution report: {summary.attribution_report / 'report.html'}")
-    top = _top_components(summary)
+    label, top = _top_components(summary)
     if top:
-        typer.echo(f"top circuit components: {', '.join(top)}")
+        typer.echo(f"{label}: {', '.join(top)}")
 
 
-def _top_components(summary: Any, k: int = 10) -> list[str]:
-    """The attribution report's top components, else the circuit's (in the order it grew)."""
-    if summary.attribution_report is not None:
-        path = summary.attribution_report / "summary.json"
-        if path.is_file():
-            data = json.loads(path.read_text())
-            circuit = (data.get("circuit") or {}).get("components")
-            return list(circuit or data.get("top_components") or [])[:k]
-    circuit = summary.circuit()
-    return list(circuit.circuit)[:k] if circuit is not None else []
-
-
-@app.command()
-def dashboard(
-    run_dir: Annotated[Path, typer.Argument(help="report directory, runs/<name>/, or a directory of runs")],
-    host: Annotated[str, typer.Option("--host", help="interface to bind (default: this machine only)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port")] = 8050,
-) -> None:
-    """Serve the interactive dashboard over a finished run (http://127.0.0.1:8050 by default)."""
-    from arithinterp.dashboard import create_app
-
-    try:
-        dash_app = create_app(run_dir)
-    except ArithInterpError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        typer.echo(f"warning: binding {host} exposes the dashboard to other machines; it has no "
-                   "authentication", err=True)
-    typer.echo(f"dashboard for {run_dir} at http://{host}:{port}/ (Ctrl-C to stop)")
-    dash_app.run(host=host, port=port, debug=False)
+def _top_components(summary: Any, k: int = 10) -> tuple[str, list[str]]:
+    """The circuit's components (the report's circuit, else a circuit step's, in the order
+    it grew), else the report's top-ranked components."""
+    report = {}
+    if summary.attribution_report is not None and (summary.attribution_report / "summary.json").is_file():
+        report = json.loads((summary.attribution_report / "summary.json").read_text())
+    circuit = (report.get("circuit") or {}).get("components")
+    if circuit:
+        return "top circuit components", list(circuit)[:k]
+    found = summary.circuit()
+    if found is not None:
+        return "top circuit components", list(found.circuit)[:k]
+    return "top components (attribution report)", list(report.get("top_components") or [])[:k]
 
 
 def _mount_zoo() -> None:

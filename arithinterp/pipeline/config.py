@@ -254,14 +254,23 @@ class CircuitStep(_PairedStep):
     batch_size: int = Field(64, ge=1)
 
 
+ReportMethod = Literal["patching", "attribution", "mediation", "dla", "probes", "fourier", "heuristics",
+                       "logit_lens", "circuit"]
+
+
 class ReportStep(_Step):
-    """The attribution report (:func:`arithinterp.reports.build_report`), written to
-    ``runs/<name>/report/`` (a report directory: report.html, summary.json, tables)."""
+    """The attribution report (:func:`arithinterp.reports.build_report`): every applicable
+    method on the step's task, aggregated into head/neuron tables and a circuit; written as a
+    report directory (report.html, summary.json, tables, results/) at ``runs/<name>/report/``.
+
+    ``n``: prompts and pairs (default: the task's ``n``); ``pairs``: ``auto`` (random
+    counterfactuals) or a pair kind; ``target``: the circuit's faithfulness target.
+    """
 
     kind: Literal["report"]
-    pairs: Literal["auto"] | PairsConfig = "auto"
+    pairs: Literal["auto", "operand_a", "operand_b", "digit", "operator", "same_answer", "random"] = "auto"
     n: int | None = Field(None, ge=1)
-    methods: Literal["all"] | list[str] = "all"
+    methods: Literal["all"] | list[ReportMethod] = "all"
     target: float = Field(0.9, gt=0)
 
 

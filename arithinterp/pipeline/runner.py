@@ -193,6 +193,10 @@ def _load_output(step_dir: Path, parts: dict[str, str]) -> dict[str, Any]:
             from arithinterp.methods import TunedLens
 
             out[part] = TunedLens.load(folder)
+        elif kind == "AttributionReport":
+            from arithinterp.reports import AttributionReport
+
+            out[part] = AttributionReport.load(folder)
         else:
             out[part] = Result.load(folder)
     return out
@@ -268,6 +272,8 @@ def run_pipeline(
                 record = json.loads((step_dir / STEP_FILE).read_text())
                 summary.add(name, _load_output(step_dir, record.get("parts", {"": "Result"})))
                 summary.skipped.append(name)
+                if step.kind == "report":
+                    summary.attribution_report = step_dir
                 continue
             ctx = inputs.context(step, model, config.seed, progress)
             seed_everything(config.seed)
@@ -300,11 +306,11 @@ def run_pipeline(
                 }
                 atomic_write_text(tmp / STEP_FILE, json.dumps(record, indent=2))
             summary.add(name, output if isinstance(output, dict) else {"": output})
+            if step.kind == "report":
+                summary.attribution_report = step_dir
         bar.close()
         if config.report:
             summary.report = write_run_report(config, summary.results, run_dir / "report.html")
-        if (run_dir / "report" / "report.html").is_file() and "report" in names:
-            summary.attribution_report = run_dir / "report"
     finally:
         lock.unlink(missing_ok=True)
     return summary

@@ -1,8 +1,9 @@
 """What each pipeline step computes: a check run before any step starts, and the step itself.
 
-A step returns one :class:`~arithinterp.results.Result` (saved in its step
-directory) or a mapping ``part -> Result | TunedLens`` (each saved in
-``<step>/<part>/``). Every option comes from the validated step config
+A step returns one object with ``save(directory)`` (a
+:class:`~arithinterp.results.Result`, or the report step's
+:class:`~arithinterp.reports.AttributionReport`), saved in its step directory,
+or a mapping ``part -> Result | TunedLens`` (each saved in ``<step>/<part>/``). Every option comes from the validated step config
 (:mod:`arithinterp.pipeline.config`); nothing here reads files or the
 environment.
 """
@@ -19,10 +20,10 @@ import torch
 from arithinterp.errors import ArithInterpError, ConfigError, SiteError
 from arithinterp.methods.metrics import tokenize_pairs
 from arithinterp.models import Model, Site
-from arithinterp.results import Result, ScalarTable
+from arithinterp.results import ScalarTable
 from arithinterp.tasks import PromptPairs, PromptSet, TaskSpec, tokenize
 
-StepOutput = Result | dict[str, Any]
+StepOutput = Any  # a Result, an AttributionReport, or {part: Result | TunedLens}
 
 
 @dataclass
@@ -336,7 +337,11 @@ def run_heuristics(step, ctx: StepContext) -> StepOutput:
 
 
 def run_report(step, ctx: StepContext) -> StepOutput:
-    raise NotImplementedError  # replaced once arithinterp.reports.build_report lands
+    from arithinterp.reports import build_report
+
+    methods = step.methods if step.methods == "all" else list(step.methods)
+    return build_report(ctx.model, ctx.spec, pairs=step.pairs, n=step.n or ctx.spec.n, methods=methods,
+                        target=step.target, seed=ctx.seed, progress=ctx.progress)
 
 
 @dataclass(frozen=True)

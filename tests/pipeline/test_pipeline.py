@@ -114,3 +114,99 @@ def test_unknown_site_kind_is_a_config_error(tmp_path, cfg):
     cfg["steps"] = [{"kind": "patching", "sites": "residual"}]
     with pytest.raises(ConfigError, match=r"steps\[0\]\.sites"):
         load_config(_write(tmp_path, cfg))
+
+
+# -- several tasks, every step kind validated up front ------------------------------------------
+
+ZOO_ADD = {
+    "name": "zoo-add",
+    "model": "zoo:add-2d-tok",
+    "tasks": {
+        "grid": {"operation": "add", "operand_range": [0, 99], "format": "plain", "n": 96, "seed": 0},
+        "other": {"operation": "add", "operand_range": [0, 99], "format": "plain", "n": 64, "seed": 5},
+    },
+    "pairs": {"kind": "operand_a"},
+    "steps": [
+        {"kind": "fourier", "analyses": ["embedding", "unembedding"]},
+        {"kind": "probes", "task": "other", "targets": ["SC_0", "SA_1"], "n_boot": 10},
+        {"kind": "circuit", "answer": "single", "target": 0.9},
+        {"kind": "report", "methods": ["dla"], "n": 32},
+    ],
+}
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda c: c["steps"][1].update(task="nope"), r"steps\[1\]\.task: no task named 'nope'"),
+    (lambda c: c["steps"][1].update(targets=["SC_9"]), r"steps\[1\]\.targets: \['SC_9'\] are not annotations"),
+    (lambda c: c["steps"].append({"kind": "fourier", "analyses": ["key_frequencies"]}),
+     r"steps\[4\]\.analyses: \['key_frequencies'\] need a modadd task"),
+    (lambda c: c["steps"].append({"kind": "heuristics", "task": "digits"}) or c["tasks"].update(
+        digits={"operation": "add", "digits": 2}), r"steps\[4\]\.task: heuristics needs the whole operand grid"),
+    (lambda c: c["steps"][0].update(analyses=["embedding", "embedding"]), r"steps\[0\]\.analyses: .*repeat"),
+    (lambda c: c["steps"][2].update(components=["mlp_in"]), r"steps\[2\]\.components\[0\]"),
+    (lambda c: c["steps"][3].update(methods=["telepathy"]), r"steps\[3\]\.methods"),
+    (lambda c: c.update(task={"operation": "add"}), "exactly one of `task:`"),
+    (lambda c: c["steps"][0].update(kind="fourrier"), "valid kinds: evaluate, logit_lens"),
+])
+def test_every_step_is_validated_with_its_yaml_path(tmp_path, edit, message):
+    cfg = json.loads(json.dumps(ZOO_ADD))
+    edit(cfg)
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(tmp_path, cfg))
+
+
+def test_checks_against_the_model_run_before_any_step(tmp_path):
+    from arithinterp.errors import SiteError, TokenizationError
+
+    cfg = json.loads(json.dumps(ZOO_ADD))
+    cfg["steps"] = [{"kind": "evaluate"}, {"kind": "probes", "targets": ["SC_0"], "sites": [
+        {"kind": "resid_mid", "layer": 3}]}]
+    with pytest.raises(SiteError, match=r"steps\[1\] \(probes\): sites: 3 is not a layer"):
+        run_pipeline(load_config(_write(tmp_path, cfg)), runs_dir=tmp_path / "runs", progress=False)
+    cfg["tasks"]["grid"] = {"operation": "add", "digits": 3, "format": "plain", "n": 8}  # 3-digit answers
+    with pytest.raises(TokenizationError, match=r"^tasks\.grid: "):
+        run_pipeline(load_config(_write(tmp_path, cfg)), runs_dir=tmp_path / "runs", progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_steps_pass_their_options_through(tmp_path):
+    """Each step's saved result equals the method called by hand with the same options."""
+    from arithinterp.methods import (
+        discover_circuit,
+        embedding_spectrum,
+        fit_probes,
+        number_token_ids,
+    )
+    from arithinterp.models import load_model
+    from arithinterp.reports import build_report
+    from arithinterp.tasks import TaskSpec, generate, make_pairs
+
+    config = load_config(_write(tmp_path, ZOO_ADD))
+    result = CliRunner().invoke(app, ["run", _write(tmp_path, ZOO_ADD), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "zoo-add"
+    model = load_model("zoo:add-2d-tok")
+    grid, other = (generate(TaskSpec(**ZOO_ADD["tasks"][k])) for k in ("grid", "other"))
+
+    numbers, ids = number_token_ids(model)
+    by_hand = embedding_spectrum(model, ids[:100].tolist())  # W_E over the task's operands 0..99
+    assert Result.load(run_dir / "fourier" / "embedding").values.equals(by_hand.values)
+    by_hand = embedding_spectrum(model, ids.tolist(), matrix="W_U")
+    assert Result.load(run_dir / "fourier" / "unembedding").values.equals(by_hand.values)
+
+    probes = Result.load(run_dir / "probes")
+    assert probes.values.equals(fit_probes(model, other, ["SC_0", "SA_1"], n_boot=10, progress=False).values)
+    assert json.loads((run_dir / "probes" / "step.json").read_text())["task_name"] == "other"
+
+    circuit = Result.load(run_dir / "circuit")
+    by_hand = discover_circuit(model, make_pairs(grid, "operand_a"), answer="single", progress=False)
+    assert circuit.circuit == by_hand.circuit and circuit.values.equals(by_hand.values)
+
+    summary = json.loads((run_dir / "report" / "summary.json").read_text())
+    by_hand = build_report(model, TaskSpec(**ZOO_ADD["tasks"]["grid"]), n=32, methods=["dla"], progress=False)
+    assert summary["top_components"] == by_hand.summary["top_components"]
+    assert (run_dir / "report" / "report.html").is_file()
+    # The CLI ends with where the reports are and the circuit's components.
+    assert f"attribution report: {run_dir / 'report' / 'report.html'}" in result.output
+    assert f"top circuit components: {', '.join(circuit.circuit)}" in result.output
+    assert config.step_names() == ["fourier", "probes", "circuit", "report"]
