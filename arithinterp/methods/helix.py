@@ -24,7 +24,7 @@ import xarray as xr
 from arithinterp.errors import SiteError
 from arithinterp.methods._common import make_meta
 from arithinterp.models import Model, Site
-from arithinterp.results import Result, ResultMeta
+from arithinterp.results import Result, ResultMeta, resultclass
 
 HelixKind = Literal["helix", "circle", "pca"]
 HELIX_KINDS: tuple[str, ...] = ("helix", "circle", "pca")
@@ -216,6 +216,9 @@ def fourier_filter(
     (``1..⌊N/2⌋``) are zeroed in ``L``'s Fourier basis, and the result is mapped back
     with ``W⁺`` and added to the untouched orthogonal remainder. Patch the result in
     place of the module output to run the filter ablation.
+
+    Computed as ``x − (removed components of L)·W⁺``, so removing nothing returns ``x``
+    bit for bit.
     """
     from arithinterp.methods.fourier import basis_freqs, fourier_basis
 
@@ -224,13 +227,169 @@ def fourier_filter(
     bad = [k for k in remove if not 1 <= int(k) <= n // 2]
     if bad:
         raise ValueError(f"frequencies {bad} outside 1..{n // 2}")
-    basis = fourier_basis(n)
+    drop = torch.as_tensor(np.isin(basis_freqs(n), [int(k) for k in remove]))
+    if not bool(drop.any()):
+        return x.clone()
+    basis = fourier_basis(n)[drop]  # the removed rows, [r, N]
     w_pinv = torch.linalg.pinv(w)  # [N, d]
     xd = x.double()
-    logits = xd @ w
-    parallel = logits @ w_pinv
-    drop = torch.as_tensor(np.isin(basis_freqs(n), list(remove)))
-    coef = logits @ basis.T
-    coef[..., drop] = 0
-    filtered = (coef @ basis) @ w_pinv
-    return (xd - parallel + filtered).to(x.dtype)
+    removed = ((xd @ w) @ basis.T) @ (basis @ w_pinv)
+    return (xd - removed).to(x.dtype)
+
+
+# -- the filter ablation (Zhou et al. 2024, Table 1) ------------------------------------------
+
+FilterBand = Literal["low", "high", "none"]
+FILTER_BANDS: tuple[str, ...] = ("low", "high", "none")
+
+
+def filter_bands(n: int, cutoff_period: float = 10.0) -> dict[str, list[int]]:
+    """The frequencies each band removes over ``N`` numbers.
+
+    ``"low"``: ``k = 1..⌊N/2⌋`` with period ``N/k > cutoff_period`` (magnitude);
+    ``"high"``: period ``N/k ≤ cutoff_period`` (the modular features: periods 10, 5,
+    2.5, 2 with the default cutoff 10, as in Zhou et al.); ``"none"``: nothing (an
+    all-pass filter). The constant (``k = 0``) is in no band: it moves every number's
+    logit together and says nothing about which number."""
+    if cutoff_period <= 0:
+        raise ValueError(f"cutoff_period must be > 0, got {cutoff_period}")
+    ks = range(1, n // 2 + 1)
+    return {
+        "low": [k for k in ks if n / k > cutoff_period],
+        "high": [k for k in ks if n / k <= cutoff_period],
+        "none": [],
+    }
+
+
+@resultclass
+class FourierFilterResult(Result):
+    """Accuracy after a Fourier filter ablation, per module and band.
+
+    ``values``: dims ``(component, freq)``: accuracy when the band ``freq`` (``"low"``,
+    ``"high"``, ``"none"``) is removed from module ``component`` (``"attn_out L0"``,
+    ``"mlp_out L0"``, ...; coordinates ``layer``, ``kind``). ``freq`` carries the
+    coordinate ``periods`` (the band's periods as text). Extras: ``drop``
+    (``unfiltered − accuracy``). ``unfiltered``: accuracy of the unablated model.
+    """
+
+    unfiltered: float = 0.0
+    metric_name = "accuracy"
+
+    def plot(self) -> go.Figure:
+        frame = self.to_frame()
+        fig = go.Figure()
+        for band in self.values.coords["freq"].values:
+            part = frame[frame["freq"] == band]
+            periods = str(self.values.coords["periods"].sel(freq=band).values)
+            fig.add_trace(go.Bar(
+                x=part["component"], y=part[self.metric], name=f"remove {band} ({periods})",
+                customdata=part["drop"],
+                hovertemplate="%{x}<br>accuracy %{y:.3f}<br>drop %{customdata:.3f}<extra></extra>",
+            ))
+        fig.add_hline(y=self.unfiltered, line_dash="dash", annotation_text="unfiltered")
+        fig.update_layout(
+            barmode="group",
+            title=f"Fourier filter ablation: {self.meta.model}",
+            xaxis_title="filtered module (number-unembedding subspace, answer position)",
+            yaxis_title="accuracy",
+            yaxis_range=[0, 1.05],
+        )
+        return fig
+
+    @classmethod
+    def example(cls) -> FourierFilterResult:
+        acc = np.array([[0.98, 0.41], [0.12, 0.97]])
+        coords = {
+            "component": ["attn_out L0", "mlp_out L0"],
+            "freq": ["low", "high"],
+            "layer": ("component", [0, 0]),
+            "kind": ("component", ["attn_out", "mlp_out"]),
+            "periods": ("freq", ["T > 10", "T <= 10"]),
+        }
+        values = xr.DataArray(acc, dims=("component", "freq"), coords=coords)
+        extras = {"drop": xr.DataArray(0.99 - acc, dims=values.dims, coords=values.coords)}
+        return cls(values=values, meta=ResultMeta(method="fourier_filter_ablation", model="synthetic"),
+                   extras=extras, unfiltered=0.99)
+
+
+def _accuracy(logits: torch.Tensor, answers: torch.Tensor, pos: int) -> float:
+    return float((logits[:, pos].argmax(-1).cpu() == answers).double().mean())
+
+
+def fourier_filter_ablation(
+    model: Model,
+    tokens: torch.Tensor,
+    answers: Sequence[int] | torch.Tensor,
+    *,
+    numbers: Sequence[int],
+    bands: Sequence[FilterBand] = ("low", "high"),
+    cutoff_period: float = 10.0,
+    layers: Sequence[int] | None = None,
+    pos: int = -1,
+) -> FourierFilterResult:
+    """Zhou et al.'s filter ablation: accuracy when a module's output loses a frequency band.
+
+    For each module (``attn_out`` and ``mlp_out`` of each layer in ``layers``, default
+    all) and each band of :func:`filter_bands`, the module's output at position ``pos``
+    is replaced by :func:`fourier_filter` of it in the number-unembedding subspace
+    (``W_U[:, numbers]``, the number tokens in numeric order) and the forward pass
+    continues; accuracy is the share of prompts whose top token at ``pos`` is
+    ``answers``. One module is filtered at a time.
+
+    Args:
+        model: the model.
+        tokens: prompts ``[batch, seq]``.
+        answers: the correct token id per prompt.
+        numbers: token ids of the numbers ``0..N-1``, in numeric order.
+        bands: bands to remove (``"none"`` is the all-pass check).
+        cutoff_period: periods ``≤`` this are the high band (default 10).
+        layers: layers whose modules are filtered.
+        pos: the position that predicts the answer.
+    """
+    unknown = [b for b in bands if b not in FILTER_BANDS]
+    if unknown:
+        raise ValueError(f"bands {unknown} unknown; valid bands: {list(FILTER_BANDS)}")
+    answers = torch.as_tensor(answers).reshape(-1).cpu()
+    if tokens.ndim != 2 or tokens.shape[0] != answers.shape[0]:
+        raise ValueError(f"tokens must be [batch, seq] with one answer per prompt; got tokens "
+                         f"{tuple(tokens.shape)} and {answers.shape[0]} answers")
+    n_layers = model.shape.n_layers
+    layers = list(range(n_layers)) if layers is None else [int(x) for x in layers]
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} outside 0..{n_layers - 1}")
+    numbers = list(numbers)
+    if len(numbers) < 3:
+        raise ValueError("need at least 3 number tokens for a Fourier basis over numbers")
+    w_num = model.weights().W_U[:, torch.as_tensor(numbers)].detach().double().cpu()
+    removed = filter_bands(len(numbers), cutoff_period)
+    unfiltered = _accuracy(model.logits(tokens), answers, pos)
+    modules = [(kind, layer) for layer in layers for kind in ("attn_out", "mlp_out")]
+    acc = np.zeros((len(modules), len(bands)))
+    for i, (kind, layer) in enumerate(modules):
+        site = Site(kind, layer, pos=pos)
+        for j, band in enumerate(bands):
+            def filt(x: torch.Tensor, remove=tuple(removed[band])) -> torch.Tensor:
+                return fourier_filter(x, w_num.to(x.device), remove=remove)
+
+            acc[i, j] = _accuracy(model.run_with_patches(tokens, {site: filt}), answers, pos)
+    n = len(numbers)
+    text = {
+        "low": f"T > {cutoff_period:g}", "high": f"T <= {cutoff_period:g}", "none": "all-pass",
+    }
+    coords = {
+        "component": [f"{k} L{layer}" for k, layer in modules],
+        "freq": list(bands),
+        "layer": ("component", [layer for _, layer in modules]),
+        "kind": ("component", [k for k, _ in modules]),
+        "periods": ("freq", [text[b] for b in bands]),
+    }
+    values = xr.DataArray(acc, dims=("component", "freq"), coords=coords)
+    meta = make_meta(
+        "fourier_filter_ablation", model,
+        options={"bands": list(bands), "cutoff_period": cutoff_period, "layers": layers, "pos": pos,
+                 "n_numbers": n, "n_prompts": int(answers.shape[0])},
+        extra={"removed_freqs": {b: removed[b] for b in bands}},
+    )
+    extras = {"drop": xr.DataArray(unfiltered - acc, dims=values.dims, coords=values.coords)}
+    return FourierFilterResult(values=values, meta=meta, extras=extras, unfiltered=unfiltered)
