@@ -79,6 +79,10 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ModelLoadError(f"unknown dtype {dtype!r}; valid: {', '.join(_DTYPES)}") from None
 
 
+def _plain(device_map: str | Mapping[str, Any] | None) -> str | dict[str, Any] | None:
+    return dict(device_map) if isinstance(device_map, Mapping) else device_map
+
+
 def load_model(
     spec: str | Mapping[str, Any],
     backend: BackendName = "transformer_lens",
@@ -87,6 +91,7 @@ def load_model(
     dtype: str | torch.dtype = "float32",
     remote: bool = False,
     tokenizer: Any = None,
+    device_map: str | Mapping[str, Any] | None = None,
 ) -> Model:
     """Load a model for analysis.
 
@@ -97,12 +102,23 @@ def load_model(
         dtype: parameter dtype.
         remote: nnsight only: run on NDIF (``remote=True``) instead of locally.
         tokenizer: for a config dict, the tokenizer to attach.
+        device_map: a Hugging Face device map (``"auto"``, ``"balanced"``, or a dict of
+            module name to device) that splits the model across several devices through
+            accelerate, in place of ``device``. Activations are read and patched where each
+            layer lives; results come back on the first device.
     """
     if backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     torch_dtype = parse_dtype(dtype)
     if remote and backend != "nnsight":
         raise ModelLoadError("remote=True runs on NDIF and needs backend='nnsight'")
+    if device_map is not None and (isinstance(spec, Mapping) or remote):
+        raise ModelLoadError(
+            "device_map places a Hugging Face checkpoint loaded here; it does not apply to a "
+            "config dict or to remote=True (NDIF places the model itself)"
+        )
+    if device_map is not None and str(device) != "cpu":
+        raise ModelLoadError("pass either device= or device_map=, not both")
     if isinstance(spec, Mapping):
         if backend != "transformer_lens":
             raise ModelLoadError(
@@ -118,14 +134,18 @@ def load_model(
         from arithinterp.models.backends.tl import TransformerLensBackend
 
         return Model(
-            TransformerLensBackend.from_pretrained(path, device=device, dtype=torch_dtype),
+            TransformerLensBackend.from_pretrained(
+                path, device=device, dtype=torch_dtype, device_map=_plain(device_map)
+            ),
             name=name,
             spec=spec,
         )
     from arithinterp.models.backends.nnsight_backend import NNsightBackend
 
     return Model(
-        NNsightBackend.from_pretrained(path, device=device, dtype=torch_dtype, remote=remote),
+        NNsightBackend.from_pretrained(
+            path, device=device, dtype=torch_dtype, remote=remote, device_map=_plain(device_map)
+        ),
         name=name,
         spec=spec,
     )

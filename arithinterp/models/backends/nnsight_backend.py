@@ -109,8 +109,10 @@ class NNsightBackend(Backend):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         remote: Remote = False,
+        device_map: str | dict[str, Any] | None = None,
     ) -> NNsightBackend:
-        """Load an HF directory or hub name (``remote=True``: run it on NDIF, see module doc)."""
+        """Load an HF directory or hub name (``remote=True``: run it on NDIF, see module doc).
+        ``device_map`` (e.g. ``"auto"``) splits the model across devices, in place of ``device``."""
         from transformers import AutoConfig
 
         try:
@@ -125,13 +127,16 @@ class NNsightBackend(Backend):
 
         load: dict[str, Any] = {"attn_implementation": "eager", "dtype": dtype}
         if remote is not True:
-            load.update(dispatch=True, device_map=str(device), use_safetensors=True)
+            placement = device_map if device_map is not None else str(device)
+            load.update(dispatch=True, device_map=placement, use_safetensors=True)
         try:
             lm = TransformersModel(path, task="text-generation", **load)
         except Exception as err:  # nnsight/transformers raise many kinds; all mean "cannot load"
             raise ModelLoadError(
                 f"nnsight could not load {path!r}: {type(err).__name__}: {err}"
             ) from err
+        if device_map is not None and remote is not True:  # tokens go where the embedding lives
+            device = lm._module.get_input_embeddings().weight.device
         return cls(lm, config, device=torch.device(device), dtype=dtype, remote=remote)
 
     def module(self) -> torch.nn.Module:

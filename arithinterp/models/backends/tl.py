@@ -78,8 +78,15 @@ class TransformerLensBackend(Backend):
 
     @classmethod
     def from_pretrained(
-        cls, path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+        cls,
+        path: str,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        device_map: str | dict[str, Any] | None = None,
     ) -> TransformerLensBackend:
+        """Load an HF directory or hub name; ``device_map`` (e.g. ``"auto"``) splits the
+        model across devices through accelerate, in place of ``device``."""
         from transformer_lens.model_bridge import TransformerBridge
         from transformers import AutoTokenizer
 
@@ -87,13 +94,16 @@ class TransformerLensBackend(Backend):
             # The directory's own tokenizer, as nnsight loads it: the bridge's
             # configured copy may add a BOS token the model never saw in training.
             tokenizer = AutoTokenizer.from_pretrained(path)
+            placement = {"device_map": device_map} if device_map is not None else {"device": device}
             bridge = TransformerBridge.boot_transformers(
-                path, device=device, dtype=dtype, tokenizer=tokenizer
+                path, dtype=dtype, tokenizer=tokenizer, **placement
             )
         except Exception as err:  # the bridge raises many kinds; all mean "cannot load"
             raise ModelLoadError(
                 f"TransformerLens could not load {path!r}: {type(err).__name__}: {err}"
             ) from err
+        if device_map is not None:  # tokens go where the embedding lives
+            device = bridge.original_model.get_input_embeddings().weight.device
         return cls(bridge, tokenizer, device=torch.device(device), dtype=dtype)
 
     @classmethod
