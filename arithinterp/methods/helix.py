@@ -5,7 +5,8 @@
 fitted by least squares in the top ≤100 principal components of the
 activations. Baselines: ``"circle"`` (no linear term) and ``"pca"`` (the
 activation projected onto as many principal components as the helix has
-features). :func:`patch_with_fit` patches the fitted ``h(a)`` into corrupt
+features) and ``"polynomial"`` (``B(a) = [1, a, a², …, a^m]`` with as many
+non-constant features as the helix, ``m = 2·len(periods) + 1``). :func:`patch_with_fit` patches the fitted ``h(a)`` into corrupt
 prompts ``a'+b`` and measures how much of the clean answer's logit it restores,
 beside the full activation patch.
 """
@@ -26,8 +27,8 @@ from arithinterp.methods._common import make_meta
 from arithinterp.models import Model, Site
 from arithinterp.results import Result, ResultMeta, resultclass
 
-HelixKind = Literal["helix", "circle", "pca"]
-HELIX_KINDS: tuple[str, ...] = ("helix", "circle", "pca")
+HelixKind = Literal["helix", "circle", "pca", "polynomial"]
+HELIX_KINDS: tuple[str, ...] = ("helix", "circle", "pca", "polynomial")
 
 
 def helix_features(values: Sequence[float] | np.ndarray, periods: Sequence[float], *, linear: bool = True) -> np.ndarray:
@@ -42,12 +43,31 @@ def helix_features(values: Sequence[float] | np.ndarray, periods: Sequence[float
     return np.stack(cols, axis=1)
 
 
+def polynomial_features(values: Sequence[float] | np.ndarray, periods: Sequence[float]) -> np.ndarray:
+    """``[N, 2 + 2·len(periods)]``: the polynomials of degree ``≤ 2·len(periods) + 1`` in ``a``
+    (Kantamneni & Tegmark's polynomial baseline, as many non-constant features as the helix).
+
+    They span the same functions as ``[1, a, a², …]`` but are evaluated as Legendre
+    polynomials of ``x = 2a/T_max − 1`` (``a ∈ [0, T_max)`` → ``[−1, 1)``), since raw powers
+    up to ``a⁹`` make an ill-conditioned least-squares problem."""
+    a = np.asarray(values, dtype=np.float64)
+    x = 2 * a / max(max(periods, default=1.0), 1.0) - 1
+    degree = 2 * len(periods) + 1
+    return np.polynomial.legendre.legvander(x, degree)
+
+
+def _features(kind: str, values, periods: Sequence[float]) -> np.ndarray:
+    if kind == "polynomial":
+        return polynomial_features(values, periods)
+    return helix_features(values, periods, linear=kind == "helix")
+
+
 @dataclasses.dataclass(frozen=True)
 class HelixFit:
     """A fitted map from operand value (or activation, for ``"pca"``) to activation.
 
     ``mean_``: ``[d]``; ``components_``: ``[r, d]`` orthonormal PCA rows;
-    ``coef_``: ``[n_features, r]`` (helix / circle); ``r2_``: fraction of the
+    ``coef_``: ``[n_features (+1 constant), r]`` (helix / circle / polynomial); ``r2_``: fraction of the
     activations' variance the fit explains on the data it was fitted to.
     """
 
@@ -60,7 +80,7 @@ class HelixFit:
 
     @property
     def n_features(self) -> int:
-        return 2 * len(self.periods) + (1 if self.kind != "circle" else 0)
+        return 2 * len(self.periods) + (0 if self.kind == "circle" else 1)
 
     def predict(self, values: Sequence[int] | np.ndarray, activations: torch.Tensor | None = None) -> torch.Tensor:
         """Fitted activations ``[N, d]`` for operand ``values`` (``"pca"`` needs the activations)."""
@@ -69,7 +89,7 @@ class HelixFit:
                 raise ValueError("a 'pca' fit projects activations: pass them")
             x = activations.double() - self.mean_
             return self.mean_ + (x @ self.components_.T) @ self.components_
-        feats = torch.as_tensor(helix_features(values, self.periods, linear=self.kind == "helix"))
+        feats = torch.as_tensor(_features(self.kind, values, self.periods))
         return self.mean_ + feats @ self.coef_ @ self.components_
 
 
@@ -97,6 +117,21 @@ def fit_helix(
     return fit_helix_to_activations(h, values, periods=periods, kind=kind, n_pca=n_pca)
 
 
+def helix_baselines(
+    model: Model,
+    site: Site,
+    values: Sequence[int] | np.ndarray,
+    *,
+    tokens: torch.Tensor,
+    periods: Sequence[float] = (2, 5, 10, 100),
+    n_pca: int = 100,
+) -> dict[str, HelixFit]:
+    """The helix and its baselines (circle, PCA, polynomial) fitted to one cache of ``site``:
+    ``{kind: fit}`` in :data:`HELIX_KINDS` order, ready for :func:`patch_with_fit`."""
+    h = _site_activations(model, site, tokens)
+    return {k: fit_helix_to_activations(h, values, periods=periods, kind=k, n_pca=n_pca) for k in HELIX_KINDS}
+
+
 def fit_helix_to_activations(
     h: torch.Tensor,
     values: Sequence[int] | np.ndarray,
@@ -111,13 +146,12 @@ def fit_helix_to_activations(
     x = h - mean
     _, _, vt = torch.linalg.svd(x, full_matrices=False)
     periods = tuple(float(t) for t in periods)
-    n_feat = 2 * len(periods) + (1 if kind == "helix" else 0)
-    if kind == "pca":
-        comps, coef = vt[: n_feat + 1], None
+    if kind == "pca":  # as many components as the helix has non-constant features
+        comps, coef = vt[: 2 * len(periods) + 1], None
         fitted = (x @ comps.T) @ comps
     else:
         comps = vt[: min(n_pca, vt.shape[0])]
-        feats = torch.as_tensor(helix_features(values, periods, linear=kind == "helix"))
+        feats = torch.as_tensor(_features(kind, values, periods))
         # sin(2πa/2) vanishes on integers: a cut-off keeps such columns from blowing up.
         coef = torch.linalg.lstsq(feats, x @ comps.T, rcond=1e-10, driver="gelsd").solution
         fitted = feats @ coef @ comps
@@ -136,9 +170,14 @@ class HelixPatchResult(Result):
 
     def plot(self) -> go.Figure:
         frame = self.to_frame()
-        fig = go.Figure(go.Bar(x=frame["component"], y=frame[self.metric]))
+        fig = go.Figure(go.Bar(
+            x=frame["component"], y=frame[self.metric], customdata=frame[["fraction", "r2"]],
+            text=[f"R² {r:.2f}" for r in frame["r2"]], textposition="outside",
+            hovertemplate="%{x}<br>logit diff %{y:.2f}<br>fraction of full %{customdata[0]:.2f}"
+                          "<br>R² of the fit %{customdata[1]:.3f}<extra></extra>",
+        ))
         fig.update_layout(
-            title=f"patching fitted activations: {self.meta.model}",
+            title=f"patching fitted activations vs baselines: {self.meta.model}",
             xaxis_title="patched activation",
             yaxis_title="logit(clean answer): patched − corrupt",
         )
@@ -146,15 +185,15 @@ class HelixPatchResult(Result):
 
     @classmethod
     def example(cls) -> HelixPatchResult:
-        names = ["full", "helix", "circle", "pca"]
+        names = ["full", "helix", "circle", "pca", "polynomial"]
         coords = {"component": names}
-        ld = np.array([8.3, 7.2, 6.8, 6.1])
+        ld = np.array([8.3, 7.2, 6.8, 6.1, 2.4])
         return cls(
             values=xr.DataArray(ld, dims=("component",), coords=coords),
             meta=ResultMeta(method="patch_with_fit", model="synthetic"),
             extras={
                 "fraction": xr.DataArray(ld / ld[0], dims=("component",), coords=coords),
-                "r2": xr.DataArray([1.0, 0.8, 0.7, 0.9], dims=("component",), coords=coords),
+                "r2": xr.DataArray([1.0, 0.8, 0.7, 0.9, 0.5], dims=("component",), coords=coords),
             },
         )
 

@@ -197,3 +197,30 @@ def test_spectra_on_zoo_models(modadd, modadd_keys) -> None:
         spec = embedding_spectrum(add, range(199 if matrix == "W_U" else 100), matrix=matrix)
         print(f"add-2d-tok {matrix} top periods", [(round(t, 2), round(f, 3)) for t, f in spec.top_periods(6)])
         assert spec.values.sum() == pytest.approx(1.0)
+
+
+def test_add_2d_tok_number_embeddings_use_their_own_periods() -> None:
+    """METHODS §3/§4: report which periods zoo:add-2d-tok's number embeddings use.
+
+    Measured (fraction of variance per frequency, numbers in numeric order):
+
+    - W_E over the operands 0..99: k = 35 (period 2.86) 0.211, k = 3 (33.3) 0.153,
+      k = 4 (25) 0.144, k = 2 (50) 0.104, then k = 18 (5.56), k = 5 (20); Gini 0.48.
+    - W_U over the answers 0..198: k = 35 (period 5.69) 0.159, k = 70 (2.84) 0.130,
+      then k = 7, 8, 6, 9 (periods 28.4, 24.9, 33.2, 22.1); Gini 0.50.
+
+    Both matrices use a period of about 2.85 plus slow (magnitude) components of period
+    20-50; the periods 2, 5 and 10 of pre-trained LLMs (Zhou et al.; Kantamneni & Tegmark)
+    carry under 0.5% each. A from-scratch model need not use them (METHODS §3).
+    """
+    add = load_model("zoo:add-2d-tok")
+    emb = embedding_spectrum(add, range(100))
+    top = [int(k) for k in emb.values.freq.values[np.argsort(-emb.values.values)[:4]]]
+    assert top == [35, 3, 4, 2]
+    np.testing.assert_allclose([p for p, _ in emb.top_periods(4)], [100 / 35, 100 / 3, 25.0, 50.0])
+    standard = emb.values.sel(freq=[50, 20, 10])  # periods 2, 5, 10
+    assert float(standard.max()) < 0.005
+    unemb = embedding_spectrum(add, range(199), matrix="W_U")
+    top_u = [int(k) for k in unemb.values.freq.values[np.argsort(-unemb.values.values)[:2]]]
+    assert top_u == [35, 70]  # periods 5.69 and 2.84
+    assert abs(unemb.top_periods(2)[1][0] - emb.top_periods(1)[0][0]) < 0.05  # the shared ~2.85
