@@ -189,7 +189,7 @@ def _newton_chunk(
         if not bool(live.any()):
             break
         dz = torch.bmm(step.unsqueeze(1), zt).squeeze(1)
-        scale = torch.ones(c, dtype=torch.float64)
+        scale = live.to(torch.float64)  # converged problems stay put
         for _ in range(40):  # halve each problem's step until its loss goes down enough
             trial = (
                 F.binary_cross_entropy_with_logits(logits - scale[:, None] * dz, t, reduction="none").mean(-1)
