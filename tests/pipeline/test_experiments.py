@@ -1,0 +1,32 @@
+"""Every shipped experiment validates (without running) and names a model that exists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from arithinterp.models.loading import resolve_spec
+from arithinterp.pipeline import load_config
+
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+CONFIGS = sorted(EXPERIMENTS.glob("**/*.yaml"))
+
+
+def test_there_is_one_experiment_per_finding():
+    folders = {p.parent.name for p in CONFIGS if p.parent != EXPERIMENTS}
+    assert folders >= {"grokking-modadd-113", "carries-add-5d", "running-sum-mul-3d", "mediation-add-2d-tok",
+                       "heuristics-add-2d-tok", "fourier-helix-add-2d-tok", "pretrained-llm"}
+    for folder in folders:
+        readme = EXPERIMENTS / folder / "README.md"
+        assert readme.is_file(), f"{folder} has no README stating the claim and our measurement"
+        assert "Measured" in readme.read_text() or folder == "pretrained-llm"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(EXPERIMENTS)) for p in CONFIGS])
+def test_experiment_validates(path):
+    config = load_config(path)
+    if config.model.startswith("zoo:"):
+        resolve_spec(config.model)  # raises ModelLoadError for a zoo name that does not exist
+    names = {p.name for p in CONFIGS if p.parent == path.parent}
+    assert len({load_config(path.parent / n).name for n in names}) == len(names), "run names must differ"
