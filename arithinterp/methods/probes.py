@@ -366,7 +366,20 @@ class LinearProbe:
         """Raw outputs ``[..., m, k]`` (logits, or ridge/circular predictions)."""
         if not hasattr(self, "coef_"):
             raise ProbeError("this LinearProbe is not fitted yet; call fit(X, y) first")
-        return self._standardise(_as_tensor(X)) @ self.coef_ + self.intercept_.unsqueeze(-2)
+        X = _as_tensor(X)
+        # fold the standardisation into the weights: one pass over X instead of a copy
+        coef = self.coef_ / self.scale_.unsqueeze(-1)
+        intercept = self.intercept_ - (self.mean_.unsqueeze(-2) @ coef).squeeze(-2)
+        if X.ndim < 2 or X.shape[:-2] != coef.shape[:-2] or coef.shape[-1] > 4:
+            return X @ coef + intercept.unsqueeze(-2)
+        m, d = X.shape[-2:]
+        flat_x = X.reshape(-1, m, d)
+        flat_c = coef.reshape(-1, d, coef.shape[-1]).transpose(1, 2).contiguous()
+        out = torch.empty(flat_x.shape[0], m, flat_c.shape[1], dtype=X.dtype)
+        for i in range(flat_x.shape[0]):  # matrix-vector products: much faster than bmm here
+            for j in range(flat_c.shape[1]):
+                torch.mv(flat_x[i], flat_c[i, j], out=out[i, :, j])
+        return out.reshape(*X.shape[:-1], -1) + intercept.unsqueeze(-2)
 
     def predict(self, X) -> np.ndarray:
         """Class labels, real values, or residues mod ``period``: ``[..., m]``."""
