@@ -36,10 +36,13 @@ from arithinterp.methods.fourier import (
     restricted_loss,
 )
 from arithinterp.methods.helix import (
+    FourierFilterResult,
     HelixFit,
     HelixPatchResult,
     fit_helix,
     fourier_filter,
+    fourier_filter_ablation,
+    helix_baselines,
     patch_with_fit,
 )
 from arithinterp.methods.lens import (
@@ -59,7 +62,7 @@ from arithinterp.methods.neurons import (
     neuron_maps,
 )
 from arithinterp.methods.patching import PatchingResult, patch_activations
-from arithinterp.methods.probes import LinearProbe, ProbeResult, fit_probes
+from arithinterp.methods.probes import LinearProbe, ProbeResult, control_columns, fit_probes
 from arithinterp.methods.tuned_lens import (
     LensKLResult,
     TunedLens,
@@ -96,6 +99,7 @@ __all__ = [
     "tokenize_pairs",
     "LinearProbe",
     "ProbeResult",
+    "control_columns",
     "fit_probes",
     # fourier
     "KeyFrequencyResult",
@@ -123,10 +127,13 @@ __all__ = [
     "circuit_figure",
     "discover_circuit",
     # helix
+    "FourierFilterResult",
     "HelixFit",
     "HelixPatchResult",
     "fit_helix",
     "fourier_filter",
+    "fourier_filter_ablation",
+    "helix_baselines",
     "patch_with_fit",
     "HeuristicResult",
     "NeuronMaps",
