@@ -204,7 +204,8 @@ def _load_output(step_dir: Path, parts: dict[str, str]) -> dict[str, Any]:
 
 def _clean_stale(run_dir: Path) -> list[Path]:
     """Remove the temporary directories an interrupted run left behind."""
-    stale = [p for p in run_dir.iterdir() if p.name.startswith(".") and ".tmp-" in p.name]
+    stale = [p for p in run_dir.iterdir()
+             if p.name.startswith(".") and (".tmp-" in p.name or p.name.endswith(".tmp"))]
     for path in stale:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

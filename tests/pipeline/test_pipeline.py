@@ -49,7 +49,7 @@ def test_unknown_step_kind_lists_valid_kinds(tmp_path, cfg):
 def test_missing_model_fails_before_any_work(tmp_path, cfg):
     cfg["model"] = str(tmp_path / "nowhere")
     config = load_config(_write(tmp_path, cfg))
-    with pytest.raises(ModelLoadError):
+    with pytest.raises(ModelLoadError, match=r"^model: no model directory"):
         run_pipeline(config, runs_dir=tmp_path / "runs", progress=False)
     assert not (tmp_path / "runs").exists()
 
@@ -122,15 +122,15 @@ ZOO_ADD = {
     "name": "zoo-add",
     "model": "zoo:add-2d-tok",
     "tasks": {
-        "grid": {"operation": "add", "operand_range": [0, 99], "format": "plain", "n": 96, "seed": 0},
-        "other": {"operation": "add", "operand_range": [0, 99], "format": "plain", "n": 64, "seed": 5},
+        "grid": {"operation": "add", "operand_range": [0, 99], "format": "plain", "n": 48, "seed": 0},
+        "other": {"operation": "add", "operand_range": [0, 99], "format": "plain", "n": 48, "seed": 5},
     },
     "pairs": {"kind": "operand_a"},
     "steps": [
         {"kind": "fourier", "analyses": ["embedding", "unembedding"]},
         {"kind": "probes", "task": "other", "targets": ["SC_0", "SA_1"], "n_boot": 10},
         {"kind": "circuit", "answer": "single", "target": 0.9},
-        {"kind": "report", "methods": ["dla"], "n": 32},
+        {"kind": "report", "methods": ["dla"], "n": 16},
     ],
 }
 
@@ -203,7 +203,7 @@ def test_steps_pass_their_options_through(tmp_path):
     assert circuit.circuit == by_hand.circuit and circuit.values.equals(by_hand.values)
 
     summary = json.loads((run_dir / "report" / "summary.json").read_text())
-    by_hand = build_report(model, TaskSpec(**ZOO_ADD["tasks"]["grid"]), n=32, methods=["dla"], progress=False)
+    by_hand = build_report(model, TaskSpec(**ZOO_ADD["tasks"]["grid"]), n=16, methods=["dla"], progress=False)
     assert summary["top_components"] == by_hand.summary["top_components"]
     assert (run_dir / "report" / "report.html").is_file()
     # The CLI ends with where the reports are and the circuit's components.
