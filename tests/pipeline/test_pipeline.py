@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -210,3 +211,51 @@ def test_steps_pass_their_options_through(tmp_path):
     assert f"attribution report: {run_dir / 'report' / 'report.html'}" in result.output
     assert f"top circuit components: {', '.join(circuit.circuit)}" in result.output
     assert config.step_names() == ["fourier", "probes", "circuit", "report"]
+
+
+def test_grid_and_lens_steps_with_parts_resume(tmp_path):
+    """Heuristics (K/KV maps on a 10 x 10 grid), number lens and a tuned lens: saved in parts,
+    equal to the methods called by hand, and loaded (not recomputed) on a rerun."""
+    from arithinterp.methods import (
+        TunedLens,
+        classify_neurons,
+        heuristic_knockout,
+        neuron_maps,
+        number_lens,
+        train_tuned_lens,
+        tuned_lens,
+    )
+    from arithinterp.models import load_model
+    from arithinterp.tasks import TaskSpec, generate
+
+    task = {"operation": "add", "operand_range": [0, 9], "format": "plain", "n": 40, "seed": 2}
+    cfg = {"name": "parts", "model": "zoo:add-2d-tok", "task": task, "report": False, "steps": [
+        {"kind": "heuristics", "knockout": 1, "knockout_n": 10},
+        {"kind": "number_lens"},
+        {"kind": "tuned_lens", "train_steps": 15, "train_fraction": 0.5},
+    ]}
+    config = load_config(_write(tmp_path, cfg))
+    first = run_pipeline(config, runs_dir=tmp_path / "runs", progress=False)
+    assert sorted(first.results) == ["heuristics/classification", "heuristics/knockout", "heuristics/maps",
+                                     "number_lens", "tuned_lens/kl", "tuned_lens/tuned_lens"]
+    assert isinstance(first.artifacts["tuned_lens/lens"], TunedLens)
+
+    model, spec = load_model("zoo:add-2d-tok"), TaskSpec(**task)
+    classes = classify_neurons(neuron_maps(model, spec, layer=0))
+    assert first.results["heuristics/classification"].values.equals(classes.values)
+    top = str(classes.extras["implements"].sum("neuron").to_series()
+              .sort_values(ascending=False, kind="stable").index[0])
+    knockout = heuristic_knockout(model, spec, classes, top, n=10, seed=0)
+    saved = first.results["heuristics/knockout"].values.sel({"class": top})
+    np.testing.assert_array_equal(saved.values, knockout.values.values)
+    prompts = generate(spec)
+    assert first.results["number_lens"].values.equals(number_lens(model, prompts, progress=False).values)
+    lens = train_tuned_lens(model, prompts[:20], steps=15, seed=0, progress=False)
+    assert first.results["tuned_lens/tuned_lens"].values.equals(
+        tuned_lens(model, prompts[20:], lens, progress=False).values)
+
+    second = run_pipeline(config, runs_dir=tmp_path / "runs", progress=False)
+    assert second.skipped == ["heuristics", "number_lens", "tuned_lens"]
+    for key, result in first.results.items():
+        assert second.results[key].values.equals(result.values)
+    assert isinstance(second.artifacts["tuned_lens/lens"], TunedLens)
