@@ -89,6 +89,27 @@ def _top_components(summary: Any, k: int = 10) -> tuple[str, list[str]]:
     return "top components (attribution report)", list(report.get("top_components") or [])[:k]
 
 
+@app.command()
+def dashboard(
+    run_dir: Annotated[Path, typer.Argument(help="report directory, runs/<name>/, or a directory of runs")],
+    host: Annotated[str, typer.Option("--host", help="interface to bind (default: this machine only)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port")] = 8050,
+) -> None:
+    """Serve the interactive dashboard over a finished run (http://127.0.0.1:8050 by default)."""
+    from arithinterp.dashboard import create_app
+
+    try:
+        dash_app = create_app(run_dir)
+    except ArithInterpError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: binding {host} exposes the dashboard to other machines; it has no "
+                   "authentication", err=True)
+    typer.echo(f"dashboard for {run_dir} at http://{host}:{port}/ (Ctrl-C to stop)")
+    dash_app.run(host=host, port=port, debug=False)
+
+
 def _mount_zoo() -> None:
     from arithinterp.zoo.cli import train_cmd, zoo_app
 
