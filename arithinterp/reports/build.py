@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from arithinterp.errors import ResultError
 from arithinterp.methods.circuits import CircuitResult
+from arithinterp.methods.evaluate import evaluate
 from arithinterp.reports.export import write_parquet
 from arithinterp.reports.inputs import METHODS, resolve_inputs
 from arithinterp.reports.runners import RUNNERS, Skip
@@ -220,6 +221,7 @@ def build_report(
         if method not in inp.methods:
             skipped.setdefault(method, "not requested (methods=...)")
 
+    accuracy = evaluate(inp.model, inp.prompts, progress=False)
     heads = head_table(inp.model, results)
     neurons, n_neurons = neuron_table(inp.model, results)
     circuit = results.get("circuit")
@@ -235,6 +237,8 @@ def build_report(
         "n_pairs": len(inp.pairs),
         "pairs": inp.pairs.kind,
         "answer": inp.answer,
+        "accuracy": accuracy.accuracy,
+        "accuracy_per_digit": [float(x) for x in accuracy.per_digit.to_numpy()],
         "seed": seed,
         "versions": _versions(),
         "methods": ran,

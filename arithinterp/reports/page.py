@@ -44,6 +44,15 @@ def _summary_text(report: AttributionReport) -> str:
         f"'{s.get('pairs')}' counterfactual pairs, {s.get('answer')}-token answers, seed {s.get('seed')}.",
         f"Methods run: {', '.join(s.get('methods', [])) or 'none'}.",
     ]
+    acc = s.get("accuracy")
+    if acc is not None:
+        lines.append(
+            f"The model answers {acc:.1%} of these prompts exactly (every answer token, teacher-forced)."
+            + ("" if acc >= 0.5 else
+               " Low accuracy: the effects and the circuit's faithfulness below are relative to the "
+               "model's own preference for the clean answer over the corrupt one (logit difference), "
+               "so they explain what the model does, not how it would compute the right answer.")
+        )
     c = s.get("circuit")
     if c:
         f = c.get("faithfulness")

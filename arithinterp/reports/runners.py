@@ -9,6 +9,8 @@ are the contract's ``results/<name>`` directories.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -132,8 +134,41 @@ def _probes(inp: ReportInputs, seed: int, progress: bool) -> dict[str, Result]:
     # answer's): where the answer is computed, and a fraction of the cost of every position.
     tok = tokenize(prompts, inp.model.tokenizer, answer="multi")
     positions = [tok.prompt_len - 1 + i for i in range(tok.answer_len)]
-    return {"probes": fit_probes(inp.model, prompts, targets, positions=positions, n_boot=100, seed=seed,
-                                 progress=progress)}
+    result = fit_probes(inp.model, prompts, targets, positions=positions, n_boot=100, seed=seed,
+                        progress=progress)
+    visible = answer_visible(prompts, inp.model.tokenizer, targets, tok.answer_len)
+    coords = {"target": list(targets), "pos": positions}
+    mask = xr.DataArray(visible, dims=("target", "pos"), coords=coords)
+    return {"probes": dataclasses.replace(result, extras={**result.extras, "answer_visible": mask})}
+
+
+_PLACE = re.compile(r"_(\d+)$")
+
+
+def answer_visible(prompts: PromptSet, tokenizer, targets: list[str], answer_len: int) -> np.ndarray:
+    """``[target, i]``: whether, at the position predicting answer token ``i``, the teacher-forced
+    answer tokens already in the input show the answer digit of the target's place (``answer_digit_j``,
+    ``carry_in_j``, ``borrow_j``, ``c_hat_j``: place ``10^j``) for any prompt.
+
+    There the target is read off the input (a carry into place j is the visible digit j minus
+    the operand digits), so decoding it says nothing about what the model computed.
+    """
+    from arithinterp.tasks.spec import REVERSED_FORMATS
+
+    reversed_ = prompts.spec.format in REVERSED_FORMATS
+    out = np.zeros((len(targets), answer_len), dtype=bool)
+    places = [int(m.group(1)) if (m := _PLACE.search(t)) else None for t in targets]
+    for answer in prompts.answers:
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        shown = [len(tokenizer.decode(ids[:i])) for i in range(answer_len)]  # answer chars in the input
+        digits = answer.lstrip("-")
+        offset = len(answer) - len(digits)
+        for k, place in enumerate(places):
+            if place is None or place >= len(digits):
+                continue
+            char = offset + (place if reversed_ else len(digits) - 1 - place)
+            out[k] |= np.array([char < n for n in shown])
+    return out
 
 
 def grid_spec(spec: TaskSpec) -> TaskSpec:
@@ -225,7 +260,7 @@ def _heuristics(inp: ReportInputs, seed: int, progress: bool) -> dict[str, Resul
     out: dict[str, Result] = {"neuron_maps": maps, "heuristics": heur}
     counts = heur.extras["implements"].sum("neuron")
     if int(counts.max()) > 0:
-        top = str(counts.coords["class"].values[int(counts.argmax())])
+        top = str(counts.coords["class"].values[int(np.argmax(counts.values))])
         out["heuristic_knockout"] = heuristic_knockout(inp.model, spec, heur, top, n=100, seed=seed)
     return out
 

@@ -93,6 +93,8 @@ def probe_evidence(result: Result, kind: str, layer: int, n_layers: int) -> tupl
     if site not in labels:
         return "", float("nan")
     at = v.isel(layer=labels.index(site))  # (target, pos)
+    if "answer_visible" in result.extras:  # positions where the target is read off the input: not evidence
+        at = at.where(~result.extras["answer_visible"].astype(bool))
     control = result.extras["control"].isel(layer=labels.index(site))
     majority = result.extras["majority"]
     score = at.max("pos")
@@ -100,12 +102,15 @@ def probe_evidence(result: Result, kind: str, layer: int, n_layers: int) -> tupl
     decodable = []
     for t in at.coords["target"].values:
         s = float(score.sel(target=t))
+        if not np.isfinite(s):
+            continue
         base = float(majority.sel(target=t)) if majority.ndim else float(majority)
         kind_t = str(at.coords["score_kind"].sel(target=t).values)
         base_gap = s - base if kind_t == "accuracy" else s  # R² is already relative to the mean
         if s >= PROBE_DECODABLE and base_gap >= PROBE_MARGIN and float(margin.sel(target=t)) >= PROBE_MARGIN:
             decodable.append(str(t))
-    return ",".join(decodable), float(score.max())
+    best = score.values[np.isfinite(score.values)]
+    return ",".join(decodable), float(best.max()) if best.size else float("nan")
 
 
 def _top(values: np.ndarray, k: int) -> np.ndarray:
