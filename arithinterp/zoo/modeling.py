@@ -9,7 +9,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from arithinterp.zoo.data import TaskFormat
-from arithinterp.zoo.recipe import Recipe
+from arithinterp.zoo.recipe import CENTRE_EPS, Recipe
 from arithinterp.zoo.tokenizers import digit_tokenizer, number_tokenizer
 
 __all__ = ["build_config", "build_model", "build_tokenizer_for", "lean_last_logits"]
@@ -43,6 +43,8 @@ def build_config(recipe: Recipe, tokenizer: PreTrainedTokenizerFast) -> GPT2Conf
         pad_token_id=tokenizer.pad_token_id,
         use_cache=False,
         attn_implementation="eager",
+        layer_norm_epsilon=CENTRE_EPS if arch.norm == "centre" else 1e-5,
+        initializer_range=arch.init_std if arch.init_std is not None else 0.02,
     )
 
 
@@ -50,6 +52,11 @@ def build_model(recipe: Recipe, tokenizer: PreTrainedTokenizerFast) -> GPT2LMHea
     """A freshly initialised model (seed the torch RNG first for reproducibility)."""
     model = GPT2LMHeadModel(build_config(recipe, tokenizer))
     model.config._attn_implementation = "eager"
+    if recipe.architecture.norm == "centre":
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, torch.nn.LayerNorm):
+                    module.weight.fill_(math.sqrt(CENTRE_EPS))
     return model
 
 

@@ -60,12 +60,24 @@ class Architecture(_Strict):
     activation: Literal["relu", "gelu", "gelu_new"] = "gelu_new"
     tie: bool = True
     n_positions: int = Field(default=32, ge=1)
+    #: ``"layernorm"``: GPT-2's LayerNorm. ``"centre"``: LayerNorm made linear, for
+    #: recipes of papers whose model has no normalisation (Nanda et al. 2023): epsilon
+    #: ``CENTRE_EPS`` and gains initialised to its square root, so each norm computes
+    #: ``(x - mean(x)) / sqrt(1 + var(x) / eps)``, i.e. ``x - mean(x)`` to within
+    #: ``var / 2 eps`` (about 1e-6 here). It stays a plain HF GPT-2 checkpoint.
+    norm: Literal["layernorm", "centre"] = "layernorm"
+    #: Standard deviation of the initial weights (GPT-2's ``initializer_range``; None: 0.02).
+    init_std: float | None = Field(default=None, gt=0)
 
     @model_validator(mode="after")
     def _divides(self) -> Architecture:
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         return self
+
+
+#: LayerNorm epsilon of ``norm: centre`` architectures (gains start at its square root).
+CENTRE_EPS = 1.0e6
 
 
 class Optimizer(_Strict):

@@ -149,32 +149,56 @@ def test_neuron_maps_match_the_model_and_weights(add_model):
     assert maps.grid(7).sizes == {"operand_a": 20, "operand_b": 20}
 
 
-def test_modadd_neurons_are_classified_and_knockout_hurts_associated_prompts():
-    model = load_model("zoo:modadd-113")
-    spec = TaskSpec(operation="modadd", p=113, format="modular")
-    maps = neuron_maps(model, spec, layer=0)
-    # "Top" neurons: largest mean |KV|, the neurons that vote most for the true results.
+def _top_kv_neurons(maps, k: int = 50) -> np.ndarray:
+    """The neurons with the largest mean |KV|: those that vote most for the true results."""
     kv = np.abs(maps.extras["kv"]).mean("prompt")
-    top = kv.coords["neuron"].values[np.argsort(-kv.values)[:50]]
-    res = classify_neurons(maps.select(top))
-    frac = float(res.classified.mean())
+    return kv.coords["neuron"].values[np.argsort(-kv.values)[:k]]
+
+
+def test_heuristic_neurons_of_add_2d_tok_and_their_knockout(add_model):
+    """Nikankin et al.: classified neurons' knockout hurts their associated prompts more.
+    Measured on zoo:add-2d-tok: 20 of its 512 neurons pass t = 0.6, all with result-range
+    heuristics; ablating the most common heuristic's neurons keeps accuracy (the other neurons
+    compensate on this small model) but lowers the answer's log-probability far more on the
+    associated prompts."""
+    spec = TaskSpec(operation="add", operand_range=(0, 99), format="plain")
+    res = classify_neurons(neuron_maps(add_model, spec, layer=0))
     hits = res.extras["implements"].sum("neuron")
     by_family = hits.groupby("family").sum().to_series().to_dict()
-    print(f"\nmodadd-113: {frac:.2f} of the top 50 neurons classified; hits per family {by_family}")
-    assert frac > 0
-    # The heuristic of the strongest classified neuron (top is sorted by mean |KV|).
-    heuristic = next(res.neuron_heuristics(int(n))[0] for n in top if res.neuron_heuristics(int(n)))
-    ko = heuristic_knockout(model, spec, res, heuristic, n=200).values
+    print(f"\nadd-2d-tok: {int(res.classified.sum())} of 512 neurons classified; hits per family {by_family}")
+    assert 0 < int(res.classified.sum()) < 100
+    heuristic = str(hits.idxmax("class").item())
+    ko = heuristic_knockout(add_model, spec, res, heuristic, n=200).values
     print(f"knockout of {heuristic!r} {res.neurons_of(heuristic)}: accuracy associated "
           f"{float(ko.sel(target='associated', stat='ablated_accuracy')):.3f} / unassociated "
           f"{float(ko.sel(target='unassociated', stat='ablated_accuracy')):.3f}; log-prob drop "
           f"{float(ko.sel(target='associated', stat='logprob_drop')):.4f} / "
           f"{float(ko.sel(target='unassociated', stat='logprob_drop')):.4f}")
-    assert (ko.sel(stat="accuracy") == 1).all()
+    assert (ko.sel(stat="accuracy") >= 0.99).all()
     assert ko.sel(target="associated", stat="logprob_drop") > ko.sel(target="unassociated", stat="logprob_drop")
     assert ko.sel(target="associated", stat="ablated_accuracy") <= ko.sel(
         target="unassociated", stat="ablated_accuracy"
     )
+
+
+def test_grokked_modadd_neurons_are_fourier_neurons_not_heuristics():
+    """A known negative: the cleaned-up grokked modadd-113 computes with a few key
+    frequencies (Nanda et al.), so its strongest neurons are single-frequency Fourier neurons
+    and none matches a range / modulo / pattern heuristic (113 is prime, its key frequencies
+    are not periods <= 10). Measured: 0 of the top 50 classified, 44 of them clustered."""
+    from arithinterp.methods import key_frequencies
+
+    model = load_model("zoo:modadd-113")
+    spec = TaskSpec(operation="modadd", p=113, format="modular")
+    maps = neuron_maps(model, spec, layer=0)
+    top = _top_kv_neurons(maps)
+    res = classify_neurons(maps.select(top))
+    keys = key_frequencies(model)
+    clustered = keys.extras["clustered"].sel(neuron=top)  # explained fraction >= 0.85
+    print(f"\nmodadd-113 top 50: {int(res.classified.sum())} classified as heuristics, "
+          f"{int(clustered.sum())} Fourier-clustered")
+    assert int(res.classified.sum()) == 0
+    assert float(clustered.mean()) >= 0.8
 
 
 # -- comparative neuron analysis -------------------------------------------------------------

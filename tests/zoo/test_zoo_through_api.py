@@ -45,7 +45,11 @@ def test_both_backends_load_and_agree(name):
     ns = load_model(f"zoo:{name}", backend="nnsight")
     tokens = tokenize(prompts, tl.tokenizer).tokens
     assert torch.equal(tokens, tokenize(prompts, ns.tokenizer).tokens)
-    torch.testing.assert_close(tl.logits(tokens), ns.logits(tokens), atol=1e-4, rtol=1e-4)
+    tl_logits, ns_logits = tl.logits(tokens), ns.logits(tokens)
+    # float32 agreement on the logits' scale: the bridge computes LayerNorm by its own
+    # formula; modadd-113 (linear "centre" norms, logits up to ~70) differs by 3e-4.
+    scale = max(1.0, float(ns_logits.abs().max()) / 10)
+    torch.testing.assert_close(tl_logits, ns_logits, atol=1e-4 * scale, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["add-5d", "add-5d-1L", "mul-3d"])
