@@ -169,7 +169,7 @@ class ProbesStep(_Step):
     batch_size: int = Field(256, ge=1)
 
 
-FourierAnalysis = Literal["key_frequencies", "progress", "embedding", "unembedding", "activation"]
+FourierAnalysis = Literal["key_frequencies", "progress", "embedding", "unembedding", "activation", "filter"]
 
 
 class FourierStep(_Step):
@@ -180,7 +180,11 @@ class FourierStep(_Step):
       checkpoints (``checkpoints: zoo`` or ``{step: directory}``; a ``modadd`` task);
     - ``embedding`` / ``unembedding``: spectrum of ``W_E`` rows / ``W_U`` columns over
       the number tokens (a number-level tokenizer);
-    - ``activation``: 2D spectrum of ``site`` over the ``modadd`` operand grid.
+    - ``activation``: 2D spectrum of ``site`` over the ``modadd`` operand grid;
+    - ``filter``: Zhou et al.'s frequency-filter ablation, accuracy on the task's prompts when
+      one module's output (``attn_out`` / ``mlp_out`` of each layer) loses a band (``bands``:
+      periods above / at most ``cutoff_period``) in the number-unembedding subspace (a
+      number-level tokenizer; single-token answers).
     """
 
     kind: Literal["fourier"]
@@ -191,6 +195,8 @@ class FourierStep(_Step):
     train_fraction: float = Field(0.3, gt=0, lt=1)
     numbers: int | None = Field(None, ge=2)  # how many numbers 0..N-1 (default: the task's operands / all)
     site: SiteKindName = "mlp_post"
+    bands: list[Literal["low", "high", "none"]] = Field(default_factory=lambda: ["low", "high"], min_length=1)
+    cutoff_period: float = Field(10.0, gt=2)
 
     @field_validator("analyses")
     @classmethod

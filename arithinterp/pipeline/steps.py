@@ -217,6 +217,15 @@ def check_fourier(step, ctx: StepContext) -> None:
             _checkpoints(step, ctx)
         if analysis == "activation":
             Site(step.site, ctx.model.shape.n_layers - 1 if step.layer is None else step.layer, pos=-1)
+        if analysis == "filter":
+            _numbers(step, ctx, "W_U")
+            _filter_data(ctx)
+
+
+def _filter_data(ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt tokens and the single answer token of each prompt (a ConfigError otherwise)."""
+    tk = tokenize(ctx.prompts, ctx.model.tokenizer, answer="single")
+    return tk.prompt_tokens, tk.answer_tokens[:, 0]
 
 
 def run_fourier(step, ctx: StepContext) -> StepOutput:
@@ -240,6 +249,14 @@ def run_fourier(step, ctx: StepContext) -> StepOutput:
             matrix = "W_E" if analysis == "embedding" else "W_U"
             _, ids = _numbers(step, ctx, matrix)
             out[analysis] = embedding_spectrum(ctx.model, ids.tolist(), matrix=matrix)
+        elif analysis == "filter":
+            from arithinterp.methods import fourier_filter_ablation
+
+            _, ids = _numbers(step, ctx, "W_U")
+            tokens, answers = _filter_data(ctx)
+            out[analysis] = fourier_filter_ablation(ctx.model, tokens, answers, numbers=ids.tolist(),
+                                                    bands=tuple(step.bands), cutoff_period=step.cutoff_period,
+                                                    layers=None if step.layer is None else [step.layer])
         else:
             layer = ctx.model.shape.n_layers - 1 if step.layer is None else step.layer
             out[analysis] = activation_spectrum(ctx.model, Site(step.site, layer, pos=-1), modadd_tokens(p))

@@ -128,7 +128,7 @@ ZOO_ADD = {
     },
     "pairs": {"kind": "operand_a"},
     "steps": [
-        {"kind": "fourier", "analyses": ["embedding", "unembedding"]},
+        {"kind": "fourier", "analyses": ["embedding", "unembedding", "filter"]},
         {"kind": "probes", "task": "other", "targets": ["SC_0", "SA_1"], "n_boot": 10},
         {"kind": "circuit", "answer": "single", "target": 0.9},
         {"kind": "report", "methods": ["dla"], "n": 16},
@@ -176,11 +176,12 @@ def test_steps_pass_their_options_through(tmp_path):
         discover_circuit,
         embedding_spectrum,
         fit_probes,
+        fourier_filter_ablation,
         number_token_ids,
     )
     from arithinterp.models import load_model
     from arithinterp.reports import build_report
-    from arithinterp.tasks import TaskSpec, generate, make_pairs
+    from arithinterp.tasks import TaskSpec, generate, make_pairs, tokenize
 
     config = load_config(_write(tmp_path, ZOO_ADD))
     result = CliRunner().invoke(app, ["run", _write(tmp_path, ZOO_ADD), "--runs-dir", str(tmp_path / "runs")])
@@ -194,6 +195,9 @@ def test_steps_pass_their_options_through(tmp_path):
     assert Result.load(run_dir / "fourier" / "embedding").values.equals(by_hand.values)
     by_hand = embedding_spectrum(model, ids.tolist(), matrix="W_U")
     assert Result.load(run_dir / "fourier" / "unembedding").values.equals(by_hand.values)
+    tk = tokenize(grid, model.tokenizer, answer="single")
+    by_hand = fourier_filter_ablation(model, tk.prompt_tokens, tk.answer_tokens[:, 0], numbers=ids.tolist())
+    assert Result.load(run_dir / "fourier" / "filter").values.equals(by_hand.values)
 
     probes = Result.load(run_dir / "probes")
     assert probes.values.equals(fit_probes(model, other, ["SC_0", "SA_1"], n_boot=10, progress=False).values)
