@@ -164,6 +164,9 @@ class ProbesStep(_Step):
     test_fraction: float = Field(0.25, gt=0, lt=1)
     split: Literal["random", "operand"] = "random"
     control: bool = True
+    #: Hewitt & Liang's input type for the control task: "auto" (the operand digits the
+    #: target depends on), "operands", "token", or a list of annotation columns.
+    control_by: Literal["auto", "operands", "token"] | list[str] = "auto"
     n_boot: int = Field(200, ge=0)
     l2: float = Field(1e-3, gt=0)
     batch_size: int = Field(256, ge=1)

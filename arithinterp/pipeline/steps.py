@@ -163,6 +163,11 @@ def check_probes(step, ctx: StepContext) -> None:
     bad = [p for p in step.positions or [] if not -length <= p < length]
     if bad:
         raise SiteError(f"positions: {bad} outside the prompts' {length} positions")
+    if isinstance(step.control_by, list):
+        missing = [c for c in step.control_by if c not in ctx.prompts.frame.columns]
+        if missing:
+            raise ConfigError(f"control_by: {missing} are not annotations of this task; "
+                              f"valid: {sorted(ctx.prompts.frame.columns)}")
 
 
 def run_probes(step, ctx: StepContext) -> StepOutput:
@@ -171,8 +176,8 @@ def run_probes(step, ctx: StepContext) -> StepOutput:
     return fit_probes(
         ctx.model, ctx.prompts, step.targets, sites=_probe_sites(step, ctx.model), positions=step.positions,
         kind=step.probe, periods=step.periods, test_fraction=step.test_fraction, split=step.split,
-        control=step.control, n_boot=step.n_boot, l2=step.l2, seed=ctx.seed, batch_size=step.batch_size,
-        progress=ctx.progress,
+        control=step.control, control_by=step.control_by, n_boot=step.n_boot, l2=step.l2, seed=ctx.seed,
+        batch_size=step.batch_size, progress=ctx.progress,
     )
 
 

@@ -139,6 +139,7 @@ ZOO_ADD = {
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda c: c["steps"][1].update(task="nope"), r"steps\[1\]\.task: no task named 'nope'"),
     (lambda c: c["steps"][1].update(targets=["SC_9"]), r"steps\[1\]\.targets: \['SC_9'\] are not annotations"),
+    (lambda c: c["steps"][1].update(control_by="digits"), r"steps\[1\]\.control_by"),
     (lambda c: c["steps"].append({"kind": "fourier", "analyses": ["key_frequencies"]}),
      r"steps\[4\]\.analyses: \['key_frequencies'\] need a modadd task"),
     (lambda c: c["steps"].append({"kind": "heuristics", "task": "digits"}) or c["tasks"].update(
@@ -163,6 +164,9 @@ def test_checks_against_the_model_run_before_any_step(tmp_path):
     cfg["steps"] = [{"kind": "evaluate"}, {"kind": "probes", "targets": ["SC_0"], "sites": [
         {"kind": "resid_mid", "layer": 3}]}]
     with pytest.raises(SiteError, match=r"steps\[1\] \(probes\): sites: 3 is not a layer"):
+        run_pipeline(load_config(_write(tmp_path, cfg)), runs_dir=tmp_path / "runs", progress=False)
+    cfg["steps"][1] = {"kind": "probes", "targets": ["SC_0"], "control_by": ["a_digit_0", "nope"]}
+    with pytest.raises(ConfigError, match=r"steps\[1\] \(probes\): control_by: \['nope'\]"):
         run_pipeline(load_config(_write(tmp_path, cfg)), runs_dir=tmp_path / "runs", progress=False)
     cfg["tasks"]["grid"] = {"operation": "add", "digits": 3, "format": "plain", "n": 8}  # 3-digit answers
     with pytest.raises(TokenizationError, match=r"^tasks\.grid: "):
