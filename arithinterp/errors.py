@@ -36,3 +36,7 @@ class ConfigError(ArithInterpError, ValueError):
 
 class ResultError(ArithInterpError, ValueError):
     """A result directory that is missing, incomplete or of another kind."""
+
+
+class MethodError(ArithInterpError, ValueError):
+    """An option or input of an analysis method outside what it accepts."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from arithinterp.errors import MethodError
 from arithinterp.models import Model
 from arithinterp.results import ResultMeta
 
@@ -38,7 +39,7 @@ def make_meta(
 def token_batches(tokenized: Any, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(tokens, answer_tokens)`` in batches of at most ``batch_size`` prompts."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise MethodError(f"batch_size must be >= 1, got {batch_size}")
     n = tokenized.tokens.shape[0]
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)

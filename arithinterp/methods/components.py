@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 import torch
 import xarray as xr
 
-from arithinterp.errors import ArithInterpError
+from arithinterp.errors import ArithInterpError, MethodError
 from arithinterp.methods._common import make_meta
 from arithinterp.models import Model, Site
 from arithinterp.results import Result, bootstrap_ci
@@ -174,7 +174,7 @@ def direct_logit_attribution(
     if answer != "single":
         raise ArithInterpError(f"answer must be 'single', got {answer!r}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise MethodError(f"batch_size must be >= 1, got {batch_size}")
     tokens, ans = _answer_tokens(model, prompts, answer)
     other = _against_tokens(model, against, len(ans), answer)
     s = model.shape

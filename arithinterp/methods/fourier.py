@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 import torch
 import xarray as xr
 
-from arithinterp.errors import ArithInterpError, SiteError
+from arithinterp.errors import ArithInterpError, MethodError, SiteError
 from arithinterp.methods._common import make_meta
 from arithinterp.models import Model, Site
 from arithinterp.results import Result, ResultMeta, resultclass
@@ -41,7 +41,7 @@ def fourier_basis(p: int) -> torch.Tensor:
     alone, its ``sin`` being zero). Row labels: :func:`fourier_basis_labels`.
     """
     if p < 2:
-        raise ValueError(f"p must be >= 2, got {p}")
+        raise MethodError(f"p must be >= 2, got {p}")
     n = torch.arange(p, dtype=torch.float64)
     rows = [torch.ones(p, dtype=torch.float64)]
     for k in range(1, p // 2 + 1):
@@ -201,7 +201,7 @@ def key_frequencies_from_activations(
 ) -> KeyFrequencyResult:
     """:func:`key_frequencies` on given activations ``[p, p, n_neurons]`` over ``(a, b)``."""
     if acts.ndim != 3 or acts.shape[0] != acts.shape[1]:
-        raise ValueError(f"activations must be [p, p, neuron], got {tuple(acts.shape)}")
+        raise MethodError(f"activations must be [p, p, neuron], got {tuple(acts.shape)}")
     frac = block_fractions(acts.double())
     explained, best = frac.max(dim=-1)
     coords = {"neuron": np.arange(acts.shape[-1])}
@@ -227,7 +227,7 @@ def key_frequencies(
     the largest fraction of its variance.
     """
     if not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        raise MethodError(f"threshold must be in (0, 1], got {threshold}")
     layer = model.shape.n_layers - 1 if layer is None else layer
     acts = _grid_activations(model, Site("mlp_post", layer, pos=-1), modadd_tokens(p))
     meta = make_meta("key_frequencies", model, options={"p": p, "threshold": threshold, "layer": layer})
@@ -251,7 +251,7 @@ def key_frequency_component(logits: torch.Tensor, freqs: Sequence[int]) -> torch
     out = torch.zeros_like(logits)
     for k in sorted(set(int(f) for f in freqs)):
         if not 1 <= k <= p // 2:
-            raise ValueError(f"frequency {k} outside 1..{p // 2}")
+            raise MethodError(f"frequency {k} outside 1..{p // 2}")
         for direction in (torch.cos(k * phase), torch.sin(k * phase)):
             norm2 = direction.pow(2).sum()
             if norm2 > 1e-9:  # sin vanishes at k = p/2 for even p
@@ -487,7 +487,7 @@ def fourier_spectrum(values: torch.Tensor | np.ndarray, *, meta: ResultMeta | No
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError(f"values must be [N] or [N, d] with N >= 2, got {tuple(x.shape)}")
+        raise MethodError(f"values must be [N] or [N, d] with N >= 2, got {tuple(x.shape)}")
     n = x.shape[0]
     coef = fourier_basis(n) @ (x - x.mean(dim=0))
     row_power = coef.pow(2).sum(dim=1)
@@ -503,7 +503,7 @@ def embedding_spectrum(
     """Spectrum of the embedding rows (or unembedding columns) of the number tokens ``numbers``
     (token ids, in numeric order)."""
     if matrix not in ("W_E", "W_U"):
-        raise ValueError(f"matrix must be 'W_E' or 'W_U', got {matrix!r}")
+        raise MethodError(f"matrix must be 'W_E' or 'W_U', got {matrix!r}")
     w = model.weights()
     ids = torch.as_tensor(list(numbers))
     rows = w.W_E[ids] if matrix == "W_E" else w.W_U[:, ids].T
@@ -523,7 +523,7 @@ def activation_spectrum(model: Model, site: Site, tokens: torch.Tensor) -> Spect
     if acts.ndim == 2:
         return fourier_spectrum(acts, meta=meta)
     if acts.ndim != 3 or acts.shape[0] != acts.shape[1]:
-        raise ValueError(f"tokens must be [N, seq] or [N, N, seq], got {tuple(tokens.shape)}")
+        raise MethodError(f"tokens must be [N, seq] or [N, N, seq], got {tuple(tokens.shape)}")
     centred = acts - acts.mean(dim=(0, 1), keepdim=True)
     total = centred.pow(2).sum(dim=(0, 1))
     power = (block_fractions(acts) * total.unsqueeze(-1)).sum(dim=0)

@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 import torch
 import xarray as xr
 
-from arithinterp.errors import SiteError
+from arithinterp.errors import MethodError, SiteError
 from arithinterp.methods._common import make_meta
 from arithinterp.models import Model, Site
 from arithinterp.results import Result, ResultMeta, resultclass
@@ -86,7 +86,7 @@ class HelixFit:
         """Fitted activations ``[N, d]`` for operand ``values`` (``"pca"`` needs the activations)."""
         if self.kind == "pca":
             if activations is None:
-                raise ValueError("a 'pca' fit projects activations: pass them")
+                raise MethodError("a 'pca' fit projects activations: pass them")
             x = activations.double() - self.mean_
             return self.mean_ + (x @ self.components_.T) @ self.components_
         feats = torch.as_tensor(_features(self.kind, values, self.periods))
@@ -112,7 +112,7 @@ def fit_helix(
 ) -> HelixFit:
     """Fit ``site``'s activation on ``tokens`` (one prompt per entry of ``values``) as a helix in ``a``."""
     if kind not in HELIX_KINDS:
-        raise ValueError(f"kind must be one of {HELIX_KINDS}, got {kind!r}")
+        raise MethodError(f"kind must be one of {HELIX_KINDS}, got {kind!r}")
     h = _site_activations(model, site, tokens)
     return fit_helix_to_activations(h, values, periods=periods, kind=kind, n_pca=n_pca)
 
@@ -265,7 +265,7 @@ def fourier_filter(
     n = w.shape[1]
     bad = [k for k in remove if not 1 <= int(k) <= n // 2]
     if bad:
-        raise ValueError(f"frequencies {bad} outside 1..{n // 2}")
+        raise MethodError(f"frequencies {bad} outside 1..{n // 2}")
     drop = torch.as_tensor(np.isin(basis_freqs(n), [int(k) for k in remove]))
     if not bool(drop.any()):
         return x.clone()
@@ -291,7 +291,7 @@ def filter_bands(n: int, cutoff_period: float = 10.0) -> dict[str, list[int]]:
     all-pass filter). The constant (``k = 0``) is in no band: it moves every number's
     logit together and says nothing about which number."""
     if cutoff_period <= 0:
-        raise ValueError(f"cutoff_period must be > 0, got {cutoff_period}")
+        raise MethodError(f"cutoff_period must be > 0, got {cutoff_period}")
     ks = range(1, n // 2 + 1)
     return {
         "low": [k for k in ks if n / k > cutoff_period],
@@ -387,19 +387,19 @@ def fourier_filter_ablation(
     """
     unknown = [b for b in bands if b not in FILTER_BANDS]
     if unknown:
-        raise ValueError(f"bands {unknown} unknown; valid bands: {list(FILTER_BANDS)}")
+        raise MethodError(f"bands {unknown} unknown; valid bands: {list(FILTER_BANDS)}")
     answers = torch.as_tensor(answers).reshape(-1).cpu()
     if tokens.ndim != 2 or tokens.shape[0] != answers.shape[0]:
-        raise ValueError(f"tokens must be [batch, seq] with one answer per prompt; got tokens "
+        raise MethodError(f"tokens must be [batch, seq] with one answer per prompt; got tokens "
                          f"{tuple(tokens.shape)} and {answers.shape[0]} answers")
     n_layers = model.shape.n_layers
     layers = list(range(n_layers)) if layers is None else [int(x) for x in layers]
     bad = [x for x in layers if not 0 <= x < n_layers]
     if bad:
-        raise ValueError(f"layers {bad} outside 0..{n_layers - 1}")
+        raise MethodError(f"layers {bad} outside 0..{n_layers - 1}")
     numbers = list(numbers)
     if len(numbers) < 3:
-        raise ValueError("need at least 3 number tokens for a Fourier basis over numbers")
+        raise MethodError("need at least 3 number tokens for a Fourier basis over numbers")
     w_num = model.weights().W_U[:, torch.as_tensor(numbers)].detach().double().cpu()
     removed = filter_bands(len(numbers), cutoff_period)
     unfiltered = _accuracy(model.logits(tokens), answers, pos)

@@ -27,7 +27,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from arithinterp.errors import TokenizationError
+from arithinterp.errors import MethodError, TokenizationError
 from arithinterp.methods._common import make_meta, token_batches
 from arithinterp.models import Model, Site
 from arithinterp.results import Result
@@ -331,7 +331,7 @@ def run_lens(
     """The lens loop shared by the logit lens and the tuned lens: ``readout``
     maps the stacked residual streams to logits."""
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise MethodError(f"k must be >= 1, got {k}")
     number_ids = None
     if numbers is not False:
         _, ids = number_token_ids(model, prompts, numbers)

@@ -21,7 +21,7 @@ from typing import Literal, get_args
 
 import torch
 
-from arithinterp.errors import TokenizationError
+from arithinterp.errors import MethodError, TokenizationError
 from arithinterp.tasks import PromptPairs, tokenize
 
 AnswerMode = Literal["multi", "single"]
@@ -137,7 +137,7 @@ def resolve_metric(metric: str | MetricFn) -> tuple[str, MetricFn]:
     if callable(metric):
         return getattr(metric, "__name__", "custom"), metric
     if metric not in _BUILTIN:
-        raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)} or a callable")
+        raise MethodError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)} or a callable")
     return metric, _BUILTIN[metric]
 
 
@@ -145,7 +145,7 @@ def normalise(values: torch.Tensor, clean_mean: float, corrupt_mean: float) -> t
     """Rescale so that the corrupt run's mean is 0 and the clean run's mean is 1."""
     denom = clean_mean - corrupt_mean
     if abs(denom) < 1e-12:
-        raise ValueError(
+        raise MethodError(
             "clean and corrupt runs score the same on this metric, so it cannot be normalised; "
             "use normalize=False or pairs whose answers differ"
         )

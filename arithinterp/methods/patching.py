@@ -29,7 +29,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from arithinterp.errors import SiteError
+from arithinterp.errors import MethodError, SiteError
 from arithinterp.methods._common import make_meta
 from arithinterp.methods.metrics import (
     AnswerMode,
@@ -190,12 +190,12 @@ def patch_activations(
         progress: show progress bars.
     """
     if direction not in ("denoise", "noise"):
-        raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+        raise MethodError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     if engine not in ("fast", "literal"):
-        raise ValueError(f"engine must be 'fast' or 'literal', got {engine!r}")
+        raise MethodError(f"engine must be 'fast' or 'literal', got {engine!r}")
     relative = metric == "relative_prob"
     if relative and normalize:
-        raise ValueError(
+        raise MethodError(
             "metric='relative_prob' is already relative to the unpatched run; pass normalize=False"
         )
     metric_name, metric_fn = ("relative_prob", prob) if relative else resolve_metric(metric)

@@ -27,7 +27,7 @@ import xarray as xr
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from arithinterp.errors import ArithInterpError, ResultError
+from arithinterp.errors import ArithInterpError, MethodError, ResultError
 from arithinterp.methods._common import make_meta, token_batches
 from arithinterp.methods.lens import LensResult, Readout, lens_sites, run_lens
 from arithinterp.models import Model
@@ -166,7 +166,7 @@ def train_tuned_lens(
         progress: show a progress bar.
     """
     if steps < 0 or lr <= 0 or batch_positions < 1:
-        raise ValueError(f"need steps >= 0, lr > 0, batch_positions >= 1; got {steps}, {lr}, {batch_positions}")
+        raise MethodError(f"need steps >= 0, lr > 0, batch_positions >= 1; got {steps}, {lr}, {batch_positions}")
     n_layers, d = model.shape.n_layers, model.shape.d_model
     with torch.no_grad():
         resid = _residuals(model, prompts, batch_size)  # [depth, N, d]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from arithinterp.errors import SiteError, TokenizationError
+from arithinterp.errors import MethodError, SiteError, TokenizationError
 from arithinterp.models.backends.base import Backend, HookFn, Weights, execution_order
 from arithinterp.models.site import ModelShape, Site, all_sites
 
@@ -196,7 +196,7 @@ class Model:
             logits = self._run(tokens, patches or {}, cache_sites=sites, keep=keep, grad=True, leaf=True)
             value = metric(logits)
             if value.ndim != 0:
-                raise ValueError(f"metric must return a scalar, got shape {tuple(value.shape)}")
+                raise MethodError(f"metric must return a scalar, got shape {tuple(value.shape)}")
             wholes = list(dict.fromkeys(s.whole() for s in sites))
             grads = torch.autograd.grad(value, [keep[w] for w in wholes], allow_unused=True)
         by_whole = {
