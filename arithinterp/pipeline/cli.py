@@ -21,9 +21,9 @@ def _root() -> None:
 @app.command()
 def version() -> None:
     """Print the versions of arithinterp and the libraries it runs on."""
-    from arithinterp.pipeline.runner import versions
+    from arithinterp.results.meta import library_versions
 
-    for name, value in versions().items():
+    for name, value in library_versions().items():
         typer.echo(f"{name} {value}")
 
 

@@ -374,7 +374,7 @@ class PipelineConfig(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"steps: names must be unique; repeated: {dupes} (set `name:` on steps)")
-        if "report" in names and any(s.kind != "report" and step_name(s, 0) == "report" for s in self.steps):
+        if "report" in names and any(s.kind != "report" and step_name(s) == "report" for s in self.steps):
             raise ValueError("steps: the name 'report' is reserved for the report step")
         return self
 
@@ -399,7 +399,7 @@ class PipelineConfig(_Strict):
         return step.pairs if step.pairs is not None else self.pairs
 
     def step_names(self) -> list[str]:
-        return [step_name(s, i) for i, s in enumerate(self.steps)]
+        return [step_name(s) for s in self.steps]
 
     def fingerprint(self, step_index: int) -> str:
         """A hash of everything that determines a step's result (not its name, nor the task's name)."""
@@ -414,7 +414,7 @@ class PipelineConfig(_Strict):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def step_name(step: Any, index: int) -> str:
+def step_name(step: Any) -> str:
     return step.name or step.default_name()
 
 

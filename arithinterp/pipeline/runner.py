@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +42,7 @@ from arithinterp.pipeline.steps import STEPS, StepContext, seed_everything
 from arithinterp.reports import ReportSection, write_html_report
 from arithinterp.results import Result
 from arithinterp.results.io import atomic_dir, atomic_write_text
+from arithinterp.results.meta import library_versions
 from arithinterp.tasks import PromptPairs, PromptSet, generate, make_pairs, tokenize
 
 STEP_FILE = "step.json"
@@ -80,16 +79,6 @@ class RunSummary:
 
         found = [r for r in self.results.values() if isinstance(r, CircuitResult)]
         return found[-1] if found else None
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("arithinterp", "torch", "transformer_lens", "nnsight", "transformers"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
 
 
 def _task_name_error(err: ArithInterpError, where: str) -> ArithInterpError:
@@ -154,7 +143,7 @@ def preflight(config: PipelineConfig, *, progress: bool = False) -> tuple[Model,
         except ArithInterpError as err:
             raise _task_name_error(err, _task_where(config, name)) from None
     for index, step in enumerate(config.steps):
-        where = f"steps[{index}] ({step_name(step, index)})"
+        where = f"steps[{index}] ({step_name(step)})"
         try:
             ctx = inputs.context(step, model, config.seed, progress)
             check = STEPS[step.kind].check
@@ -303,7 +292,7 @@ def run_pipeline(
                     "parts": parts,
                     "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
                     "seconds": round(time.perf_counter() - clock, 3),
-                    "versions": versions(),
+                    "versions": library_versions(),
                 }
                 atomic_write_text(tmp / STEP_FILE, json.dumps(record, indent=2))
             summary.add(name, output if isinstance(output, dict) else {"": output})

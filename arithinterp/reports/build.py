@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from arithinterp.reports.runners import RUNNERS, Skip
 from arithinterp.reports.tables import head_table, neuron_table
 from arithinterp.results import Result
 from arithinterp.results.io import atomic_dir, to_jsonable
-from arithinterp.results.meta import package_version
+from arithinterp.results.meta import library_versions
 from arithinterp.tasks import PromptPairs, PromptSet, TaskSpec
 
 __all__ = ["AttributionReport", "build_report"]
@@ -136,16 +135,6 @@ def _parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _versions() -> dict[str, str]:
-    import plotly
-    import torch
-    import xarray
-
-    return {"arithinterp": package_version(), "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "pandas": pd.__version__, "xarray": xarray.__version__,
-            "plotly": plotly.__version__}
-
-
 def _top_prompts(results: dict[str, Result], prompts: PromptSet, labels: list[str]) -> dict[str, list[dict]]:
     """Per component: the prompts with the largest direct logit attribution."""
     dla = results.get("dla")
@@ -240,7 +229,7 @@ def build_report(
         "accuracy": accuracy.accuracy,
         "accuracy_per_digit": [float(x) for x in accuracy.per_digit.to_numpy()],
         "seed": seed,
-        "versions": _versions(),
+        "versions": library_versions(),
         "methods": ran,
         "skipped": skipped,
         "timings_s": timings,

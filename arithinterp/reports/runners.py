@@ -96,9 +96,8 @@ def _mediation(inp: ReportInputs, seed: int, progress: bool, results: dict[str, 
 def _dla(inp: ReportInputs, seed: int, progress: bool) -> dict[str, Result]:
     if inp.answer != "single":
         # The first answer token only: the logit the prompt's last position writes.
-        first = inp.prompts
         try:
-            return {"dla": direct_logit_attribution(inp.model, _first_token_answers(first, inp.model))}
+            return {"dla": direct_logit_attribution(inp.model, _first_token_answers(inp.prompts, inp.model))}
         except ArithInterpError as err:
             raise Skip(f"direct logit attribution needs one answer token: {err}") from err
     return {"dla": direct_logit_attribution(inp.model, inp.prompts)}
@@ -187,7 +186,7 @@ def grid_spec(spec: TaskSpec) -> TaskSpec:
     return spec
 
 
-def _grid_activations(model: Model, spec: TaskSpec, progress: bool) -> tuple[int, dict[Site, torch.Tensor]]:
+def _grid_activations(model: Model, spec: TaskSpec) -> tuple[int, dict[Site, torch.Tensor]]:
     """Head writes ``[p, p, head, d_model]`` and neuron activations ``[p, p, neuron]`` over the grid."""
     a, _b, _r, queries, _answers = operand_grid(spec)
     side = int(round(np.sqrt(len(a))))
@@ -234,7 +233,7 @@ def head_key_frequencies(writes: dict[int, torch.Tensor], meta_model: Model, sid
 def _fourier(inp: ReportInputs, seed: int, progress: bool) -> dict[str, Result]:
     spec = grid_spec(inp.prompts.spec)
     try:
-        side, acts = _grid_activations(inp.model, spec, progress)
+        side, acts = _grid_activations(inp.model, spec)
     except ArithInterpError as err:
         raise Skip(f"the operand grid cannot be batched: {err}") from err
     n = inp.model.shape.n_layers

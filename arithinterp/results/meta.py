@@ -26,6 +26,24 @@ def package_version() -> str:
         return "0+unknown"
 
 
+#: The libraries whose versions a run or report records.
+RECORDED_PACKAGES = ("arithinterp", "torch", "transformer_lens", "nnsight", "transformers", "numpy",
+                     "pandas", "xarray", "plotly")
+
+
+def library_versions() -> dict[str, str]:
+    """Python's and :data:`RECORDED_PACKAGES`' installed versions (``"not installed"`` if absent)."""
+    import platform
+
+    out = {"python": platform.python_version()}
+    for pkg in RECORDED_PACKAGES:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
