@@ -4,6 +4,22 @@ Methods never import transformer_lens or nnsight; they address activations by
 :class:`arithinterp.Site` through :class:`arithinterp.Model`.
 """
 
+# The built-in methods register on import, in this order (pipeline listings, report columns).
+# isort: off
+import arithinterp.methods.evaluate
+import arithinterp.methods.lens
+import arithinterp.methods.tuned_lens
+import arithinterp.methods.patching
+import arithinterp.methods.attribution
+import arithinterp.methods.edge_attribution
+import arithinterp.methods.mediation
+import arithinterp.methods.components
+import arithinterp.methods.probes
+import arithinterp.methods.fourier_analyses
+import arithinterp.methods.helix
+import arithinterp.methods.neurons
+import arithinterp.methods.circuits  # noqa: F401
+# isort: on
 from arithinterp.methods.ablation import (
     FaithfulnessResult,
     PathPatchingResult,
@@ -35,6 +51,7 @@ from arithinterp.methods.fourier import (
     progress_measures,
     restricted_loss,
 )
+from arithinterp.methods.fourier_analyses import FourierOptions, head_key_frequencies
 from arithinterp.methods.helix import (
     FourierFilterResult,
     HelixFit,
@@ -58,11 +75,29 @@ from arithinterp.methods.neurons import (
     HeuristicResult,
     NeuronMaps,
     classify_neurons,
+    find_heuristics,
+    grid_activations,
+    grid_spec,
     heuristic_knockout,
     neuron_maps,
 )
 from arithinterp.methods.patching import PatchingResult, patch_activations
 from arithinterp.methods.probes import LinearProbe, ProbeResult, control_columns, fit_probes
+from arithinterp.methods.registry import (
+    MethodSpec,
+    NotApplicable,
+    Options,
+    Panel,
+    ReportColumn,
+    ReportView,
+    RunContext,
+    get_method,
+    method_names,
+    methods,
+    register,
+    registered,
+    unregister,
+)
 from arithinterp.methods.tuned_lens import (
     LensKLResult,
     TunedLens,
@@ -72,6 +107,20 @@ from arithinterp.methods.tuned_lens import (
 )
 
 __all__ = [
+    # the registry
+    "MethodSpec",
+    "NotApplicable",
+    "Options",
+    "Panel",
+    "ReportColumn",
+    "ReportView",
+    "RunContext",
+    "get_method",
+    "method_names",
+    "methods",
+    "register",
+    "registered",
+    "unregister",
     "METRICS",
     "AttributionResult",
     "CNAResult",
@@ -138,6 +187,11 @@ __all__ = [
     "HeuristicResult",
     "NeuronMaps",
     "classify_neurons",
+    "find_heuristics",
+    "grid_activations",
+    "grid_spec",
+    "FourierOptions",
+    "head_key_frequencies",
     "heuristic_knockout",
     "neuron_maps",
 ]

@@ -50,6 +50,7 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 import xarray as xr
+from pydantic import Field
 from scipy import stats
 from tqdm.auto import tqdm
 
@@ -64,7 +65,23 @@ from arithinterp.methods.metrics import (
     resolve_metric,
     tokenize_pairs,
 )
-from arithinterp.methods.patching import Direction, PatchingResult, patch_activations, sweep_sites
+from arithinterp.methods.patching import (
+    REPORT_N_BOOT,
+    Direction,
+    PatchingResult,
+    SweepOptions,
+    check_pairs,
+    patch_activations,
+    sweep_sites,
+)
+from arithinterp.methods.registry import (
+    MethodSpec,
+    ReportColumn,
+    ReportView,
+    RunContext,
+    register,
+    site_values,
+)
 from arithinterp.models import Model, Site
 from arithinterp.models.site import HEAD_KINDS, LAYERLESS_KINDS, NEURON_KINDS
 from arithinterp.results import Result, bootstrap_ci
@@ -409,3 +426,40 @@ def _correlation(fn: Callable, a: np.ndarray, p: np.ndarray) -> float:
     if a.size < 2 or np.ptp(a) == 0 or np.ptp(p) == 0:
         return float("nan")
     return float(fn(a, p)[0])
+
+
+# -- registration ---------------------------------------------------------------------------------
+
+
+class AttributionOptions(SweepOptions):
+    """Options of :func:`attribution_patch` (AtP or EAP-IG)."""
+
+    metric: Literal["logit_diff", "logprob", "prob"] = "logit_diff"
+    method: AttributionMethod = "atp"
+    ig_steps: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+
+def _report_attribution(ctx: RunContext) -> dict:
+    batch = ctx.batch(ctx.answer)
+    common = dict(per_position=False, answer=ctx.answer, n_boot=REPORT_N_BOOT, seed=ctx.seed, progress=ctx.progress)
+    return {"attribution_heads": attribution_patch(ctx.model, batch, kind="attn_head", **common),
+            "attribution_neurons": attribution_patch(ctx.model, batch, kind="mlp_post", **common)}
+
+
+def _read_effect(result: AttributionResult, sites: list[Site]) -> np.ndarray:
+    return site_values(result.effect, sites)
+
+
+register(MethodSpec(
+    name="attribution", function=attribution_patch, inputs="pairs", result=AttributionResult,
+    options=AttributionOptions, aliases={"sites": "kind"}, check=check_pairs,
+    report=ReportView(
+        run=_report_attribution,
+        results=("attribution_heads", "attribution_neurons"),
+        columns=ReportColumn.pair("atp", "attribution_heads", "attribution_neurons", _read_effect,
+                                  "attribution patching estimate of the patching effect"),
+        figures={"attribution_heads": "Attribution patching (AtP): heads"},
+        order=20,
+    ),
+))

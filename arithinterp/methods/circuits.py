@@ -24,6 +24,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 import xarray as xr
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError
@@ -40,7 +41,15 @@ from arithinterp.methods.ablation import (
 )
 from arithinterp.methods.attribution import attribution_patch
 from arithinterp.methods.metrics import AnswerMode, PairBatch, tokenize_pairs
-from arithinterp.methods.patching import Direction, patch_activations
+from arithinterp.methods.patching import Direction, check_pairs, patch_activations
+from arithinterp.methods.registry import (
+    MethodSpec,
+    Options,
+    ReportColumn,
+    ReportView,
+    RunContext,
+    register,
+)
 from arithinterp.models import Model, Patch, Site
 from arithinterp.results import Result, resultclass
 from arithinterp.tasks import PromptPairs, PromptSet, tokenize
@@ -500,3 +509,56 @@ def circuit_figure(result: CircuitResult, edges: Result | None = None) -> go.Fig
                             f"{'undefined' if f is None else f'{f:.3f}'}",
                       xaxis_title="layer (attention, then MLP at +0.5)", yaxis={"visible": False})
     return fig
+
+
+# -- registration ---------------------------------------------------------------------------------
+
+#: Bootstrap resamples of the report's edge scores.
+REPORT_EDGE_N_BOOT = 200
+
+
+class CircuitOptions(Options):
+    """Options of :func:`discover_circuit` (circuit discovery to a faithfulness target)."""
+
+    components: list[ComponentKind] = Field(default_factory=lambda: ["attn_head", "mlp_out"], min_length=1)
+    score: Score = "patching"
+    grow: Grow = "topk"
+    target: float = Field(0.9, gt=0)
+    metric: FaithfulnessMetric = "nl"
+    max_size: int | None = Field(None, ge=1)
+    score_metric: Literal["logit_diff", "logprob", "prob"] = "logit_diff"
+    direction: Direction = "denoise"
+    answer: AnswerMode = "multi"
+    batch_size: int = Field(64, ge=1)
+
+
+def _report_circuit(ctx: RunContext) -> dict:
+    from arithinterp.methods.edge_attribution import edge_attribution_patch
+
+    pairs = ctx.require_pairs()
+    circuit = discover_circuit(ctx.model, pairs, ctx.prompts, target=float(ctx.params.get("target", 0.9)),
+                               answer=ctx.answer, progress=ctx.progress)
+    edges = edge_attribution_patch(ctx.model, ctx.batch(ctx.answer), answer=ctx.answer, n_boot=REPORT_EDGE_N_BOOT,
+                                   seed=ctx.seed, progress=ctx.progress)
+    return {"circuit": circuit, "circuit_edges": edges}
+
+
+def _read_in_circuit(result: CircuitResult, sites: list[Site]) -> np.ndarray:
+    """A head is in the circuit when it is a member; a neuron when it or its whole MLP is."""
+    members = set(result.circuit)
+    return np.array([component_label(s) in members
+                     or (s.neuron is not None and component_label(Site("mlp_out", s.layer)) in members)
+                     for s in sites])
+
+
+register(MethodSpec(
+    name="circuit", function=discover_circuit, inputs="pairs", result=CircuitResult, options=CircuitOptions,
+    check=check_pairs,
+    report=ReportView(
+        run=_report_circuit,
+        results=("circuit", "circuit_edges"),
+        columns=ReportColumn.pair("in_circuit", "circuit", "circuit", _read_in_circuit,
+                                  "member of the circuit (a neuron: or its whole MLP)"),
+        order=90,
+    ),
+))

@@ -21,9 +21,19 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 import xarray as xr
+from pydantic import Field
 
 from arithinterp.errors import ArithInterpError, MethodError
 from arithinterp.methods._common import make_meta
+from arithinterp.methods.registry import (
+    MethodSpec,
+    NotApplicable,
+    Options,
+    ReportColumn,
+    ReportView,
+    RunContext,
+    register,
+)
 from arithinterp.models import Model, Site
 from arithinterp.results import Result, bootstrap_ci
 from arithinterp.tasks import PromptSet, tokenize
@@ -354,3 +364,55 @@ def comparative_neuron_analysis(
                      options={"head": list(head), "layer": layer, "batch_size": batch_size})
     return CNAResult(values=imp_clean - imp_ablated, meta=meta,
                      extras={"imp_clean": imp_clean, "imp_ablated": imp_ablated})
+
+
+# -- registration ---------------------------------------------------------------------------------
+
+
+class DLAOptions(Options):
+    """Options of :func:`direct_logit_attribution` from a pipeline (the answer logit alone)."""
+
+    batch_size: int = Field(256, ge=1)
+
+
+def _first_token_answers(prompts: PromptSet, model: Model) -> PromptSet:
+    """The prompts with each answer cut to its first token (DLA reads the prompt's last position)."""
+    tok = model.tokenizer
+    firsts = [tok.decode(tok(a, add_special_tokens=False)["input_ids"][:1]) for a in prompts.answers]
+    frame = prompts.frame.copy()
+    frame["answer_text"] = firsts
+    return PromptSet.from_frame(prompts.spec, frame)
+
+
+def _report_dla(ctx: RunContext) -> dict:
+    if ctx.answer == "single":
+        return {"dla": direct_logit_attribution(ctx.model, ctx.prompts)}
+    try:  # the first answer token only: the logit the prompt's last position writes
+        return {"dla": direct_logit_attribution(ctx.model, _first_token_answers(ctx.prompts, ctx.model))}
+    except ArithInterpError as err:
+        raise NotApplicable(f"direct logit attribution needs one answer token: {err}") from err
+
+
+def _read_dla(result: DLAResult, sites: list[Site]) -> np.ndarray:
+    """Mean DLA of each head / neuron site (matched on the component's kind, layer and index)."""
+    mean = result.extras["mean"]
+    kinds = mean.coords["kind"].values
+    layers = mean.coords["comp_layer"].values
+    index = {("head", int(layers[i]), int(mean.coords["comp_head"].values[i])): i
+             for i in range(len(kinds)) if kinds[i] == "head"}
+    index.update({("neuron", int(layers[i]), int(mean.coords["comp_neuron"].values[i])): i
+                  for i in range(len(kinds)) if kinds[i] == "neuron"})
+    data = np.asarray(mean.values, dtype=float)
+    keys = [("head", s.layer, s.head) if s.head is not None else ("neuron", s.layer, s.neuron) for s in sites]
+    return np.array([data[index[k]] if k in index else np.nan for k in keys])
+
+
+register(MethodSpec(
+    name="dla", function=direct_logit_attribution, inputs="prompts", result=DLAResult, options=DLAOptions,
+    report=ReportView(
+        run=_report_dla,
+        columns=ReportColumn.pair("dla", "dla", "dla", _read_dla, "mean direct logit attribution"),
+        figures={"dla": "Direct logit attribution"},
+        order=40,
+    ),
+))

@@ -55,6 +55,7 @@ from arithinterp.methods.attribution import (
 )
 from arithinterp.methods.metrics import AnswerMode, MetricFn, PairBatch
 from arithinterp.methods.patching import Direction
+from arithinterp.methods.registry import MethodSpec, register
 from arithinterp.models import Model, Site
 from arithinterp.results import Result, bootstrap_ci
 from arithinterp.tasks import PromptPairs
@@ -248,3 +249,9 @@ def _check_names(given: Sequence[str], valid: tuple[str, ...], what: str) -> tup
     if bad or not given:
         raise ConfigError(f"{what} {bad or 'must not be empty'}: valid {what} are {', '.join(valid)}")
     return given
+
+
+# -- registration ---------------------------------------------------------------------------------
+
+register(MethodSpec(name="edge_attribution", function=edge_attribution_patch, inputs="pairs",
+                    result=EdgeAttributionResult))

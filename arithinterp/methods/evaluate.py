@@ -15,12 +15,14 @@ import plotly.graph_objects as go
 import torch
 import xarray as xr
 from plotly.subplots import make_subplots
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from arithinterp.methods._common import make_meta, token_batches
+from arithinterp.methods.registry import MethodSpec, Options, register
 from arithinterp.models import Model
 from arithinterp.results import Result
-from arithinterp.tasks import PromptSet, tokenize
+from arithinterp.tasks import PromptSet, TokenizedPrompts, tokenize
 
 
 class EvalResult(Result):
@@ -107,7 +109,13 @@ def evaluate(model: Model, prompts: PromptSet, *, batch_size: int = 256, progres
         batch_size: prompts per forward pass.
         progress: show a progress bar.
     """
-    tokenized = tokenize(prompts, model.tokenizer, answer="multi")
+    return evaluate_tokenized(model, prompts, tokenize(prompts, model.tokenizer, answer="multi"),
+                              batch_size=batch_size, progress=progress)
+
+
+def evaluate_tokenized(model: Model, prompts: PromptSet, tokenized: TokenizedPrompts, *, batch_size: int = 256,
+                       progress: bool = True) -> EvalResult:
+    """:func:`evaluate` on prompts already tokenized with their whole answers (``answer="multi"``)."""
     positions = tokenized.answer_positions
     correct, logprob = [], []
     for batch, answers in tqdm(
@@ -125,3 +133,15 @@ def evaluate(model: Model, prompts: PromptSet, *, batch_size: int = 256, progres
     extras = {"logprob": xr.DataArray(torch.cat(logprob).numpy(), dims=values.dims, coords=values.coords)}
     meta = make_meta("evaluate", model, prompts, options={"batch_size": batch_size})
     return EvalResult(values=values, meta=meta, extras=extras)
+
+
+# -- registration ---------------------------------------------------------------------------------
+
+class EvaluateOptions(Options):
+    """Options of :func:`evaluate`."""
+
+    batch_size: int = Field(256, ge=1)
+
+
+register(MethodSpec(name="evaluate", function=evaluate, inputs="prompts", result=EvalResult,
+                    options=EvaluateOptions))

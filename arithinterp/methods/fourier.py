@@ -163,6 +163,8 @@ class KeyFrequencyResult(Result):
         return float(self.extras["clustered"].values.mean())
 
     def plot(self) -> go.Figure:
+        if "head" in self.values.dims:
+            return self._head_plot()
         frame = self.to_frame()
         fig = go.Figure(
             go.Scatter(
@@ -180,6 +182,20 @@ class KeyFrequencyResult(Result):
             xaxis_title="best frequency k",
             yaxis_title="fraction of neuron variance in its 3×3 block",
         )
+        return fig
+
+    def _head_plot(self) -> go.Figure:
+        """Heads (:func:`~arithinterp.methods.head_key_frequencies`): explained share per layer x head."""
+        v = self.values.transpose("layer", "head")
+        freq = self.extras["key_freq"].transpose("layer", "head").values
+        fig = go.Figure(go.Heatmap(
+            z=v.values, x=[f"H{h}" for h in v.coords["head"].values], y=[f"L{la}" for la in v.coords["layer"].values],
+            text=[[f"k={k}" for k in row] for row in freq], texttemplate="%{text}", zmin=0, zmax=1,
+            colorscale="Viridis", colorbar={"title": "explained"},
+            hovertemplate="%{y}%{x}<br>%{text}<br>explained %{z:.3f}<extra></extra>",
+        ))
+        fig.update_layout(title="heads: share of the write's variance in the best frequency's 2D block",
+                          yaxis={"autorange": "reversed"})
         return fig
 
     @classmethod

@@ -21,9 +21,12 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 import xarray as xr
+from pydantic import Field
 
 from arithinterp.errors import MethodError, SiteError
 from arithinterp.methods._common import make_meta
+from arithinterp.methods.lens import number_tokens
+from arithinterp.methods.registry import MethodSpec, Options, RunContext, check_layer, register
 from arithinterp.models import Model, Site
 from arithinterp.results import Result, ResultMeta, resultclass
 
@@ -432,3 +435,73 @@ def fourier_filter_ablation(
     )
     extras = {"drop": xr.DataArray(unfiltered - acc, dims=values.dims, coords=values.coords)}
     return FourierFilterResult(values=values, meta=meta, extras=extras, unfiltered=unfiltered)
+
+
+# -- registration ---------------------------------------------------------------------------------
+
+ResidKind = Literal["resid_pre", "resid_mid", "resid_post"]
+
+
+class HelixOptions(Options):
+    """Helix fits of an operand's representation (Kantamneni & Tegmark 2025), judged by patching the
+    fitted activation into the corrupt prompts (:func:`fit_helix`, :func:`patch_with_fit`).
+
+    Fits on the task's prompts at ``site`` (layer ``layer``, position ``pos`` of operand a):
+    ``kinds`` with ``periods``; ``own_periods: k`` adds a helix on the embedding spectrum's ``k``
+    strongest periods; ``shuffled`` adds the shuffled-value control.
+    """
+
+    site: ResidKind = "resid_pre"
+    layer: int = Field(0, ge=0)
+    pos: int = 0
+    periods: list[float] = Field(default_factory=lambda: [2.0, 5.0, 10.0, 100.0], min_length=1)
+    kinds: list[Literal["helix", "circle", "pca"]] = Field(
+        default_factory=lambda: ["helix", "circle", "pca"], min_length=1)
+    own_periods: int = Field(4, ge=0)
+    shuffled: bool = True
+    n_pca: int = Field(100, ge=1)
+
+
+def _helix_data(ctx: RunContext):
+    pairs = ctx.require_pairs()
+    batch = ctx.batch("single")
+    column = "operand_a" if pairs.operand != "b" else "operand_b"
+    fit_tokens = ctx.tokens("single").prompt_tokens
+    fit_values = ctx.prompts.frame[column].to_numpy()
+    clean_values = pairs.clean.frame[column].to_numpy()
+    return batch, fit_tokens, fit_values, clean_values
+
+
+def _check_helix(ctx: RunContext, options: HelixOptions) -> None:
+    check_layer(ctx.model, options.layer)
+    _helix_data(ctx)
+    if options.own_periods:
+        number_tokens(ctx.model, ctx.spec, "W_E")
+
+
+def _run_helix(ctx: RunContext, options: HelixOptions) -> HelixPatchResult:
+    from arithinterp.methods.fourier import embedding_spectrum
+
+    batch, fit_tokens, fit_values, clean_values = _helix_data(ctx)
+    site = Site(options.site, options.layer, pos=options.pos)
+    periods = tuple(options.periods)
+    fits = {kind: fit_helix(ctx.model, site, fit_values, tokens=fit_tokens, periods=periods, kind=kind,
+                            n_pca=options.n_pca) for kind in options.kinds}
+    if options.own_periods:
+        _, ids = number_tokens(ctx.model, ctx.spec, "W_E")
+        strongest = embedding_spectrum(ctx.model, ids.tolist()).top_periods(options.own_periods)
+        own = tuple(round(t, 4) for t, _ in strongest)
+        fits["helix_own_periods"] = fit_helix(ctx.model, site, fit_values, tokens=fit_tokens, periods=own,
+                                              n_pca=options.n_pca)
+    if options.shuffled:
+        rng = np.random.default_rng(ctx.seed)
+        fits["helix_shuffled"] = fit_helix(ctx.model, site, rng.permutation(fit_values), tokens=fit_tokens,
+                                           periods=periods, n_pca=options.n_pca)
+    return patch_with_fit(ctx.model, site, fits, clean_tokens=batch.clean, corrupt_tokens=batch.corrupt,
+                          clean_values=clean_values, answer_ids=batch.clean_answer[:, 0])
+
+
+register(MethodSpec(
+    name="helix", function=fit_helix, inputs="pairs", result=HelixPatchResult, options=HelixOptions,
+    step_only=frozenset(HelixOptions.model_fields), run=_run_helix, check=_check_helix,
+))

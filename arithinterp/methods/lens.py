@@ -25,13 +25,21 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 import xarray as xr
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from arithinterp.errors import MethodError, TokenizationError
 from arithinterp.methods._common import make_meta, token_batches
+from arithinterp.methods.registry import MethodSpec, Options, ReportView, RunContext, register
 from arithinterp.models import Model, Site
 from arithinterp.results import Result
-from arithinterp.tasks import PromptSet, detect_number_tokenization, single_token_id, tokenize
+from arithinterp.tasks import (
+    PromptSet,
+    TaskSpec,
+    detect_number_tokenization,
+    single_token_id,
+    tokenize,
+)
 
 #: Maps the stacked residual stream ``[batch, layer, pos, d_model]`` to lens logits.
 Readout = Callable[[torch.Tensor], torch.Tensor]
@@ -388,3 +396,53 @@ def run_lens(
         options["numbers"] = True if numbers is True else [int(n) for n in numbers]
     meta = make_meta(method, model, prompts, options=options, extra=extra_meta)
     return LensResult(values=values, meta=meta, extras=extras)
+
+
+def number_tokens(model: Model, spec: TaskSpec, matrix: str, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Number tokens ``0..N-1`` in numeric order: ``n``, else the task's operands (W_E), else all."""
+    numbers, ids = number_token_ids(model)
+    order = np.argsort(numbers)
+    numbers, ids = np.asarray(numbers)[order], np.asarray(ids)[order]
+    if n is None and matrix == "W_E":
+        n = spec.p if spec.operation == "modadd" else (spec.operand_range[1] + 1 if spec.operand_range else None)
+    if n is not None:
+        if n > len(numbers) or not np.array_equal(numbers[:n], np.arange(n)):
+            raise MethodError(f"numbers: {n} needs the single-token numbers 0..{n - 1}; this tokenizer has "
+                              f"{len(numbers)} number tokens")
+        numbers, ids = numbers[:n], ids[:n]
+    return numbers, ids
+
+
+
+# -- registration ---------------------------------------------------------------------------------
+
+class LogitLensOptions(Options):
+    """Options of :func:`logit_lens`; ``numbers`` restricts it to number tokens."""
+
+    k: int = Field(5, ge=1, le=50)
+    numbers: bool = False
+    batch_size: int = Field(256, ge=1)
+
+
+class NumberLensOptions(Options):
+    """Options of :func:`number_lens`."""
+
+    batch_size: int = Field(256, ge=1)
+
+
+def _check_numbers(ctx: RunContext, options) -> None:
+    if getattr(options, "numbers", True):
+        number_token_ids(ctx.model, ctx.prompts)
+
+
+def _report_logit_lens(ctx: RunContext) -> dict:
+    return {"logit_lens": logit_lens(ctx.model, ctx.prompts, progress=ctx.progress)}
+
+
+register(MethodSpec(
+    name="logit_lens", function=logit_lens, inputs="prompts", result=LensResult, options=LogitLensOptions,
+    check=_check_numbers,
+    report=ReportView(run=_report_logit_lens, figures={"logit_lens": "Logit lens"}, order=80),
+))
+register(MethodSpec(name="number_lens", function=number_lens, inputs="prompts", result=NumberLensResult,
+                    options=NumberLensOptions, check=_check_numbers))

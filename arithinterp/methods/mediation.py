@@ -58,12 +58,21 @@ import plotly.graph_objects as go
 import torch
 import xarray as xr
 from plotly.subplots import make_subplots
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError
 from arithinterp.methods._common import make_meta
 from arithinterp.methods.metrics import AnswerMode, tokenize_pairs
-from arithinterp.methods.patching import sweep_sites
+from arithinterp.methods.patching import REPORT_N_BOOT, check_pairs, sweep_sites
+from arithinterp.methods.registry import (
+    MethodSpec,
+    Options,
+    ReportColumn,
+    ReportView,
+    RunContext,
+    register,
+)
 from arithinterp.models import Model, Site, select
 from arithinterp.results import Result, bootstrap_ci
 from arithinterp.tasks import PromptPairs
@@ -390,3 +399,55 @@ def mediate(
                "base_accuracy": float(base["correct_base"].mean())},
     )
     return MediationResult(values=values, meta=meta, extras=extras)
+
+
+# -- registration ---------------------------------------------------------------------------------
+
+#: Neurons given a mediation IE in a report: the top ones by |AtP| (each costs one patched run per pair).
+MEDIATION_NEURONS = 64
+
+
+class MediationOptions(Options):
+    """Options of :func:`mediate` (Stolfo et al. 2023)."""
+
+    components: tuple[Component, ...] = ("mlp_out", "attn_out")
+    per_position: bool = True
+    heads: bool = False
+    answer: AnswerMode = "single"
+    eps: float = Field(1e-10, ge=0)
+    batch_size: int = Field(64, ge=1)
+    n_boot: int = Field(1000, ge=1)
+
+
+def mediation_neurons(results: dict, model: Model) -> list[int]:
+    """Neuron indices given a mediation IE: the top :data:`MEDIATION_NEURONS` by |AtP| in any layer
+    (``results["attribution_neurons"]``), else the first ones."""
+    atp = results.get("attribution_neurons")
+    if atp is None:
+        return list(range(min(MEDIATION_NEURONS, model.shape.d_mlp)))
+    best = np.abs(atp.effect.transpose("layer", "neuron").values).max(0)
+    order = np.argsort(-best, kind="stable")[:MEDIATION_NEURONS]
+    return sorted(int(i) for i in order)
+
+
+def _report_mediation(ctx: RunContext) -> dict:
+    common = dict(per_position=False, answer=ctx.answer, n_boot=REPORT_N_BOOT, seed=ctx.seed, progress=ctx.progress)
+    pairs = ctx.require_pairs()
+    return {
+        "mediation": mediate(ctx.model, pairs, heads=True, **common),
+        "mediation_neurons": mediate(ctx.model, pairs, neurons=mediation_neurons(ctx.results, ctx.model), **common),
+    }
+
+
+register(MethodSpec(
+    name="mediation", function=mediate, inputs="pairs", result=MediationResult, options=MediationOptions,
+    check=check_pairs,
+    report=ReportView(
+        run=_report_mediation,
+        results=("mediation", "mediation_neurons"),
+        columns=ReportColumn.pair("mediation_ie", "mediation", "mediation_neurons",
+                                  description="Stolfo et al.'s indirect effect"),
+        figures={"mediation": "Causal mediation (Stolfo et al.): heads"},
+        order=30,
+    ),
+))

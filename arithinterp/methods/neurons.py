@@ -22,9 +22,20 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 import xarray as xr
+from pydantic import Field
 
-from arithinterp.errors import ArithInterpError
+from arithinterp.errors import ArithInterpError, SiteError
 from arithinterp.methods._common import make_meta
+from arithinterp.methods.registry import (
+    MethodSpec,
+    NotApplicable,
+    Options,
+    ReportColumn,
+    ReportView,
+    RunContext,
+    check_layer,
+    register,
+)
 from arithinterp.models import Model, Site
 from arithinterp.results import Result, ScalarTable, resultclass
 from arithinterp.tasks import TaskSpec
@@ -400,3 +411,167 @@ def heuristic_knockout(
     return ScalarTable.from_array(table, dims=("target", "stat"), meta=meta, metric="knockout",
                                   coords={"target": ["associated", "unassociated"],
                                           "stat": ["accuracy", "ablated_accuracy", "logprob_drop"]})
+
+
+# -- the operand grid of a task -------------------------------------------------------------------
+
+#: The largest operand domain (values per operand) the grid methods (Fourier, neuron maps) sweep.
+MAX_GRID_SIDE = 150
+
+
+def grid_spec(spec: TaskSpec) -> TaskSpec:
+    """``spec`` with an explicit operand grid, or :class:`NotApplicable` when it has none worth
+    sweeping (few-shot prompts, or more than :data:`MAX_GRID_SIDE` values per operand)."""
+    if spec.few_shot:
+        raise NotApplicable("few-shot prompts: the operand grid sweeps bare queries only")
+    if spec.operation == "modadd":
+        side = spec.p if spec.operand_range is None else spec.operand_range[1] - spec.operand_range[0] + 1
+    else:
+        side = spec.max_operand - spec.min_operand + 1
+        if spec.operand_range is None:
+            spec = spec.model_copy(update={"operand_range": (spec.min_operand, spec.max_operand)})
+    if side > MAX_GRID_SIDE:
+        raise NotApplicable(f"the operands take {side} values each (more than {MAX_GRID_SIDE}): no operand "
+                            f"grid small enough to sweep every (a, b)")
+    return spec
+
+
+def grid_activations(model: Model, spec: TaskSpec, sites: Sequence[Site], *,
+                     batch_size: int = 1024) -> tuple[int, dict[Site, torch.Tensor]]:
+    """Activations of ``sites`` (each at a fixed position) over the whole operand grid of ``spec``,
+    ``{site: [side, side, *activation]}`` float64 on the CPU, ``a`` major; and the grid's side."""
+    a, _b, _r, queries, _answers = operand_grid(spec)
+    side = int(round(np.sqrt(len(a))))
+    tokens = model.to_tokens(queries)
+    parts: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
+    for start in range(0, len(a), batch_size):
+        _, cache = model.run_with_cache(tokens[start:start + batch_size], list(sites))
+        for s in sites:
+            parts[s].append(cache[s].detach().double().cpu())
+    return side, {s: torch.cat(v).reshape(side, side, *v[0].shape[1:]) for s, v in parts.items()}
+
+
+# -- the whole analysis, as the pipeline and the report run it ------------------------------------
+
+#: Neurons whose K/KV maps :func:`find_heuristics` keeps (the best-classified ones): every
+#: neuron's maps would be ``d_mlp x |grid| x 2`` floats.
+KEEP_MAPS = 64
+
+
+def find_heuristics(
+    model: Model,
+    spec: TaskSpec,
+    *,
+    layer: int | None = None,
+    neurons: Sequence[int] | None = None,
+    threshold: float = 0.6,
+    moduli: Sequence[int] = tuple(range(2, 11)),
+    knockout: int = 3,
+    knockout_n: int = 100,
+    seed: int = 0,
+    batch_size: int = 1024,
+) -> dict[str, Result]:
+    """Nikankin et al.'s bag of heuristics on one MLP layer, end to end.
+
+    K/KV maps of ``layer``'s neurons (default: the last layer) over the operand grid
+    (:func:`neuron_maps`), classification at ``threshold`` (:func:`classify_neurons`), and a
+    knockout (:func:`heuristic_knockout`) of each of the ``knockout`` heuristics implemented by
+    the most neurons. Returns ``{"classification", "maps" (the :data:`KEEP_MAPS` best-classified
+    neurons), "knockout" (dims class, target, stat; absent when no neuron is classified)}``.
+    """
+    layer = model.shape.n_layers - 1 if layer is None else layer
+    maps = neuron_maps(model, spec, layer=layer, neurons=neurons, batch_size=batch_size)
+    classes = classify_neurons(maps, threshold=threshold, moduli=moduli)
+    implements = classes.extras["implements"]
+    counts = implements.sum("neuron").to_series().sort_values(ascending=False, kind="stable")
+    top = [str(h) for h, c in counts.items() if c > 0][:knockout]
+    out: dict[str, Result] = {"classification": classes}
+    best = classes.values.max("class").to_series()
+    classified = best[implements.any("class").to_series()].sort_values(ascending=False, kind="stable")
+    if len(classified):
+        out["maps"] = maps.select([int(n) for n in classified.index[:KEEP_MAPS]])
+    tables = [heuristic_knockout(model, spec, classes, h, n=knockout_n, seed=seed, batch_size=batch_size)
+              for h in top]
+    if tables:
+        data = np.stack([t.values.values for t in tables])
+        meta = tables[0].meta.replace(options={**tables[0].meta.options, "heuristic": top})
+        out["knockout"] = ScalarTable.from_array(
+            data, dims=("class", "target", "stat"), meta=meta, metric="knockout",
+            coords={"class": top, "target": tables[0].values.coords["target"].values,
+                    "stat": tables[0].values.coords["stat"].values})
+    return out
+
+
+# -- registration ---------------------------------------------------------------------------------
+
+
+class HeuristicsOptions(Options):
+    """Options of :func:`find_heuristics`."""
+
+    layer: int | None = Field(None, ge=0)
+    neurons: list[int] | None = None
+    threshold: float = Field(0.6, gt=0, le=1)
+    moduli: list[int] = Field(default_factory=lambda: list(range(2, 11)), min_length=1)
+    knockout: int = Field(3, ge=0)
+    knockout_n: int = Field(100, ge=1)
+    batch_size: int = Field(1024, ge=1)
+
+
+def _check_heuristics(ctx: RunContext, options: HeuristicsOptions) -> None:
+    check_layer(ctx.model, options.layer)
+    bad = [i for i in options.neurons or [] if not 0 <= i < ctx.model.shape.d_mlp]
+    if bad:
+        raise SiteError(f"neurons: {bad} outside 0..{ctx.model.shape.d_mlp - 1}")
+    *_, answers = operand_grid(ctx.spec)
+    tok = ctx.model.tokenizer
+    multi = sorted({t for t in set(answers) if len(tok(t, add_special_tokens=False)["input_ids"]) != 1})
+    if multi:
+        raise ArithInterpError(f"heuristics need every result to be one token; {len(multi)} are not "
+                               f"(e.g. {multi[:3]}); use a number-level tokenizer (zoo:add-2d-tok)")
+
+
+#: Report result names of :func:`find_heuristics`' parts.
+_REPORT_NAMES = {"classification": "heuristics", "maps": "neuron_maps", "knockout": "heuristic_knockout"}
+
+
+def _report_heuristics(ctx: RunContext) -> dict:
+    spec = grid_spec(ctx.spec)
+    try:
+        parts = find_heuristics(ctx.model, spec, seed=ctx.seed)
+    except ArithInterpError as err:
+        raise NotApplicable(f"neuron maps do not apply: {err}") from err
+    return {_REPORT_NAMES[k]: v for k, v in parts.items()}
+
+
+def _read_heuristic(result: HeuristicResult, sites: list[Site]) -> list[str]:
+    layer = int(result.values.coords["layer"])
+    known = {int(n) for n in result.values.coords["neuron"].values}
+    out = []
+    for s in sites:
+        found = result.neuron_heuristics(s.neuron) if s.layer == layer and s.neuron in known else []
+        out.append(found[0] if found else "")
+    return out
+
+
+def _read_heuristic_score(result: HeuristicResult, sites: list[Site]) -> np.ndarray:
+    layer = int(result.values.coords["layer"])
+    best = result.values.max("class")
+    known = {int(n) for n in best.coords["neuron"].values}
+    return np.array([float(best.sel(neuron=s.neuron)) if s.layer == layer and s.neuron in known else np.nan
+                     for s in sites])
+
+
+register(MethodSpec(
+    name="heuristics", function=find_heuristics, inputs="grid",
+    result=(HeuristicResult, NeuronMaps, ScalarTable), options=HeuristicsOptions, check=_check_heuristics,
+    report=ReportView(
+        run=_report_heuristics,
+        results=tuple(_REPORT_NAMES.values()),
+        columns=(ReportColumn("heuristic", "neurons", "heuristics", _read_heuristic,
+                              "the neuron's best heuristic (score >= the threshold)", missing=""),
+                 ReportColumn("heuristic_score", "neurons", "heuristics", _read_heuristic_score,
+                              "the neuron's best heuristic score")),
+        figures={"heuristics": "Neuron heuristics (Nikankin et al.)", "heuristic_knockout": "Heuristic knockout"},
+        order=70,
+    ),
+))

@@ -27,6 +27,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 import xarray as xr
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from arithinterp.errors import MethodError, SiteError
@@ -40,8 +41,17 @@ from arithinterp.methods.metrics import (
     resolve_metric,
     tokenize_pairs,
 )
+from arithinterp.methods.registry import (
+    MethodSpec,
+    Options,
+    ReportColumn,
+    ReportView,
+    RunContext,
+    read_extra,
+    register,
+)
 from arithinterp.models import Model, Site
-from arithinterp.models.site import HEAD_KINDS, LAYERLESS_KINDS, NEURON_KINDS, SITE_KINDS
+from arithinterp.models.site import HEAD_KINDS, LAYERLESS_KINDS, NEURON_KINDS, SITE_KINDS, SiteKind
 from arithinterp.results import Result, bootstrap_ci
 from arithinterp.tasks import PromptPairs
 
@@ -250,3 +260,56 @@ def patch_activations(
         extra={"clean_mean": clean_mean, "corrupt_mean": corrupt_mean},
     )
     return PatchingResult(values=values, meta=meta, extras=extras)
+
+
+# -- registration ---------------------------------------------------------------------------------
+
+#: Bootstrap resamples of the report's confidence intervals.
+REPORT_N_BOOT = 1000
+
+
+class SweepOptions(Options):
+    """Options shared by the site sweeps (patching and attribution patching); ``sites`` is the
+    function's ``kind``."""
+
+    sites: SiteKind = "attn_head"
+    per_position: bool = True
+    direction: Direction = "denoise"
+    normalize: bool = True
+    answer: AnswerMode = "multi"
+    n_boot: int = Field(1000, ge=1)
+
+
+class PatchingOptions(SweepOptions):
+    """Options of :func:`patch_activations`."""
+
+    metric: Literal["logit_diff", "logprob", "prob", "accuracy", "relative_prob"] = "logit_diff"
+    engine: Engine = "fast"
+    batch_size: int = Field(64, ge=1)
+
+
+def check_pairs(ctx: RunContext, options) -> None:
+    ctx.batch(getattr(options, "answer", "single"))
+
+
+def _report_patching(ctx: RunContext) -> dict:
+    batch = ctx.batch(ctx.answer)
+    common = dict(per_position=False, answer=ctx.answer, n_boot=REPORT_N_BOOT, seed=ctx.seed, progress=ctx.progress)
+    return {"patching_heads": patch_activations(ctx.model, batch, kind="attn_head", **common),
+            "patching_neurons": patch_activations(ctx.model, batch, kind="mlp_post", **common)}
+
+
+register(MethodSpec(
+    name="patching", function=patch_activations, inputs="pairs", result=PatchingResult, options=PatchingOptions,
+    aliases={"sites": "kind"}, check=check_pairs,
+    report=ReportView(
+        run=_report_patching,
+        results=("patching_heads", "patching_neurons"),
+        columns=(*ReportColumn.pair("patch_effect", "patching_heads", "patching_neurons",
+                                    description="exact activation patching effect (normalised)"),
+                 *ReportColumn.pair("patch_ci_low", "patching_heads", "patching_neurons", read_extra("ci_low")),
+                 *ReportColumn.pair("patch_ci_high", "patching_heads", "patching_neurons", read_extra("ci_high"))),
+        figures={"patching_heads": "Activation patching: heads", "patching_neurons": "Activation patching: neurons"},
+        order=10,
+    ),
+))

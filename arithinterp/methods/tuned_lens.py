@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import xarray as xr
+from pydantic import Field
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from arithinterp.errors import ArithInterpError, MethodError, ResultError
+from arithinterp.errors import ArithInterpError, ConfigError, MethodError, ResultError
 from arithinterp.methods._common import make_meta, token_batches
 from arithinterp.methods.lens import LensResult, Readout, lens_sites, run_lens
+from arithinterp.methods.registry import MethodSpec, Options, RunContext, register
 from arithinterp.models import Model
 from arithinterp.results import Result, ResultMeta
 from arithinterp.results.io import atomic_dir
@@ -278,3 +280,47 @@ def _residual_batches(model: Model, prompts: PromptSet, batch_size: int):
     for tokens, _ in token_batches(tokenized, batch_size):
         _, cache = model.run_with_cache(tokens, sites)
         yield torch.stack([cache[s] for s in sites], dim=1)
+
+
+# -- registration ---------------------------------------------------------------------------------
+
+
+class TunedLensOptions(Options):
+    """A tuned lens trained on the first ``train_fraction`` of the prompts
+    (:func:`train_tuned_lens`, ``train_steps`` its ``steps``), read (:func:`tuned_lens`, ``k``) and
+    compared with the logit lens by KL (:func:`lens_kl`) on the rest."""
+
+    train_steps: int = Field(500, ge=1)
+    lr: float = Field(0.01, gt=0)
+    batch_positions: int = Field(1024, ge=1)
+    train_fraction: float = Field(0.5, gt=0, lt=1)
+    k: int = Field(5, ge=1, le=50)
+    batch_size: int = Field(256, ge=1)
+
+
+def _lens_split(ctx: RunContext, options: TunedLensOptions) -> tuple[PromptSet, PromptSet]:
+    n_train = round(options.train_fraction * len(ctx.prompts))
+    if not 1 <= n_train < len(ctx.prompts):
+        raise ConfigError(f"train_fraction: {options.train_fraction} of {len(ctx.prompts)} prompts leaves "
+                          "no training or no held-out prompts; raise the task's n")
+    return ctx.prompts[:n_train], ctx.prompts[n_train:]
+
+
+def _run_tuned_lens(ctx: RunContext, options: TunedLensOptions) -> dict:
+    train, held_out = _lens_split(ctx, options)
+    lens = train_tuned_lens(ctx.model, train, steps=options.train_steps, lr=options.lr,
+                            batch_positions=options.batch_positions, seed=ctx.seed,
+                            batch_size=options.batch_size, progress=ctx.progress)
+    return {
+        "lens": lens,
+        "tuned_lens": tuned_lens(ctx.model, held_out, lens, k=options.k, batch_size=options.batch_size,
+                                 progress=ctx.progress),
+        "kl": lens_kl(ctx.model, held_out, lens, batch_size=options.batch_size),
+    }
+
+
+register(MethodSpec(
+    name="tuned_lens", function=train_tuned_lens, inputs="prompts", result=(TunedLens, LensResult, LensKLResult),
+    options=TunedLensOptions, aliases={"train_steps": "steps"}, step_only=frozenset({"train_fraction", "k"}),
+    run=_run_tuned_lens, check=_lens_split,
+))

@@ -1,46 +1,30 @@
 """The common conformance test every Result class must pass.
 
-Add the module that defines a new result class to ``RESULT_MODULES``; its
-classes register on import and are checked here through their ``example()``.
-A listed module must import: a broken one fails the suite instead of being
-silently skipped.
+The classes come from the method registry (:mod:`arithinterp.methods.registry`): importing
+:mod:`arithinterp.methods` registers every method, and with it the modules that define their
+result classes, which register on import. A method registered anywhere is covered with no
+edit here. Each class is checked through its ``example()``.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 
 import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
 
-RESULT_MODULES: list[str] = [
-    "arithinterp.results",
-    "arithinterp.methods.evaluate",
-    "arithinterp.methods.lens",
-    "arithinterp.methods.mediation",
-    "arithinterp.methods.ablation",
-    "arithinterp.methods.attribution",
-    "arithinterp.methods.edge_attribution",
-    "arithinterp.methods.patching",
-    "arithinterp.methods.probes",
-    "arithinterp.methods.fourier",
-    "arithinterp.methods.helix",
-    "arithinterp.methods.components",
-    "arithinterp.methods.neurons",
-    "arithinterp.methods.tuned_lens",
-    "arithinterp.methods.circuits",
-]
-
-for _module in RESULT_MODULES:
-    importlib.import_module(_module)
-
-from arithinterp.results import AXES, Result, ResultMeta, registered_result_classes  # noqa: E402
+from arithinterp.methods.registry import methods
+from arithinterp.results import AXES, Result, ResultMeta, registered_result_classes
 
 CLASSES = registered_result_classes()
+
+
+def test_every_registered_methods_result_class_is_checked() -> None:
+    declared = {cls for spec in methods().values() for cls in spec.result_classes if issubclass(cls, Result)}
+    assert declared and declared <= set(CLASSES)
 
 
 def test_registry_holds_the_generic_classes() -> None:
