@@ -38,7 +38,7 @@ from arithinterp.errors import ArithInterpError, ConfigError
 from arithinterp.models import Model, load_model
 from arithinterp.models.loading import resolve_spec
 from arithinterp.pipeline.config import PipelineConfig, step_name
-from arithinterp.pipeline.steps import STEPS, StepContext, seed_everything
+from arithinterp.pipeline.steps import RunContext, check_step, run_step, seed_everything
 from arithinterp.reports import ReportSection, write_html_report
 from arithinterp.results import Result
 from arithinterp.results.io import atomic_dir, atomic_write_text
@@ -114,11 +114,11 @@ class _Inputs:
                                          operand=spec.operand, seed=spec.seed, on_impossible=spec.on_impossible)
         return self.pairs[key]
 
-    def context(self, step: Any, model: Model, seed: int, progress: bool) -> StepContext:
+    def context(self, step: Any, model: Model, seed: int, progress: bool) -> RunContext:
         task = self.config.task_name(step)
-        return StepContext(model=model, model_spec=self.config.model, spec=self.config.task_specs()[task],
-                           prompts=self.task_prompts(task), pairs=self.step_pairs(step), seed=seed,
-                           progress=progress)
+        return RunContext(model=model, model_spec=self.config.model, spec=self.config.task_specs()[task],
+                          prompts=self.task_prompts(task), pairs=self.step_pairs(step), seed=seed,
+                          progress=progress)
 
 
 def _task_where(config: PipelineConfig, name: str) -> str:
@@ -146,9 +146,7 @@ def preflight(config: PipelineConfig, *, progress: bool = False) -> tuple[Model,
         where = f"steps[{index}] ({step_name(step)})"
         try:
             ctx = inputs.context(step, model, config.seed, progress)
-            check = STEPS[step.kind].check
-            if check is not None:
-                check(step, ctx)
+            check_step(step, ctx)
         except ArithInterpError as err:
             raise _task_name_error(err, where) from None
     return model, inputs
@@ -270,7 +268,7 @@ def run_pipeline(
             started = time.time()
             clock = time.perf_counter()
             with atomic_dir(step_dir) as tmp:
-                output = STEPS[step.kind].run(step, ctx)
+                output = run_step(step, ctx)
                 parts = _save_output(output, tmp)
                 pairs = config.step_pairs(step)
                 record = {
