@@ -1,6 +1,6 @@
 """Reports: self-contained HTML pages and JSON/Parquet exports of results."""
 
-from arithinterp.reports.build import AttributionReport, build_report
+from arithinterp.reports.build import build_report
 from arithinterp.reports.export import write_json_summary, write_parquet
 from arithinterp.reports.html import (
     MAX_TABLE_ROWS,
@@ -8,6 +8,7 @@ from arithinterp.reports.html import (
     render_html_report,
     write_html_report,
 )
+from arithinterp.reports.report import AttributionReport
 
 __all__ = [
     "AttributionReport",

@@ -2,7 +2,7 @@
 
 Everything here is checked before any forward pass: a model spec that does not
 load, a task that is neither a spec nor prompts, a pair kind that does not
-exist or a method name that is not one of :data:`METHODS` raises an
+exist or a method name that is not one of :func:`report_methods` raises an
 :class:`~arithinterp.errors.ArithInterpError` subclass saying what is valid.
 """
 
@@ -16,17 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from arithinterp.errors import ConfigError, TaskError
+from arithinterp.methods.registry import RunContext, methods
 from arithinterp.models import Model, load_model
 from arithinterp.tasks import PAIR_KINDS, PromptPairs, PromptSet, TaskSpec, generate, make_pairs
 from arithinterp.tasks.tokenization import tokenize
 
-__all__ = ["METHODS", "DEFAULT_N", "ReportInputs", "default_task", "resolve_inputs"]
+__all__ = ["DEFAULT_N", "ReportInputs", "default_task", "report_methods", "resolve_inputs"]
 
-#: The method families a report can run, in the order it runs them.
-METHODS: tuple[str, ...] = (
-    "patching", "attribution", "mediation", "dla", "probes", "fourier", "heuristics",
-    "logit_lens", "circuit",
-)  # fmt: skip
+
+def report_methods() -> tuple[str, ...]:
+    """The registered methods a report can run (those with a report view), in the order it runs them."""
+    views = [(spec.report.order, i, name) for i, (name, spec) in enumerate(methods().items())
+             if spec.report is not None]
+    return tuple(name for _, _, name in sorted(views))
+
 
 #: Prompts (and pairs) per report when ``n`` is not given: enough for stable means
 #: and bootstrap intervals, small enough that every zoo model's report takes a few
@@ -81,6 +84,16 @@ class ReportInputs:
     pairs: PromptPairs
     answer: str  # "single" (one-token answers) or "multi" (teacher-forced)
     methods: tuple[str, ...]
+    tokens: Any = None  # the prompts tokenized with their whole answers (TokenizedPrompts)
+
+    def context(self, *, seed: int, progress: bool, target: float) -> RunContext:
+        """The context every method of the report runs in (tokenization and sweeps shared)."""
+        ctx = RunContext(model=self.model, spec=self.prompts.spec, prompts=self.prompts, pairs=self.pairs,
+                         seed=seed, progress=progress, model_spec=getattr(self.model, "spec", None),
+                         params={"target": float(target)})
+        if self.tokens is not None:
+            ctx.memo(("tokens", self.prompts.hash, "multi"), lambda: self.tokens)
+        return ctx
 
 
 def _model(model: Any) -> Model:
@@ -94,16 +107,17 @@ def _model(model: Any) -> Model:
     )
 
 
-def _methods(methods: str | Sequence[str]) -> tuple[str, ...]:
-    if isinstance(methods, str):
-        if methods == "all":
-            return METHODS
-        methods = [methods]
-    chosen = list(methods)
-    bad = [m for m in chosen if m not in METHODS]
+def _methods(chosen: str | Sequence[str]) -> tuple[str, ...]:
+    known = report_methods()
+    if isinstance(chosen, str):
+        if chosen == "all":
+            return known
+        chosen = [chosen]
+    chosen = list(chosen)
+    bad = [m for m in chosen if m not in known]
     if bad or not chosen:
-        raise ConfigError(f"unknown report methods {bad or '(none given)'}; valid: 'all' or any of {', '.join(METHODS)}")
-    return tuple(m for m in METHODS if m in chosen)
+        raise ConfigError(f"unknown report methods {bad or '(none given)'}; valid: 'all' or any of {', '.join(known)}")
+    return tuple(m for m in known if m in chosen)
 
 
 def _prompts(model: Model, task: Any, n: int | None, seed: int) -> PromptSet:
@@ -123,9 +137,6 @@ def _prompts(model: Model, task: Any, n: int | None, seed: int) -> PromptSet:
     )
 
 
-def _answer_mode(model: Model, prompts: PromptSet) -> str:
-    tok = tokenize(prompts, model.tokenizer, answer="multi")
-    return "single" if tok.answer_len == 1 else "multi"
 
 
 def _pairs(prompts: PromptSet, pairs: Any, seed: int) -> PromptPairs:
@@ -155,6 +166,7 @@ def resolve_inputs(model: Any, task: Any, *, pairs: Any, n: int | None, methods:
     if len(pair_set) < 2:
         raise TaskError(f"only {len(pair_set)} counterfactual pairs could be made; a report needs at least 2")
     prompts = pair_set.clean  # the clean side of the pairs (prompts with no counterfactual are dropped)
-    answer = _answer_mode(resolved, prompts)
-    return ReportInputs(resolved, prompts, pair_set, answer, chosen)
+    tokens = tokenize(prompts, resolved.tokenizer, answer="multi")
+    answer = "single" if tokens.answer_len == 1 else "multi"
+    return ReportInputs(resolved, prompts, pair_set, answer, chosen, tokens)
 

@@ -4,38 +4,33 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from arithinterp.methods.circuits import circuit_figure
+from arithinterp.methods.registry import methods
 from arithinterp.reports.html import ReportSection, render_html_report
+from arithinterp.reports.inputs import report_methods
 from arithinterp.results.io import atomic_write_text
 
-if TYPE_CHECKING:
-    from arithinterp.reports.build import AttributionReport
+__all__ = ["figure_titles", "render_report", "report_sections", "write_report_html"]
 
-__all__ = ["render_report", "report_sections", "write_report_html"]
-
-#: Method results shown as figures, in page order, with their section titles.
-_FIGURES = {
-    "patching_heads": "Activation patching: heads",
-    "patching_neurons": "Activation patching: neurons",
-    "attribution_heads": "Attribution patching (AtP): heads",
-    "mediation": "Causal mediation (Stolfo et al.): heads",
-    "dla": "Direct logit attribution",
-    "probes": "Linear probes",
-    "key_frequencies": "Fourier key frequencies: neurons",
-    "key_frequencies_heads": "Fourier key frequencies: heads",
-    "heuristics": "Neuron heuristics (Nikankin et al.)",
-    "heuristic_knockout": "Heuristic knockout",
-    "logit_lens": "Logit lens",
-}
 NEURON_ROWS = 1000
 
+# ``report`` below is an :class:`~arithinterp.reports.report.AttributionReport` (not imported:
+# the report imports this module to render itself).
 
-def _summary_text(report: AttributionReport) -> str:
+
+def figure_titles() -> dict[str, str]:
+    """Method results shown as figures, in page order, with their section titles (the registered
+    methods' report views)."""
+    registry = methods()
+    return {name: title for method in report_methods() for name, title in registry[method].report.figures.items()}
+
+
+def _summary_text(report: Any) -> str:
     s = report.summary
     task = s.get("task", {})
     lines = [
@@ -69,7 +64,7 @@ def _summary_text(report: AttributionReport) -> str:
     return "\n\n".join(lines)
 
 
-def _skipped_table(report: AttributionReport) -> pd.DataFrame:
+def _skipped_table(report: Any) -> pd.DataFrame:
     s = report.summary
     rows = [{"method": m, "status": "ran", "seconds": s.get("timings_s", {}).get(m), "reason": ""}
             for m in s.get("methods", [])]
@@ -83,7 +78,7 @@ def _skipped_table(report: AttributionReport) -> pd.DataFrame:
 def _effect_figure(frame: pd.DataFrame, what: str, k: int = 20) -> go.Figure:
     top = frame.head(k)
     fig = go.Figure()
-    if top["patch_effect"].notna().any():
+    if "patch_effect" in top and top["patch_effect"].notna().any():
         fig.add_trace(go.Bar(
             x=top["component"], y=top["patch_effect"], name="exact patching",
             error_y={"type": "data", "symmetric": False,
@@ -91,7 +86,7 @@ def _effect_figure(frame: pd.DataFrame, what: str, k: int = 20) -> go.Figure:
                      "arrayminus": (top["patch_effect"] - top["patch_ci_low"]).tolist()},
         ))
     for col, name in (("atp", "AtP"), ("mediation_ie", "mediation IE"), ("dla", "DLA")):
-        if top[col].notna().any():
+        if col in top and top[col].notna().any():
             fig.add_trace(go.Scatter(x=top["component"], y=top[col], mode="markers", name=name,
                                      marker={"size": 9}))
     fig.update_layout(title=f"top {len(top)} {what} by rank: effect of each method",
@@ -108,21 +103,7 @@ def _table_for_page(frame: pd.DataFrame, title: str) -> pd.DataFrame:
     return out
 
 
-def _head_frequency_figure(result) -> go.Figure:
-    v = result.values.transpose("layer", "head")
-    freq = result.extras["key_freq"].transpose("layer", "head").values
-    fig = go.Figure(go.Heatmap(
-        z=v.values, x=[f"H{h}" for h in v.coords["head"].values], y=[f"L{la}" for la in v.coords["layer"].values],
-        text=[[f"k={k}" for k in row] for row in freq], texttemplate="%{text}", zmin=0, zmax=1,
-        colorscale="Viridis", colorbar={"title": "explained"},
-        hovertemplate="%{y}%{x}<br>%{text}<br>explained %{z:.3f}<extra></extra>",
-    ))
-    fig.update_layout(title="heads: share of the write's variance in the best frequency's 2D block",
-                      yaxis={"autorange": "reversed"})
-    return fig
-
-
-def report_sections(report: AttributionReport) -> list[ReportSection]:
+def report_sections(report: Any) -> list[ReportSection]:
     """The page's sections, in order."""
     sections = [ReportSection("Summary", tables=[_skipped_table(report)], text=_summary_text(report))]
     circuit = report.circuit
@@ -148,20 +129,19 @@ def report_sections(report: AttributionReport) -> list[ReportSection]:
         tables=[_table_for_page(report.neurons, f"{n} MLP neurons (of {report.summary.get('n_neurons', n)})")],
         interactive=True, max_rows=NEURON_ROWS,
     ))
-    for name, title in _FIGURES.items():
+    for name, title in figure_titles().items():
         result = report.results.get(name)
         if result is not None:
-            fig = _head_frequency_figure(result) if name == "key_frequencies_heads" else result.plot()
-            sections.append(ReportSection(title, figures=[fig]))
+            sections.append(ReportSection(title, figures=[result.plot()]))
     return sections
 
 
-def render_report(report: AttributionReport) -> str:
+def render_report(report: Any) -> str:
     """The report page as a string."""
     return render_html_report(title=f"Attribution report: {report.summary.get('model')}",
                               sections=report_sections(report))
 
 
-def write_report_html(report: AttributionReport, path: str | os.PathLike[str]) -> Path:
+def write_report_html(report: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``report.html`` atomically."""
     return atomic_write_text(path, render_report(report))

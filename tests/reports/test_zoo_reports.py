@@ -27,9 +27,10 @@ import pytest
 
 from arithinterp.methods import key_frequencies
 from arithinterp.methods.circuits import component_label
+from arithinterp.methods.mediation import MEDIATION_NEURONS
+from arithinterp.methods.neurons import MAX_GRID_SIDE
 from arithinterp.models import Site, load_model
 from arithinterp.reports import AttributionReport, build_report
-from arithinterp.reports.runners import MAX_GRID_SIDE, MEDIATION_NEURONS
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_intra_op_thread")]
 
