@@ -15,6 +15,7 @@ from typing import Any
 import dash
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 from dash import dash_table, dcc, html
 from dash.exceptions import PreventUpdate
 
@@ -244,7 +245,16 @@ def detail_panel(runs: RunSet, key: Any, label: Any) -> list:
                                      config=graph)),
         _section("Top-activating prompts", "detail-top-prompts", detail["top_prompts"],
                  lambda d: _records_table(d, "detail-top-table")),
+        *[_section(title, f"detail-panel-{i}", evidence, lambda d, i=i: _panel_body(d, f"detail-panel-{i}"))
+          for i, (title, evidence) in enumerate(detail["panels"].items())],
     ]
+
+
+def _panel_body(shown: Any, pid: str):
+    """A registered method's panel: a figure, or a table (DataFrame)."""
+    if isinstance(shown, go.Figure):
+        return dcc.Graph(id=f"{pid}-graph", figure=shown, config={"displayModeBar": False})
+    return _records_table(shown.to_dict(orient="records"), f"{pid}-table")
 
 
 # ---- comparing two runs -------------------------------------------------------------------------

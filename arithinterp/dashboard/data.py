@@ -22,24 +22,34 @@ import numpy as np
 import pandas as pd
 
 from arithinterp.errors import ArithInterpError
+from arithinterp.methods.registry import methods
+from arithinterp.models import Site
 from arithinterp.results import Result
 
 __all__ = [
-    "RESULT_NAMES",
     "Component",
+    "component_site",
     "DashboardError",
     "Report",
     "RunSet",
     "find_reports",
     "inside",
+    "known_result_names",
     "parse_component",
 ]
 
-#: The result directories a report may hold (the report contract); nothing else is loaded.
-RESULT_NAMES: tuple[str, ...] = (
-    "patching_heads", "attribution_heads", "attribution_neurons", "mediation", "dla", "probes",
-    "key_frequencies", "heuristics", "neuron_maps", "logit_lens", "circuit",
-)  # fmt: skip
+
+def known_result_names() -> tuple[str, ...]:
+    """The result directories a report may hold: what the registered methods' report views and
+    dashboard panels declare (the report contract); a report's summary may list more of the
+    same form (``key_frequencies_L0``)."""
+    names: list[str] = []
+    for spec in methods().values():
+        if spec.report is not None:
+            names += spec.report.result_names()
+        names += [panel.result for panel in spec.panels]
+    return tuple(dict.fromkeys(names))
+
 
 SUMMARY = "summary.json"
 _RESULT_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
@@ -73,6 +83,15 @@ class Component:
     kind: str  # "head" | "neuron" | "mlp"
     layer: int
     index: int | None  # head or neuron number
+
+
+def component_site(comp: Component) -> Site:
+    """The :class:`Site` a component names (a head, a neuron, or a whole MLP)."""
+    if comp.kind == "head":
+        return Site("attn_head", comp.layer, head=comp.index)
+    if comp.kind == "neuron":
+        return Site("mlp_post", comp.layer, neuron=comp.index)
+    return Site("mlp_out", comp.layer)
 
 
 def parse_component(label: Any) -> Component:
@@ -167,7 +186,7 @@ class Report:
     def result_names(self) -> list[str]:
         """The contract's result names and any others the summary lists (``key_frequencies_L0``)."""
         listed = [n for n in (self.summary.get("results") or {}) if _RESULT_NAME_RE.match(str(n))]
-        return list(dict.fromkeys([*RESULT_NAMES, *listed]))
+        return list(dict.fromkeys([*known_result_names(), *listed]))
 
     def result(self, name: str) -> Result | None:
         """Result ``name`` (one of :attr:`result_names`), or None when this report has none."""

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from arithinterp.dashboard.data import Component, Report, json_row, parse_component
+from arithinterp.dashboard.data import Component, Report, component_site, json_row, parse_component
+from arithinterp.methods.registry import methods
 
 __all__ = [
     "Evidence",
@@ -21,6 +22,7 @@ __all__ = [
     "fourier_evidence",
     "lens_trajectory",
     "neuron_map",
+    "panel_evidence",
     "probe_evidence",
     "probe_sites",
     "top_prompts",
@@ -225,8 +227,41 @@ def top_prompts(report: Report, comp: Component) -> Evidence:
                      for r in rows if isinstance(r, dict)])
 
 
-def component_detail(report: Report, label: str) -> dict[str, Evidence]:
-    """Every section of the detail panel for ``label``."""
+def _component_rows(result: Any, site: Any) -> Any:
+    """The rows of ``result.to_frame()`` at the component's layer and head / neuron (the default
+    panel), or a reason string."""
+    frame = result.to_frame()
+    if "layer" not in frame.columns:
+        return "the result has no layer axis to select this component on"
+    keep = frame["layer"].to_numpy() == site.layer
+    for column, value in (("head", site.head), ("neuron", site.neuron)):
+        if value is None:
+            continue
+        if column not in frame.columns:
+            return f"the result does not cover this component (it has no {column} axis)"
+        keep &= frame[column].to_numpy() == value
+    rows = frame[keep]
+    return rows.reset_index(drop=True) if len(rows) else "the result does not cover this component"
+
+
+def panel_evidence(report: Report, comp: Component) -> dict[str, Evidence]:
+    """The registered methods' dashboard panels (:class:`~arithinterp.methods.Panel`) for ``comp``,
+    by title: a plotly figure, a table (a DataFrame) or the reason it is missing."""
+    out: dict[str, Evidence] = {}
+    site = component_site(comp)
+    for spec in methods().values():
+        for panel in spec.panels:
+            result = report.result(panel.result) if panel.result in report.result_names else None
+            if result is None:
+                out[panel.title] = _no_result(panel.result)
+                continue
+            shown = (panel.render or _component_rows)(result, site)
+            out[panel.title] = Evidence.missing(shown) if isinstance(shown, str) else Evidence(shown)
+    return out
+
+
+def component_detail(report: Report, label: str) -> dict[str, Any]:
+    """Every section of the detail panel for ``label`` (``panels``: the registered methods' panels)."""
     comp = parse_component(label)
     row = report.row(label)
     return {
@@ -236,4 +271,5 @@ def component_detail(report: Report, label: str) -> dict[str, Evidence]:
         "fourier": fourier_evidence(report, comp),
         "neuron_map": neuron_map(report, comp),
         "top_prompts": top_prompts(report, comp),
+        "panels": panel_evidence(report, comp),
     }
