@@ -204,8 +204,8 @@ def package(
     *,
     dims: tuple[str, ...],
     coords: Mapping[str, Any],
-    clean_mean: float,
-    corrupt_mean: float,
+    clean_mean: float | None,
+    corrupt_mean: float | None,
     options: Mapping[str, Any],
     n_boot: int,
     seed: int,
@@ -219,9 +219,12 @@ def package(
     rescaled by ``scale`` (see :data:`Scale`) with the clean and corrupt means.
     A ``pos`` dim gets a ``pos_token`` coordinate from the batch unless
     ``coords`` has one. Returns ``(values, {"ci_low", "ci_high"}, meta)``;
-    ``meta.extra`` holds the clean and corrupt means and ``extra``.
+    ``meta.extra`` holds the clean and corrupt means (left out when ``None``, for
+    a method without that baseline, which cannot normalise) and ``extra``.
     """
     if con.normalize:
+        if clean_mean is None or corrupt_mean is None:
+            raise MethodError("normalising needs the clean and corrupt means")
         if scale == "effect":
             per_pair = normalise(per_pair, clean_mean - corrupt_mean, 0.0)
         else:
@@ -236,6 +239,7 @@ def package(
         coords["pos_token"] = ("pos", np.array(con.batch.str_tokens))
     values = xr.DataArray(np.asarray(mean), dims=dims, coords=coords)
     extras = {"ci_low": values.copy(data=np.asarray(low)), "ci_high": values.copy(data=np.asarray(high))}
+    baselines = {} if clean_mean is None else {"clean_mean": clean_mean, "corrupt_mean": corrupt_mean}
     meta = make_meta(method, model, options=dict(options), seed=seed, dataset_hash=con.dataset_hash,
-                     extra={"clean_mean": clean_mean, "corrupt_mean": corrupt_mean, **(extra or {})})
+                     extra={**baselines, **(extra or {})})
     return values, extras, meta
