@@ -4,13 +4,7 @@ Methods never import transformer_lens or nnsight; they address activations by
 :class:`arithinterp.Site` through :class:`arithinterp.Model`.
 """
 
-from arithinterp.methods.ablation import (
-    FaithfulnessResult,
-    PathPatchingResult,
-    ablate,
-    faithfulness,
-    path_patch,
-)
+from arithinterp.methods.ablation import PathPatchingResult, ablate, path_patch
 from arithinterp.methods.attribution import AttributionResult, attribution_patch, compare_with_exact
 from arithinterp.methods.circuits import CircuitResult, circuit_figure, discover_circuit
 from arithinterp.methods.components import (
@@ -21,6 +15,7 @@ from arithinterp.methods.components import (
 )
 from arithinterp.methods.edge_attribution import EdgeAttributionResult, edge_attribution_patch
 from arithinterp.methods.evaluate import EvalResult, evaluate
+from arithinterp.methods.faithfulness import FaithfulnessResult, faithfulness
 from arithinterp.methods.fourier import (
     KeyFrequencyResult,
     ProgressResult,

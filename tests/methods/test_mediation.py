@@ -7,7 +7,13 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from arithinterp.errors import ArithInterpError, ConfigError, MethodError, SiteError, TokenizationError
+from arithinterp.errors import (
+    ArithInterpError,
+    ConfigError,
+    MethodError,
+    SiteError,
+    TokenizationError,
+)
 from arithinterp.methods.mediation import (
     STOLFO_TYPES,
     MediationResult,
