@@ -386,6 +386,27 @@ def _component_axis(sites: list[Site], scores: list[float], axis: list[int]) -> 
     return xr.DataArray(np.array([scores[i] for i in axis], dtype=float), dims=("component",), coords=coords)
 
 
+def _circuit_result(model: Model, prompts: PromptSet, ablator: _Ablator, sites: list[Site], effects: list[float],
+                    ranked: list[int], order: list[int], curve: list[float], *, target: float, full: float,
+                    empty: float, options: dict) -> CircuitResult:
+    """The smallest prefix of the grown circuit that reaches ``target``, with its curve and checks."""
+    reached_at = next((k for k, f in enumerate(curve) if f >= target), None)
+    size = len(order) if reached_at is None else reached_at + 1
+    values = _component_axis(sites, effects, order + [i for i in ranked if i not in set(order)])
+    faith = np.full(values.sizes["component"], np.nan)
+    faith[:len(curve)] = curve
+    in_circuit = np.zeros(values.sizes["component"], dtype=np.int64)
+    in_circuit[:size] = 1
+    return CircuitResult(
+        values=values, meta=make_meta("discover_circuit", model, prompts, options=options),
+        extras={"faithfulness": values.copy(data=faith), "in_circuit": values.copy(data=in_circuit)},
+        circuit=[str(x) for x in values.coords["component"].values[:size]], target=target,
+        reached=reached_at is not None,
+        circuit_faithfulness=None if not curve or np.isnan(curve[size - 1]) else float(curve[size - 1]),
+        full_score=full, circuit_ablated_score=ablator.remove([sites[i] for i in order[:size]]), empty_score=empty,
+    )
+
+
 def discover_circuit(
     model: Model,
     pairs: PromptPairs | PairBatch,
@@ -468,27 +489,10 @@ def discover_circuit(
     order, curve = _grow(ablator, sites, ranked, grow=grow, limit=limit, target=target, full=full,
                          empty=empty, progress=progress)
 
-    reached_at = next((k for k, f in enumerate(curve) if f >= target), None)
-    size = len(order) if reached_at is None else reached_at + 1
-    values = _component_axis(sites, effects, order + [i for i in ranked if i not in set(order)])
-    faith = np.full(values.sizes["component"], np.nan)
-    faith[:len(curve)] = curve
-    in_circuit = np.zeros(values.sizes["component"], dtype=np.int64)
-    in_circuit[:size] = 1
-    meta = make_meta(
-        "discover_circuit", model, prompts,
-        options={"components": components, "score": score, "grow": grow, "target": float(target),
-                 "metric": metric, "max_size": max_size, "score_metric": score_metric,
-                 "direction": direction, "answer": answer, "answer_index": answer_index,
-                 "n_pairs": len(batch),
-                 "n_prompts": int(ablator.seqs.shape[0]),
-                 "reference_hash": None if reference is None else reference.hash},
-    )
-    return CircuitResult(
-        values=values, meta=meta,
-        extras={"faithfulness": values.copy(data=faith), "in_circuit": values.copy(data=in_circuit)},
-        circuit=[str(x) for x in values.coords["component"].values[:size]], target=float(target),
-        reached=reached_at is not None,
-        circuit_faithfulness=None if not curve or np.isnan(curve[size - 1]) else float(curve[size - 1]),
-        full_score=full, circuit_ablated_score=ablator.remove([sites[i] for i in order[:size]]), empty_score=empty,
-    )
+    options = {"components": components, "score": score, "grow": grow, "target": float(target),
+               "metric": metric, "max_size": max_size, "score_metric": score_metric,
+               "direction": direction, "answer": answer, "answer_index": answer_index,
+               "n_pairs": len(batch), "n_prompts": int(ablator.seqs.shape[0]),
+               "reference_hash": None if reference is None else reference.hash}
+    return _circuit_result(model, prompts, ablator, sites, effects, ranked, order, curve, target=float(target),
+                           full=full, empty=empty, options=options)
