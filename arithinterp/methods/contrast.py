@@ -32,6 +32,7 @@ import xarray as xr
 from arithinterp.errors import MethodError, TokenizationError
 from arithinterp.methods._common import make_meta
 from arithinterp.methods.metrics import (
+    METRICS,
     AnswerMode,
     MetricFn,
     PairBatch,
@@ -123,8 +124,6 @@ def _metric(metric: object, extra: Mapping[str, MetricFn], refused: Mapping[str,
     try:
         return resolve_metric(metric)  # type: ignore[arg-type]
     except (MethodError, TypeError):
-        from arithinterp.methods.metrics import METRICS
-
         valid = [m for m in (*METRICS, *extra) if m not in refused]
         raise MethodError(f"unknown metric {metric!r}; valid: {', '.join(valid)} or a callable") from None
 
@@ -156,15 +155,15 @@ def contrast(
     metric: str | MetricFn = "logit_diff",
     direction: Direction = "denoise",
     normalize: bool = True,
-    batch_size: int = 1,
-    n_boot: int = 1,
+    batch_size: int | None = None,
+    n_boot: int | None = None,
     extra_metrics: Mapping[str, MetricFn] | None = None,
     refused_metrics: Mapping[str, str] | None = None,
 ) -> Contrast:
     """Validate the shared options and tokenize ``pairs`` once.
 
     Every option is checked before tokenizing, and tokenizing runs no forward
-    pass. ``extra_metrics`` names metrics a method accepts beyond the built-in
+    pass. ``batch_size`` and ``n_boot`` are checked when given. ``extra_metrics`` names metrics a method accepts beyond the built-in
     ones (``relative_prob`` for patching); ``refused_metrics`` maps a built-in
     metric the method cannot use to the reason (``accuracy`` has no gradient).
 
@@ -176,8 +175,9 @@ def contrast(
     check_answer(answer)
     if not isinstance(normalize, (bool, np.bool_)):
         raise MethodError(f"normalize must be True or False, got {normalize!r}")
-    _positive_int("batch_size", batch_size)
-    _positive_int("n_boot", n_boot)
+    for name, value in (("batch_size", batch_size), ("n_boot", n_boot)):
+        if value is not None:
+            _positive_int(name, value)
     metric_name, metric_fn = _metric(metric, extra_metrics or {}, refused_metrics or {})
     if isinstance(pairs, PairBatch):
         batch = _checked_batch(pairs, answer)
