@@ -163,9 +163,10 @@ def contrast(
     """Validate the shared options and tokenize ``pairs`` once.
 
     Every option is checked before tokenizing, and tokenizing runs no forward
-    pass. ``batch_size`` and ``n_boot`` are checked when given. ``extra_metrics`` names metrics a method accepts beyond the built-in
-    ones (``relative_prob`` for patching); ``refused_metrics`` maps a built-in
-    metric the method cannot use to the reason (``accuracy`` has no gradient).
+    pass; ``batch_size`` and ``n_boot`` are checked when given. ``extra_metrics``
+    names metrics a method accepts beyond the built-in ones (``relative_prob``
+    for patching); ``refused_metrics`` maps a built-in metric the method cannot
+    use to the reason (``accuracy`` has no gradient).
 
     Raises :class:`MethodError` for a bad option, an input that is neither
     ``PromptPairs`` nor ``PairBatch``, or a ``PairBatch`` tokenized with another
