@@ -20,13 +20,7 @@ import arithinterp.methods.helix
 import arithinterp.methods.neurons
 import arithinterp.methods.circuits  # noqa: F401
 # isort: on
-from arithinterp.methods.ablation import (
-    FaithfulnessResult,
-    PathPatchingResult,
-    ablate,
-    faithfulness,
-    path_patch,
-)
+from arithinterp.methods.ablation import PathPatchingResult, ablate, path_patch
 from arithinterp.methods.attribution import AttributionResult, attribution_patch, compare_with_exact
 from arithinterp.methods.circuits import CircuitResult, circuit_figure, discover_circuit
 from arithinterp.methods.components import (
@@ -37,6 +31,7 @@ from arithinterp.methods.components import (
 )
 from arithinterp.methods.edge_attribution import EdgeAttributionResult, edge_attribution_patch
 from arithinterp.methods.evaluate import EvalResult, evaluate
+from arithinterp.methods.faithfulness import FaithfulnessResult, faithfulness
 from arithinterp.methods.fourier import (
     KeyFrequencyResult,
     ProgressResult,

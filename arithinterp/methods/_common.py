@@ -20,8 +20,13 @@ def make_meta(
     options: dict | None = None,
     seed: int | None = None,
     extra: dict | None = None,
+    dataset_hash: str | None = None,
 ) -> ResultMeta:
-    """Record what changes the numbers: model, backend, dtype, dataset hash, seed, options."""
+    """Record what changes the numbers: model, backend, dtype, dataset hash, seed, options.
+
+    The dataset hash is ``prompts.hash``, or ``dataset_hash`` when the prompts are not at hand
+    (a tokenized batch carries its own).
+    """
     if seed is None and prompts is not None:
         seed = getattr(getattr(prompts, "spec", None), "seed", None)
     return ResultMeta(
@@ -29,7 +34,7 @@ def make_meta(
         model=model.name if model is not None else "example",
         backend=model.backend_name if model is not None else "none",
         dtype=str(model.dtype).removeprefix("torch.") if model is not None else "float32",
-        dataset_hash=getattr(prompts, "hash", None),
+        dataset_hash=dataset_hash if dataset_hash is not None else getattr(prompts, "hash", None),
         seed=seed,
         options=dict(options or {}),
         extra=dict(extra or {}),

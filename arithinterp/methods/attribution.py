@@ -44,7 +44,7 @@ Edge attribution (:func:`edge_attribution_patch`, EAP) is in
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 import numpy as np
@@ -54,25 +54,16 @@ from pydantic import Field
 from scipy import stats
 from tqdm.auto import tqdm
 
-from arithinterp.errors import ConfigError, ResultError, TokenizationError
+from arithinterp.errors import ConfigError, MethodError, ResultError
 from arithinterp.methods._common import make_meta
-from arithinterp.methods.metrics import (
-    METRICS,
-    AnswerMode,
-    MetricFn,
-    PairBatch,
-    normalise,
-    resolve_metric,
-    tokenize_pairs,
-)
+from arithinterp.methods.contrast import Contrast, Direction, contrast, package
+from arithinterp.methods.metrics import AnswerMode, MetricFn, PairBatch
 from arithinterp.methods.patching import (
     REPORT_N_BOOT,
-    Direction,
     PatchingResult,
     SweepOptions,
     check_pairs,
     patch_activations,
-    sweep_sites,
 )
 from arithinterp.methods.registry import (
     MethodSpec,
@@ -82,9 +73,10 @@ from arithinterp.methods.registry import (
     register,
     site_values,
 )
+from arithinterp.methods.sweep import sweep_sites
 from arithinterp.models import Model, Site
 from arithinterp.models.site import HEAD_KINDS, LAYERLESS_KINDS, NEURON_KINDS
-from arithinterp.results import Result, bootstrap_ci
+from arithinterp.results import Result
 from arithinterp.tasks import PromptPairs
 
 __all__ = [
@@ -133,45 +125,26 @@ class AttributionResult(Result):
 # -- shared machinery (also used by edge attribution) ---------------------------------------
 
 
-def check_options(*, direction: str, metric, method: str, ig_steps: int, batch_size: int,
-                  n_boot: int, answer: str) -> tuple[str, MetricFn]:
-    """Validate the options every attribution method shares; return the resolved metric."""
-    if direction not in ("denoise", "noise"):
-        raise ConfigError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+NO_GRADIENT_METRICS: dict[str, str] = {
+    "accuracy": "is piecewise constant, so its gradient is zero everywhere; attribute 'logit_diff', "
+                "'logprob' or 'prob' (or patch_activations for accuracy)",
+}
+
+
+def attribution_contrast(model: Model, pairs: PromptPairs | PairBatch, *, direction: str, metric,
+                         normalize: bool, answer: str, method: str, ig_steps: int, batch_size: int,
+                         n_boot: int) -> Contrast:
+    """The contrast of an attribution method (also used by edge attribution), checked before any pass.
+
+    The shared options raise :class:`MethodError` (through :func:`contrast`);
+    ``method`` and ``ig_steps``, which only attribution has, raise :class:`ConfigError`.
+    """
     if method not in _METHODS:
         raise ConfigError(f"method must be one of {', '.join(_METHODS)}, got {method!r}")
-    if answer not in ("multi", "single"):
-        raise ConfigError(f"answer must be 'multi' or 'single', got {answer!r}")
-    for name, value in (("ig_steps", ig_steps), ("batch_size", batch_size), ("n_boot", n_boot)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a positive int, got {value!r}")
-    if not callable(metric):
-        if metric not in METRICS:
-            raise ConfigError(f"unknown metric {metric!r}; valid: {', '.join(METRICS)} or a callable")
-        if metric == "accuracy":
-            raise ConfigError(
-                "metric 'accuracy' is piecewise constant, so its gradient is zero everywhere; "
-                "attribute 'logit_diff', 'logprob' or 'prob' (or patch_activations for accuracy)"
-            )
-    return resolve_metric(metric)
-
-
-def as_batch(model: Model, pairs: PromptPairs | PairBatch, answer: AnswerMode) -> PairBatch:
-    """Tokenized pairs, checked before any forward pass."""
-    batch = pairs if isinstance(pairs, PairBatch) else tokenize_pairs(pairs, model.tokenizer, answer=answer)
-    if batch.clean.shape != batch.corrupt.shape:
-        raise TokenizationError(
-            f"clean tokens have shape {tuple(batch.clean.shape)} and corrupt tokens "
-            f"{tuple(batch.corrupt.shape)}; pairs need equal counts and lengths"
-        )
-    if len(batch) == 0:
-        raise TokenizationError("no pairs to attribute")
-    if batch.clean_answer.shape != batch.corrupt_answer.shape or batch.clean_answer.shape[0] != len(batch):
-        raise TokenizationError(
-            f"answers have shapes {tuple(batch.clean_answer.shape)} (clean) and "
-            f"{tuple(batch.corrupt_answer.shape)} (corrupt) for {len(batch)} pairs"
-        )
-    return batch
+    if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or ig_steps < 1:
+        raise ConfigError(f"ig_steps must be a positive int, got {ig_steps!r}")
+    return contrast(model, pairs, answer=answer, metric=metric, direction=direction, normalize=normalize,
+                    batch_size=batch_size, n_boot=n_boot, refused_metrics=NO_GRADIENT_METRICS)
 
 
 @dataclass(frozen=True)
@@ -200,7 +173,7 @@ def gradient_passes(model: Model, part: PairBatch, sites: Sequence[Site], metric
     def scalar(logits: torch.Tensor) -> torch.Tensor:
         per_pair = metric_fn(logits[:, part.answer_positions], part.clean_answer, part.corrupt_answer)
         if not per_pair.requires_grad:
-            raise ConfigError(
+            raise MethodError(
                 "the metric's value does not depend differentiably on the logits (no gradient); "
                 "attribution needs a differentiable metric such as logit_diff or logprob"
             )
@@ -293,22 +266,21 @@ def attribution_patch(
         validate: also run the exact literal patching sweep and store
             :func:`compare_with_exact`'s numbers (k=10) in ``meta.extra["validation"]``.
     """
-    metric_name, metric_fn = check_options(direction=direction, metric=metric, method=method,
-                                           ig_steps=ig_steps, batch_size=batch_size, n_boot=n_boot,
-                                           answer=answer)
     if neurons is not None and kind not in NEURON_KINDS:
         raise ConfigError(f"neurons= applies to mlp_post, not {kind!r}")
-    batch = as_batch(model, pairs, answer)
+    con = attribution_contrast(model, pairs, direction=direction, metric=metric, normalize=normalize,
+                               answer=answer, method=method, ig_steps=ig_steps, batch_size=batch_size,
+                               n_boot=n_boot)
+    batch = con.batch
     _, layout = sweep_sites(model, kind, per_position=per_position, seq_len=batch.seq_len, neurons=neurons)
     layers: list[int | None] = [None] if kind in LAYERLESS_KINDS else list(range(model.shape.n_layers))
     wholes = [Site(kind, layer) for layer in layers]
     shape = [len(layout["coords"][d]) for d in layout["dims"]]
 
     per_pair, target_scores, source_scores = [], [], []
-    starts = range(0, len(batch), batch_size)
-    for start in tqdm(starts, desc=f"attribution ({method})", disable=not progress, leave=False):
-        part = batch.slice(start, start + batch_size)
-        passes = gradient_passes(model, part, wholes, metric_fn, direction, method, ig_steps)
+    parts = list(con.parts(batch_size))
+    for part in tqdm(parts, desc=f"attribution ({method})", disable=not progress, leave=False):
+        passes = gradient_passes(model, part, wholes, con.metric_fn, direction, method, ig_steps)
         cells = torch.stack([
             _node_scores(kind, passes.source[w] - passes.target[w], passes.grad[w], neurons) for w in wholes
         ], 1)  # [b, layer, inner, pos]
@@ -322,42 +294,26 @@ def attribution_patch(
     source = torch.cat(source_scores)
     clean, corrupt = (source, target) if direction == "denoise" else (target, source)
     clean_mean, corrupt_mean = float(clean.mean()), float(corrupt.mean())
+    # The estimate of each patched run's metric, on patching's scale.
     patched = target.reshape(-1, *[1] * len(shape)) + estimate
-    if normalize:
-        if abs(clean_mean - corrupt_mean) < 1e-12:
-            raise ConfigError("clean and corrupt runs score the same on this metric; use normalize=False")
-        patched = normalise(patched, clean_mean, corrupt_mean)
-    samples = np.moveaxis(patched.numpy(), 0, -1)
-    mean, low, high = bootstrap_ci(samples, axis=-1, n_boot=n_boot, seed=seed)
-
-    dims, coords = layout["dims"], dict(layout["coords"])
-    if "pos" in dims:
-        coords["pos_token"] = ("pos", np.array(batch.str_tokens))
-    values = xr.DataArray(np.asarray(mean), dims=dims, coords=coords)
-    extras = {"ci_low": xr.DataArray(np.asarray(low), dims=dims, coords=coords),
-              "ci_high": xr.DataArray(np.asarray(high), dims=dims, coords=coords)}
-    options = {"kind": kind, "per_position": per_position, "direction": direction,
-               "metric": metric_name, "normalize": normalize, "answer": answer, "method": method,
-               "n_pairs": len(batch), "n_boot": n_boot}
+    options = {"kind": kind, "per_position": per_position, **con.options, "method": method, "n_boot": n_boot}
     if method == "ig":
         options["ig_steps"] = ig_steps
     if neurons is not None:
         options["neurons"] = [int(n) for n in neurons]
-    extra = {"clean_mean": clean_mean, "corrupt_mean": corrupt_mean,
-             "baseline": baselines(direction, normalize, clean_mean, corrupt_mean)}
-    prompts = pairs.clean if isinstance(pairs, PromptPairs) else None
-    result = AttributionResult(
-        values=values, extras=extras,
-        meta=make_meta("attribution_patch", model, prompts, options=options, seed=seed, extra=extra),
-    )
+    extra = {"baseline": baselines(direction, normalize, clean_mean, corrupt_mean)}
+    values, extras, meta = package(con, model, "attribution_patch", patched.movedim(0, -1),
+                                   dims=layout["dims"], coords=layout["coords"], clean_mean=clean_mean,
+                                   corrupt_mean=corrupt_mean, options=options, extra=extra, n_boot=n_boot,
+                                   seed=seed)
+    result = AttributionResult(values=values, extras=extras, meta=meta)
     if validate:
         exact = patch_activations(model, batch, kind=kind, per_position=per_position, neurons=neurons,
                                   direction=direction, metric=metric, normalize=normalize, answer=answer,
                                   engine="literal", batch_size=batch_size, n_boot=n_boot, seed=seed,
                                   progress=progress)
-        extra["validation"] = {"engine": "literal", **compare_with_exact(result, exact, k=10)}
-        result = result.replace(meta=make_meta("attribution_patch", model, prompts, options=options,
-                                               seed=seed, extra=extra))
+        validation = {"engine": "literal", **compare_with_exact(result, exact, k=10)}
+        result = result.replace(meta=replace(meta, extra={**meta.extra, "validation": validation}))
     return result
 
 

@@ -8,7 +8,7 @@ once) or approximated by gradients
 circuit either in rank order (``"topk"``) or greedily (``"greedy"``: at each
 step add the component that raises faithfulness most). Faithfulness is
 Nikankin et al.'s mean-ablation score (see
-:func:`~arithinterp.methods.ablation.faithfulness`): everything outside the
+:func:`~arithinterp.methods.faithfulness.faithfulness`): everything outside the
 circuit is replaced by its per-position mean over the reference prompts.
 The smallest circuit that reaches ``target`` is returned with the whole
 faithfulness-vs-size curve and a completeness check (the full model with
@@ -17,7 +17,7 @@ only the circuit mean-ablated should lose most of its score).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal, get_args
 
 import numpy as np
@@ -27,21 +27,27 @@ import xarray as xr
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from arithinterp.errors import ConfigError
+from arithinterp.errors import ConfigError, MethodError
 from arithinterp.methods._common import make_meta
-from arithinterp.methods.ablation import (
+from arithinterp.methods.attribution import (
+    NO_GRADIENT_METRICS,
+    AttributionResult,
+    attribution_patch,
+)
+from arithinterp.methods.circuit_plot import circuit_figure
+from arithinterp.methods.contrast import Direction, contrast
+from arithinterp.methods.faithfulness import (
     FAITHFULNESS_METRICS,
     FaithfulnessMetric,
-    _ablation_patches,
-    _check_reference,
-    _circuit_parts,
-    _faithfulness_ratio,
-    _faithfulness_scores,
+    ablation_patches,
+    check_reference,
+    circuit_parts,
+    faithfulness_ratio,
+    faithfulness_scores,
     site_means,
 )
-from arithinterp.methods.attribution import attribution_patch
-from arithinterp.methods.metrics import AnswerMode, PairBatch, tokenize_pairs
-from arithinterp.methods.patching import Direction, check_pairs, patch_activations
+from arithinterp.methods.metrics import AnswerMode, PairBatch
+from arithinterp.methods.patching import PatchingResult, check_pairs, patch_activations
 from arithinterp.methods.registry import (
     MethodSpec,
     Options,
@@ -54,7 +60,7 @@ from arithinterp.models import Model, Patch, Site
 from arithinterp.results import Result, resultclass
 from arithinterp.tasks import PromptPairs, PromptSet, tokenize
 
-__all__ = ["CircuitResult", "circuit_figure", "discover_circuit"]
+__all__ = ["CircuitResult", "ComponentScores", "circuit_figure", "component_label", "discover_circuit"]
 
 Score = Literal["patching", "attribution"]
 Grow = Literal["topk", "greedy"]
@@ -154,18 +160,23 @@ class CircuitResult(Result):
 
 # ---- scoring ------------------------------------------------------------------------------
 
+ComponentScores = Mapping[str, Result] | Sequence[Result] | Result
+"""Precomputed component scores: patching / attribution results of whole components."""
 
-def _score_kind(model: Model, batch: PairBatch, kind: str, *, score: Score, direction: Direction,
-                score_metric: str, progress: bool) -> tuple[list[Site], np.ndarray]:
-    """Sites of one component kind (all positions at once) and their absolute normalised effect."""
-    common = dict(kind=kind, per_position=False, direction=direction, metric=score_metric,
-                  normalize=True, n_boot=1, progress=progress)
+
+def _sweep_options(kind: str, direction: str, score_metric: str, answer: str) -> dict:
+    """The options a component-scoring sweep runs with (and a precomputed one must have had)."""
+    return dict(kind=kind, per_position=False, direction=direction, metric=score_metric, normalize=True,
+                answer=answer)
+
+
+def _component_effects(result: Result, kind: str, *, score: Score, direction: Direction
+                       ) -> tuple[list[Site], np.ndarray]:
+    """Sites of one component kind and their absolute normalised effect, from a sweep's result."""
     if score == "patching":
-        values = patch_activations(model, batch, **common).values
-        effect = values if direction == "denoise" else 1.0 - values
+        effect = result.values if direction == "denoise" else 1.0 - result.values
     else:
-        effect = attribution_patch(model, batch, **common).effect
-        effect = effect if direction == "denoise" else -effect
+        effect = result.effect if direction == "denoise" else -result.effect
     effect = effect.transpose(*[d for d in ("layer", "head", "neuron") if d in effect.dims])
     sites = []
     for layer in effect.coords["layer"].values:
@@ -176,6 +187,68 @@ def _score_kind(model: Model, batch: PairBatch, kind: str, *, score: Score, dire
         else:
             sites.append(Site(kind, int(layer)))
     return sites, np.abs(np.asarray(effect.values, dtype=float).reshape(-1))
+
+
+def _score_kind(model: Model, batch: PairBatch, kind: str, *, score: Score, direction: Direction,
+                score_metric: str, answer: AnswerMode, progress: bool) -> Result:
+    """The sweep that scores one component kind (all positions at once)."""
+    options = _sweep_options(kind, direction, score_metric, answer)
+    sweep = patch_activations if score == "patching" else attribution_patch
+    return sweep(model, batch, **options, n_boot=1, progress=progress)
+
+
+def _given_scores(model: Model, scores: ComponentScores | None, components: Sequence[str], *, score: Score,
+                  direction: str, score_metric: str, answer: str, answer_index: int | None,
+                  batch: PairBatch) -> dict[str, Result]:
+    """Precomputed sweeps by component kind, checked to be the sweeps discovery would run."""
+    if scores is None:
+        return {}
+    if answer_index is not None:
+        raise MethodError("precomputed scores do not record which answer token they were scored on; "
+                          "pass scores=None together with answer_index")
+    if isinstance(scores, Result):
+        given = [scores]
+    elif isinstance(scores, Mapping):
+        given = list(scores.values())
+        for key, res in scores.items():
+            if res.meta.options.get("kind") != key:
+                raise MethodError(f"scores[{key!r}] is a sweep of {res.meta.options.get('kind')!r}")
+    else:
+        given = list(scores)
+    wanted = PatchingResult if score == "patching" else AttributionResult
+    out: dict[str, Result] = {}
+    for res in given:
+        kind = res.meta.options.get("kind")
+        if kind not in components or kind in out:
+            raise MethodError(f"scores: a {kind!r} sweep is not one of components={list(components)} "
+                              "or is given twice")
+        if type(res) is not wanted:
+            raise MethodError(f"score={score!r} ranks by {wanted.__name__}; scores has a {type(res).__name__}")
+        _check_given(model, res, kind, direction=direction, score_metric=score_metric, answer=answer, batch=batch)
+        out[kind] = res
+    return out
+
+
+def _check_given(model: Model, res: Result, kind: str, *, direction: str, score_metric: str, answer: str,
+                 batch: PairBatch) -> None:
+    opts = res.meta.options
+    expected = {**_sweep_options(kind, direction, score_metric, answer), "n_pairs": len(batch)}
+    if isinstance(res, AttributionResult):
+        expected["method"] = "atp"
+    differ = {k: (opts.get(k), v) for k, v in expected.items() if opts.get(k) != v}
+    if differ:
+        said = ", ".join(f"{k}={got!r} (needs {need!r})" for k, (got, need) in differ.items())
+        raise MethodError(f"the precomputed {kind} scores were computed with other options: {said}")
+    if res.meta.dataset_hash is not None and batch.dataset_hash is not None \
+            and res.meta.dataset_hash != batch.dataset_hash:
+        raise MethodError(f"the precomputed {kind} scores are of other prompts (dataset hash "
+                          f"{res.meta.dataset_hash} vs {batch.dataset_hash})")
+    shape = model.shape
+    inner = {"attn_head": {"head": shape.heads_of(kind)} if kind == "attn_head" else {},
+             "mlp_post": {"neuron": shape.d_mlp}}.get(kind, {})
+    if dict(res.values.sizes) != {"layer": shape.n_layers, **inner}:
+        raise MethodError(f"the precomputed {kind} scores cover {dict(res.values.sizes)}; discovery needs "
+                          f"every component: {({'layer': shape.n_layers, **inner})}")
 
 
 # ---- mean-ablation scoring, means computed once -------------------------------------------
@@ -199,7 +272,7 @@ class _Ablator:
             ref = model.to_tokens(list(reference.prompts)).cpu()
         else:
             ref = tokenize(reference, model.tokenizer, answer="multi").tokens[:, :-1]
-        _check_reference(self.seqs, ref)
+        check_reference(self.seqs, ref)
         n_layers = model.shape.n_layers
         needed = [Site(k, layer) for layer in range(n_layers)
                   for k in ("attn_out", "mlp_out", "attn_head", "mlp_post")]
@@ -211,18 +284,18 @@ class _Ablator:
             logits = self.model.run_with_patches(self.seqs[start:start + self.batch_size].to(self.model.device),
                                                  patches)
             answers = self.answers[start:start + self.batch_size].to(self.model.device)
-            out.append(_faithfulness_scores(logits[:, self.positions], answers, self.metric).cpu())
+            out.append(faithfulness_scores(logits[:, self.positions], answers, self.metric).cpu())
         return float(torch.cat(out).mean())
 
     def keep(self, circuit: Sequence[Site]) -> float:
         """The score with everything outside ``circuit`` mean-ablated."""
-        heads, mlps = _circuit_parts(self.model, circuit)
-        return self.run(_ablation_patches(self.model, heads, mlps, self.means))
+        heads, mlps = circuit_parts(self.model, circuit)
+        return self.run(ablation_patches(self.model, heads, mlps, self.means))
 
     def remove(self, circuit: Sequence[Site]) -> float:
         """The score with only ``circuit`` mean-ablated (the completeness check)."""
         shape = self.model.shape
-        heads, mlps = _circuit_parts(self.model, circuit)
+        heads, mlps = circuit_parts(self.model, circuit)
         all_heads = set(range(shape.n_heads))
         keep_heads = [all_heads - h for h in heads]
         keep_mlps: list[set[int] | None] = []
@@ -233,16 +306,16 @@ class _Ablator:
                 keep_mlps.append(None)  # untouched
             else:
                 keep_mlps.append(set(range(shape.d_mlp)) - kept)
-        # A layer whose every head is in the circuit keeps none: _ablation_patches then
+        # A layer whose every head is in the circuit keeps none: ablation_patches then
         # ablates the whole attention output, which is the same thing.
-        return self.run(_ablation_patches(self.model, keep_heads, keep_mlps, self.means))
+        return self.run(ablation_patches(self.model, keep_heads, keep_mlps, self.means))
 
 
 # ---- discovery ----------------------------------------------------------------------------
 
 
 def _check(components: Sequence[str], score: str, grow: str, target: float, metric: str,
-           max_size: int | None, direction: str) -> None:
+           max_size: int | None) -> None:
     if not components:
         raise ConfigError(f"components must name at least one of {', '.join(COMPONENT_KINDS)}")
     bad = [c for c in components if c not in COMPONENT_KINDS]
@@ -260,8 +333,87 @@ def _check(components: Sequence[str], score: str, grow: str, target: float, metr
         raise ConfigError(f"target is a faithfulness (1 = the full model); got {target}")
     if max_size is not None and max_size < 1:
         raise ConfigError(f"max_size must be >= 1, got {max_size}")
-    if direction not in ("denoise", "noise"):
-        raise ConfigError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+
+
+def _scoring_batch(model: Model, pairs: PromptPairs | PairBatch, *, score: Score, score_metric: str,
+                   direction: str, answer: AnswerMode, answer_index: int | None) -> PairBatch:
+    """The pairs that rank the components, tokenized once and checked before any forward pass."""
+    refused = NO_GRADIENT_METRICS if score == "attribution" else None
+    batch = contrast(model, pairs, answer=answer, metric=score_metric, direction=direction,
+                     refused_metrics=refused).batch
+    if answer_index is None:
+        return batch
+    n_answer = int(batch.answer_positions.shape[0])
+    if isinstance(answer_index, bool) or not isinstance(answer_index, int) or not 0 <= answer_index < n_answer:
+        raise ConfigError(f"answer_index must be an int in 0..{n_answer - 1} (the answer has {n_answer} "
+                          f"tokens), got {answer_index!r}")
+    return batch.answer_token(answer_index)
+
+
+def _grow(ablator: _Ablator, sites: list[Site], ranked: list[int], *, grow: Grow, limit: int, target: float,
+          full: float, empty: float, progress: bool) -> tuple[list[int], list[float]]:
+    """The order components join the circuit and the faithfulness after each join."""
+
+    def f_of(circuit: Sequence[Site]) -> float:
+        ratio = faithfulness_ratio(np.array([ablator.keep(circuit)]), np.array([full]), np.array([empty]))
+        return float("nan") if ratio is None else ratio
+
+    order: list[int] = []
+    curve: list[float] = []
+    bar = tqdm(total=limit, desc=f"growing circuit ({grow})", disable=not progress, leave=False)
+    if grow == "topk":
+        for i in ranked[:limit]:
+            order.append(i)
+            curve.append(f_of([sites[j] for j in order]))
+            bar.update(1)
+    else:
+        remaining = list(ranked)
+        while remaining and len(order) < limit:
+            base = [sites[j] for j in order]
+            trial = [f_of([*base, sites[i]]) for i in remaining]
+            # Ties (and NaN) go to the better-scored component.
+            best = max(range(len(remaining)), key=lambda k: (np.nan_to_num(trial[k], nan=-np.inf), -k))
+            order.append(remaining.pop(best))
+            curve.append(trial[best])
+            bar.update(1)
+            if trial[best] >= target:
+                break
+    bar.close()
+    return order, curve
+
+
+def _component_axis(sites: list[Site], scores: list[float], axis: list[int]) -> xr.DataArray:
+    """Component scores along ``axis`` (indices into ``sites``), labeled as :class:`CircuitResult` says."""
+    coords = {
+        "component": np.array([component_label(sites[i]) for i in axis]),
+        "kind": ("component", np.array([sites[i].kind for i in axis])),
+        "comp_layer": ("component", np.array([int(sites[i].layer) for i in axis])),
+        "comp_head": ("component", np.array([-1 if sites[i].head is None else sites[i].head for i in axis])),
+        "comp_neuron": ("component", np.array([-1 if sites[i].neuron is None else sites[i].neuron
+                                               for i in axis])),
+    }
+    return xr.DataArray(np.array([scores[i] for i in axis], dtype=float), dims=("component",), coords=coords)
+
+
+def _circuit_result(model: Model, prompts: PromptSet, ablator: _Ablator, sites: list[Site], effects: list[float],
+                    ranked: list[int], order: list[int], curve: list[float], *, target: float, full: float,
+                    empty: float, options: dict) -> CircuitResult:
+    """The smallest prefix of the grown circuit that reaches ``target``, with its curve and checks."""
+    reached_at = next((k for k, f in enumerate(curve) if f >= target), None)
+    size = len(order) if reached_at is None else reached_at + 1
+    values = _component_axis(sites, effects, order + [i for i in ranked if i not in set(order)])
+    faith = np.full(values.sizes["component"], np.nan)
+    faith[:len(curve)] = curve
+    in_circuit = np.zeros(values.sizes["component"], dtype=np.int64)
+    in_circuit[:size] = 1
+    return CircuitResult(
+        values=values, meta=make_meta("discover_circuit", model, prompts, options=options),
+        extras={"faithfulness": values.copy(data=faith), "in_circuit": values.copy(data=in_circuit)},
+        circuit=[str(x) for x in values.coords["component"].values[:size]], target=target,
+        reached=reached_at is not None,
+        circuit_faithfulness=None if not curve or np.isnan(curve[size - 1]) else float(curve[size - 1]),
+        full_score=full, circuit_ablated_score=ablator.remove([sites[i] for i in order[:size]]), empty_score=empty,
+    )
 
 
 def discover_circuit(
@@ -282,6 +434,7 @@ def discover_circuit(
     answer_index: int | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    scores: ComponentScores | None = None,
 ) -> CircuitResult:
     """Find the smallest circuit whose mean-ablation faithfulness reaches ``target``.
 
@@ -306,209 +459,52 @@ def discover_circuit(
             first token written), e.g. one circuit per answer digit; default: all of them.
         batch_size: prompts per forward pass of the faithfulness runs.
         progress: show progress bars.
+        scores: sweeps already run on ``pairs`` that rank some of ``components``, so they
+            are not run again: a :class:`~arithinterp.methods.patching.PatchingResult`
+            (``score="patching"``) or :class:`~arithinterp.methods.attribution.AttributionResult`
+            (``score="attribution"``, ``method="atp"``) per kind, as one result, a sequence
+            or a mapping ``{kind: result}``. Each must be the sweep discovery would run
+            (``per_position=False``, ``normalize=True``, the same ``direction``,
+            ``score_metric``, ``answer``, pairs and every component of its kind; ``n_boot``
+            does not matter), else :class:`MethodError`; not with ``answer_index``.
     """
     components = list(components)
-    _check(components, score, grow, target, metric, max_size, direction)
+    _check(components, score, grow, target, metric, max_size)
     if prompts is None:
         if not isinstance(pairs, PromptPairs):
             raise ConfigError("pass `prompts` when `pairs` is an already tokenized PairBatch")
         prompts = pairs.clean
-    batch = pairs if isinstance(pairs, PairBatch) else tokenize_pairs(pairs, model.tokenizer, answer=answer)
-    if answer_index is not None:
-        n_answer = int(batch.answer_positions.shape[0])
-        if isinstance(answer_index, bool) or not isinstance(answer_index, int) or not 0 <= answer_index < n_answer:
-            raise ConfigError(f"answer_index must be an int in 0..{n_answer - 1} (the answer has {n_answer} "
-                              f"tokens), got {answer_index!r}")
-        i = slice(answer_index, answer_index + 1)
-        batch = PairBatch(batch.clean, batch.corrupt, batch.clean_answer[:, i], batch.corrupt_answer[:, i],
-                          batch.answer_positions[i], batch.str_tokens)
+    batch = _scoring_batch(model, pairs, score=score, score_metric=score_metric, direction=direction,
+                           answer=answer, answer_index=answer_index)
+    given = _given_scores(model, scores, components, score=score, direction=direction, score_metric=score_metric,
+                          answer=answer, answer_index=answer_index, batch=batch)
     ablator = _Ablator(model, prompts, reference, metric=metric, answer=answer, batch_size=batch_size,
                        answer_index=answer_index)
 
     sites: list[Site] = []
-    scores: list[float] = []
+    effects: list[float] = []
     for kind in components:
-        s, v = _score_kind(model, batch, kind, score=score, direction=direction,
-                           score_metric=score_metric, progress=progress)
+        if kind in given:
+            sweep = given[kind]
+        else:
+            sweep = _score_kind(model, batch, kind, score=score, direction=direction, score_metric=score_metric,
+                                answer=answer, progress=progress)
+        s, v = _component_effects(sweep, kind, score=score, direction=direction)
         sites += s
-        scores += v.tolist()
-    ranked = sorted(range(len(sites)), key=lambda i: (-scores[i], i))
+        effects += v.tolist()
+    ranked = sorted(range(len(sites)), key=lambda i: (-effects[i], i))
     limit = len(sites) if max_size is None else min(max_size, len(sites))
-
     full, empty = ablator.run({}), ablator.keep([])
+    order, curve = _grow(ablator, sites, ranked, grow=grow, limit=limit, target=target, full=full,
+                         empty=empty, progress=progress)
 
-    def f_of(circuit: Sequence[Site]) -> float:
-        ratio = _faithfulness_ratio(np.array([ablator.keep(circuit)]), np.array([full]), np.array([empty]))
-        return float("nan") if ratio is None else ratio
-
-    order: list[int] = []
-    curve: list[float] = []
-    bar = tqdm(total=limit, desc=f"growing circuit ({grow})", disable=not progress, leave=False)
-    if grow == "topk":
-        for i in ranked[:limit]:
-            order.append(i)
-            curve.append(f_of([sites[j] for j in order]))
-            bar.update(1)
-    else:
-        remaining = list(ranked)
-        while remaining and len(order) < limit:
-            base = [sites[j] for j in order]
-            trial = [f_of([*base, sites[i]]) for i in remaining]
-            # Ties (and NaN) go to the better-scored component.
-            best = max(range(len(remaining)), key=lambda k: (np.nan_to_num(trial[k], nan=-np.inf), -k))
-            order.append(remaining.pop(best))
-            curve.append(trial[best])
-            bar.update(1)
-            if trial[best] >= target:
-                break
-    bar.close()
-
-    reached_at = next((k for k, f in enumerate(curve) if f >= target), None)
-    size = len(order) if reached_at is None else reached_at + 1
-    circuit = [sites[i] for i in order[:size]]
-    axis = order + [i for i in ranked if i not in set(order)]
-    labels = np.array([component_label(sites[i]) for i in axis])
-    coords = {
-        "component": labels,
-        "kind": ("component", np.array([sites[i].kind for i in axis])),
-        "comp_layer": ("component", np.array([int(sites[i].layer) for i in axis])),
-        "comp_head": ("component", np.array([-1 if sites[i].head is None else sites[i].head for i in axis])),
-        "comp_neuron": ("component", np.array([-1 if sites[i].neuron is None else sites[i].neuron
-                                               for i in axis])),
-    }
-    values = xr.DataArray(np.array([scores[i] for i in axis], dtype=float), dims=("component",), coords=coords)
-    faith = np.full(len(axis), np.nan)
-    faith[:len(curve)] = curve
-    in_circuit = np.zeros(len(axis), dtype=np.int64)
-    in_circuit[:size] = 1
-    meta = make_meta(
-        "discover_circuit", model, prompts,
-        options={"components": components, "score": score, "grow": grow, "target": float(target),
-                 "metric": metric, "max_size": max_size, "score_metric": score_metric,
-                 "direction": direction, "answer": answer, "answer_index": answer_index,
-                 "n_pairs": len(batch),
-                 "n_prompts": int(ablator.seqs.shape[0]),
-                 "reference_hash": None if reference is None else reference.hash},
-    )
-    return CircuitResult(
-        values=values, meta=meta,
-        extras={"faithfulness": values.copy(data=faith), "in_circuit": values.copy(data=in_circuit)},
-        circuit=[str(x) for x in labels[:size]], target=float(target), reached=reached_at is not None,
-        circuit_faithfulness=None if not curve or np.isnan(curve[size - 1]) else float(curve[size - 1]),
-        full_score=full, circuit_ablated_score=ablator.remove(circuit), empty_score=empty,
-    )
-
-
-# ---- circuit diagram ----------------------------------------------------------------------
-
-
-def _stage(kind: str, layer: int) -> int:
-    """Forward-pass order: attention of layer L, then its MLP."""
-    return 2 * layer + (0 if kind == "attn_head" else 1)
-
-
-def _edge_scores(edges: Result, nodes: list[tuple[str, int, float, str]]) -> list[tuple[str, str, float]]:
-    """Edges between circuit members (and into the logits) with their EAP score.
-
-    A head receives through its layer's attention block (``ATTN{l}``), an MLP through
-    ``MLP{l}``; a neuron's edges are its MLP's.
-    """
-    v = edges.values
-    senders = {str(c) for c in v.coords["component"].values}
-    receivers = {str(c) for c in v.coords["site"].values}
-    out = []
-    for u in nodes:
-        sender = u[0] if u[3] != "mlp_post" else f"MLP{u[0].split('N')[0][1:]}"
-        if sender not in senders:
-            continue
-        for w in nodes:
-            if w[1] <= u[1]:
-                continue
-            layer = w[0].split("N")[0][1:] if w[3] == "mlp_post" else None
-            receiver = (f"ATTN{w[0][1:].split('H')[0]}" if w[3] == "attn_head"
-                        else w[0] if w[3] == "mlp_out" else f"MLP{layer}")
-            if receiver in receivers:
-                score = float(v.sel(component=sender, site=receiver))
-                if np.isfinite(score):
-                    out.append((u[0], w[0], score))
-        if "logits" in receivers:
-            score = float(v.sel(component=sender, site="logits"))
-            if np.isfinite(score):
-                out.append((u[0], "logits", score))
-    return out
-
-
-def circuit_figure(result: CircuitResult, edges: Result | None = None) -> go.Figure:
-    """The circuit as a diagram: layers left to right (attention, then MLP, per layer),
-    components as nodes sized by score.
-
-    Without ``edges``, components of consecutive occupied stages are joined by edges
-    weighted by the geometric mean of their scores. With ``edges`` (an
-    :class:`~arithinterp.methods.edge_attribution.EdgeAttributionResult` of the same
-    model), every edge from a member to a later member, and to a ``logits`` node,
-    carries its edge-attribution score: width by ``|score|``, colour by sign, the
-    score on hover and at the edge's midpoint.
-    """
-    v = result.values
-    labels = [str(x) for x in v.coords["component"].values]
-    member = {str(c) for c in result.circuit}
-    nodes = []
-    for i, label in enumerate(labels):
-        if label not in member:
-            continue
-        kind, layer = str(v.coords["kind"].values[i]), int(v.coords["comp_layer"].values[i])
-        nodes.append((label, _stage(kind, layer), float(v.values[i]), kind))
-    stages = sorted({n[1] for n in nodes})
-    by_stage = {s: [n for n in nodes if n[1] == s] for s in stages}
-    pos = {}
-    for s, group in by_stage.items():
-        for j, n in enumerate(sorted(group)):
-            pos[n[0]] = (s / 2.0, j - (len(group) - 1) / 2.0)
-    top = max([n[2] for n in nodes] + [1e-12])
-    fig = go.Figure()
-    if edges is not None:
-        scored = _edge_scores(edges, nodes)
-        last = (max(stages) + 1) / 2.0 if stages else 0.0
-        pos["logits"] = (max(last, (2 * int(edges.values.coords["site_layer"].values.max())) / 2.0), 0.0)
-        biggest = max([abs(e[2]) for e in scored] + [1e-12])
-        mid_x, mid_y, mid_text = [], [], []
-        for a, b, score in scored:
-            (x0, y0), (x1, y1) = pos[a], pos[b]
-            color = "rgba(31,119,180,0.6)" if score >= 0 else "rgba(214,39,40,0.6)"
-            fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False,
-                                     line={"width": 1 + 8 * abs(score) / biggest, "color": color},
-                                     hoverinfo="text", text=f"{a} → {b}: EAP {score:+.3f}"))
-            mid_x.append((x0 + x1) / 2)
-            mid_y.append((y0 + y1) / 2)
-            mid_text.append(f"{score:+.2f}")
-        fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="text", text=mid_text, showlegend=False,
-                                 hoverinfo="skip", textfont={"size": 10}))
-        fig.add_trace(go.Scatter(x=[pos["logits"][0]], y=[0.0], mode="markers+text", text=["logits"],
-                                 textposition="top center", showlegend=False,
-                                 marker={"size": 14, "color": "#2ca02c", "symbol": "square"},
-                                 hoverinfo="text"))
-    else:
-        for a, b in zip(stages, stages[1:]):
-            for na in by_stage[a]:
-                for nb in by_stage[b]:
-                    w = float(np.sqrt(max(na[2], 0.0) * max(nb[2], 0.0))) / top
-                    (x0, y0), (x1, y1) = pos[na[0]], pos[nb[0]]
-                    fig.add_trace(go.Scatter(x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False,
-                                             line={"width": 1 + 6 * w, "color": "rgba(100,100,100,0.5)"},
-                                             hoverinfo="text", text=f"{na[0]} → {nb[0]} ({w:.2f})"))
-    fig.add_trace(go.Scatter(
-        x=[pos[n[0]][0] for n in nodes], y=[pos[n[0]][1] for n in nodes], mode="markers+text",
-        text=[n[0] for n in nodes], textposition="top center", showlegend=False,
-        marker={"size": [12 + 28 * n[2] / top for n in nodes],
-                "color": ["#1f77b4" if n[3] == "attn_head" else "#ff7f0e" for n in nodes]},
-        hovertemplate="%{text}<br>score %{customdata:.3f}<extra></extra>",
-        customdata=[n[2] for n in nodes],
-    ))
-    f = result.circuit_faithfulness
-    fig.update_layout(title=f"circuit: {len(nodes)} components, faithfulness "
-                            f"{'undefined' if f is None else f'{f:.3f}'}",
-                      xaxis_title="layer (attention, then MLP at +0.5)", yaxis={"visible": False})
-    return fig
+    options = {"components": components, "score": score, "grow": grow, "target": float(target),
+               "metric": metric, "max_size": max_size, "score_metric": score_metric,
+               "direction": direction, "answer": answer, "answer_index": answer_index,
+               "n_pairs": len(batch), "n_prompts": int(ablator.seqs.shape[0]),
+               "reference_hash": None if reference is None else reference.hash}
+    return _circuit_result(model, prompts, ablator, sites, effects, ranked, order, curve, target=float(target),
+                           full=full, empty=empty, options=options)
 
 
 # -- registration ---------------------------------------------------------------------------------
@@ -535,9 +531,10 @@ class CircuitOptions(Options):
 def _report_circuit(ctx: RunContext) -> dict:
     from arithinterp.methods.edge_attribution import edge_attribution_patch
 
-    pairs = ctx.require_pairs()
-    circuit = discover_circuit(ctx.model, pairs, ctx.prompts, target=float(ctx.params.get("target", 0.9)),
-                               answer=ctx.answer, progress=ctx.progress)
+    batch = ctx.batch(ctx.answer)
+    heads = ctx.results.get("patching_heads")  # the report's head sweep is the one discovery ranks heads by
+    circuit = discover_circuit(ctx.model, batch, ctx.prompts, target=float(ctx.params.get("target", 0.9)),
+                               answer=ctx.answer, progress=ctx.progress, scores=[heads] if heads is not None else None)
     edges = edge_attribution_patch(ctx.model, ctx.batch(ctx.answer), answer=ctx.answer, n_boot=REPORT_EDGE_N_BOOT,
                                    seed=ctx.seed, progress=ctx.progress)
     return {"circuit": circuit, "circuit_edges": edges}

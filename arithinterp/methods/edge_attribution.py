@@ -47,17 +47,12 @@ from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError
 from arithinterp.methods._common import make_meta
-from arithinterp.methods.attribution import (
-    AttributionMethod,
-    as_batch,
-    check_options,
-    gradient_passes,
-)
+from arithinterp.methods.attribution import AttributionMethod, attribution_contrast, gradient_passes
+from arithinterp.methods.contrast import Direction, package
 from arithinterp.methods.metrics import AnswerMode, MetricFn, PairBatch
-from arithinterp.methods.patching import Direction
 from arithinterp.methods.registry import MethodSpec, register
 from arithinterp.models import Model, Site
-from arithinterp.results import Result, bootstrap_ci
+from arithinterp.results import Result
 from arithinterp.tasks import PromptPairs
 
 __all__ = ["EdgeAttributionResult", "Receiver", "Sender", "edge_attribution_patch"]
@@ -176,71 +171,65 @@ def edge_attribution_patch(
         seed: bootstrap seed.
         progress: show a progress bar.
     """
-    metric_name, metric_fn = check_options(direction=direction, metric=metric, method=method,
-                                           ig_steps=ig_steps, batch_size=batch_size, n_boot=n_boot,
-                                           answer=answer)
     senders, receivers = _check_names(senders, SENDERS, "senders"), _check_names(receivers, RECEIVERS, "receivers")
-    batch = as_batch(model, pairs, answer)
+    con = attribution_contrast(model, pairs, direction=direction, metric=metric, normalize=normalize,
+                               answer=answer, method=method, ig_steps=ig_steps, batch_size=batch_size,
+                               n_boot=n_boot)
     n_layers = model.shape.n_layers
     send, recv = _edge_layout(model, senders, receivers)
     grad_sites = [Site("resid_pre", layer) for layer in range(n_layers)]
     grad_sites += [Site("resid_mid", layer) for layer in range(n_layers)] + [Site("resid_post", n_layers - 1)]
     writer_sites = [Site("attn_head", layer) for layer in range(n_layers)] if "attn_head" in senders else []
     writer_sites += [Site("mlp_out", layer) for layer in range(n_layers)] if "mlp_out" in senders else []
-    model.validate(grad_sites + writer_sites, batch.seq_len)
+    model.validate(grad_sites + writer_sites, con.batch.seq_len)
     W_O = model.weights().W_O.detach() if "attn_head" in senders else None
 
     per_pair, target_scores, source_scores = [], [], []
-    starts = range(0, len(batch), batch_size)
-    for start in tqdm(starts, desc=f"edge attribution ({method})", disable=not progress, leave=False):
-        part = batch.slice(start, start + batch_size)
-        passes = gradient_passes(model, part, grad_sites + writer_sites, metric_fn, direction, method, ig_steps)
-        delta = {s: passes.source[s] - passes.target[s] for s in [Site("resid_pre", 0), *writer_sites]}
-        columns = []
-        for g in _receiver_grads(passes.grad, n_layers, recv):
-            rows = []
-            if "embed" in senders:
-                rows.append((delta[Site("resid_pre", 0)] * g).sum((1, 2)).unsqueeze(1))
-            for layer in range(n_layers):
-                if W_O is not None:
-                    back = torch.einsum("bpd,hed->bphe", g, W_O[layer].to(g.dtype))
-                    rows.append((delta[Site("attn_head", layer)] * back).sum((1, 3)))
-                if "mlp_out" in senders:
-                    rows.append((delta[Site("mlp_out", layer)] * g).sum((1, 2)).unsqueeze(1))
-            columns.append(torch.cat(rows, 1))
-        per_pair.append(torch.stack(columns, -1).double())  # [b, sender, receiver]
+    parts = list(con.parts(batch_size))
+    for part in tqdm(parts, desc=f"edge attribution ({method})", disable=not progress, leave=False):
+        passes = gradient_passes(model, part, grad_sites + writer_sites, con.metric_fn, direction, method, ig_steps)
+        per_pair.append(_edge_scores(passes, senders, writer_sites, recv, n_layers, W_O))  # [b, sender, receiver]
         target_scores.append(passes.target_scores)
         source_scores.append(passes.source_scores)
     scores = torch.cat(per_pair)
     target, source = torch.cat(target_scores), torch.cat(source_scores)
     clean, corrupt = (source, target) if direction == "denoise" else (target, source)
-    clean_mean, corrupt_mean = float(clean.mean()), float(corrupt.mean())
-    if normalize:
-        denom = clean_mean - corrupt_mean
-        if abs(denom) < 1e-12:
-            raise ConfigError("clean and corrupt runs score the same on this metric; use normalize=False")
-        scores = scores / denom
-    valid = np.array([[s[3] <= r[2] for r in recv] for s in send])
-    samples = np.where(valid[None], scores.numpy(), np.nan)
-    mean, low, high = bootstrap_ci(np.moveaxis(samples, 0, -1), axis=-1, n_boot=n_boot, seed=seed)
+    valid = torch.tensor([[s[3] <= r[2] for r in recv] for s in send])
+    scores = torch.where(valid, scores, torch.nan)  # a sender that writes after the receiver reads
 
     coords = {"component": [s[0] for s in send], "site": [r[0] for r in recv],
               "component_layer": ("component", [s[1] for s in send]),
               "component_head": ("component", [s[2] for s in send]),
               "site_layer": ("site", [r[1] for r in recv])}
-    dims = ("component", "site")
-    values = xr.DataArray(np.asarray(mean), dims=dims, coords=coords)
-    extras = {"ci_low": xr.DataArray(np.asarray(low), dims=dims, coords=coords),
-              "ci_high": xr.DataArray(np.asarray(high), dims=dims, coords=coords)}
-    options = {"senders": list(senders), "receivers": list(receivers), "direction": direction,
-               "metric": metric_name, "normalize": normalize, "answer": answer, "method": method,
-               "n_pairs": len(batch), "n_boot": n_boot}
+    options = {"senders": list(senders), "receivers": list(receivers), **con.options, "method": method,
+               "n_boot": n_boot}
     if method == "ig":
         options["ig_steps"] = ig_steps
-    prompts = pairs.clean if isinstance(pairs, PromptPairs) else None
-    meta = make_meta("edge_attribution_patch", model, prompts, options=options, seed=seed,
-                     extra={"clean_mean": clean_mean, "corrupt_mean": corrupt_mean, "baseline": 0.0})
+    values, extras, meta = package(con, model, "edge_attribution_patch", scores.movedim(0, -1),
+                                   dims=("component", "site"), coords=coords,
+                                   clean_mean=float(clean.mean()), corrupt_mean=float(corrupt.mean()),
+                                   options=options, extra={"baseline": 0.0}, n_boot=n_boot, seed=seed,
+                                   scale="effect")
     return EdgeAttributionResult(values=values, meta=meta, extras=extras)
+
+
+def _edge_scores(passes, senders: Sequence[str], writer_sites: list[Site], recv, n_layers: int,
+                 W_O: torch.Tensor | None) -> torch.Tensor:
+    """Per-pair scores of every edge of one batch, ``[b, sender, receiver]`` (float64)."""
+    delta = {s: passes.source[s] - passes.target[s] for s in [Site("resid_pre", 0), *writer_sites]}
+    columns = []
+    for g in _receiver_grads(passes.grad, n_layers, recv):
+        rows = []
+        if "embed" in senders:
+            rows.append((delta[Site("resid_pre", 0)] * g).sum((1, 2)).unsqueeze(1))
+        for layer in range(n_layers):
+            if W_O is not None:
+                back = torch.einsum("bpd,hed->bphe", g, W_O[layer].to(g.dtype))
+                rows.append((delta[Site("attn_head", layer)] * back).sum((1, 3)))
+            if "mlp_out" in senders:
+                rows.append((delta[Site("mlp_out", layer)] * g).sum((1, 2)).unsqueeze(1))
+        columns.append(torch.cat(rows, 1))
+    return torch.stack(columns, -1).double()
 
 
 def _check_names(given: Sequence[str], valid: tuple[str, ...], what: str) -> tuple[str, ...]:

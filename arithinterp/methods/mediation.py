@@ -63,8 +63,9 @@ from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError
 from arithinterp.methods._common import make_meta
-from arithinterp.methods.metrics import AnswerMode, tokenize_pairs
-from arithinterp.methods.patching import REPORT_N_BOOT, check_pairs, sweep_sites
+from arithinterp.methods.contrast import contrast, package
+from arithinterp.methods.metrics import AnswerMode, PairBatch
+from arithinterp.methods.patching import REPORT_N_BOOT, check_pairs
 from arithinterp.methods.registry import (
     MethodSpec,
     Options,
@@ -73,6 +74,7 @@ from arithinterp.methods.registry import (
     RunContext,
     register,
 )
+from arithinterp.methods.sweep import sweep_sites
 from arithinterp.models import Model, Site, select
 from arithinterp.results import Result, bootstrap_ci
 from arithinterp.tasks import PromptPairs
@@ -193,8 +195,7 @@ class _Runs:
                      self.positions, self.prompt_len, self.single)
 
 
-def _runs(pairs: PromptPairs, model: Model, answer: AnswerMode) -> tuple[_Runs, tuple[str, ...]]:
-    batch = tokenize_pairs(pairs, model.tokenizer, answer=answer)
+def _runs(batch: PairBatch, model: Model) -> tuple[_Runs, tuple[str, ...]]:
     prompt_len = int(batch.answer_positions[0]) + 1
     single = batch.clean_answer.shape[1] == 1
     base_p, alt_p = batch.clean[:, :prompt_len], batch.corrupt[:, :prompt_len]
@@ -233,7 +234,7 @@ def _cells(model: Model, components: Sequence[str], heads: bool, neurons: Sequen
 
 
 def _validate(components: Sequence[str], heads: bool, neurons: Sequence[int] | None,
-              answer: str, eps: float, batch_size: int, pairs: object) -> tuple[str, ...]:
+              eps: float, pairs: object) -> tuple[str, ...]:
     if not isinstance(pairs, PromptPairs):
         raise ConfigError(
             f"mediate needs PromptPairs (arithinterp.tasks.make_pairs), got {type(pairs).__name__}: "
@@ -254,12 +255,8 @@ def _validate(components: Sequence[str], heads: bool, neurons: Sequence[int] | N
         raise ConfigError("heads=True and neurons=[...] are two sweeps with different axes; run mediate twice")
     if neurons is not None and len(neurons) == 0:
         raise ConfigError("neurons=[] selects no neuron; pass neuron indices or None")
-    if answer not in get_args(AnswerMode):
-        raise ConfigError(f"answer must be one of {get_args(AnswerMode)}, got {answer!r}")
     if not eps >= 0:
         raise ConfigError(f"eps must be >= 0, got {eps!r}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     return components
 
 
@@ -354,8 +351,12 @@ def mediate(
     Every input is checked (components, answer tokens, equal clean/corrupt lengths,
     sites) before the first forward pass.
     """
-    components = _validate(components, heads, neurons, answer, eps, batch_size, pairs)
-    runs, str_tokens = _runs(pairs, model, answer)
+    components = _validate(components, heads, neurons, eps, pairs)
+    # The counterfactual's activations go into the base run (a "noise" patch); the IE reads
+    # probabilities itself, so the contrast's metric only validates, and nothing is normalised.
+    con = contrast(model, pairs, answer=answer, metric="prob", direction="noise", normalize=False,
+                   batch_size=batch_size, n_boot=n_boot)
+    runs, str_tokens = _runs(con.batch, model)
     sites, dims, coords = _cells(model, components, heads, neurons, per_position, runs.prompt_len)
 
     n = runs.r.shape[0]
@@ -367,37 +368,29 @@ def mediate(
             ies.append(ie)
             changes.append(changed)
             bases.append(base)
-    ie = torch.cat(ies, 1).numpy()
     change = torch.cat(changes, 1).numpy()
     base = {k: torch.cat([b[k] for b in bases]).numpy() for k in bases[0]}
 
-    shape = [len(coords[d]) for d in dims]
-    mean, low, high = bootstrap_ci(ie.reshape(*shape, n), axis=-1, n_boot=n_boot, seed=seed)
     te = total_effect(base["p_r_base"], base["p_r_alt"], base["p_rp_alt"], base["p_rp_base"], eps=eps)
     te_mean, te_low, te_high = bootstrap_ci(te, axis=0, n_boot=n_boot, seed=seed)
     if "pos" in dims:
         coords["pos_token"] = ("pos", np.array(str_tokens))
-    values = xr.DataArray(np.asarray(mean), dims=dims, coords=coords)
-    extras = {
-        "ci_low": values.copy(data=np.asarray(low)),
-        "ci_high": values.copy(data=np.asarray(high)),
-        "change_rate": values.copy(data=change.mean(-1).reshape(shape)),
-    }
     kind = "attn_head" if heads else "mlp_post" if neurons is not None else list(components)
-    meta = make_meta(
-        "mediate", model, pairs.clean,
+    values, extras, meta = package(
+        con, model, "mediate", torch.cat(ies, 1), dims=dims, coords=coords, clean_mean=None, corrupt_mean=None,
         options={"pair_kind": pairs.kind, "stolfo_type": STOLFO_TYPES.get(pairs.kind),
                  "components": kind, "per_position": per_position,
                  "neurons": None if neurons is None else [int(i) for i in neurons],
                  "answer": answer, "eps": eps, "n_pairs": n, "n_boot": n_boot,
                  "corrupt_hash": pairs.corrupt.hash},
-        seed=seed,
+        n_boot=n_boot, seed=seed,
         extra={"total_effect": float(te_mean), "total_effect_ci_low": float(te_low),
                "total_effect_ci_high": float(te_high),
                "p_r_base": float(base["p_r_base"].mean()), "p_rp_base": float(base["p_rp_base"].mean()),
                "p_r_alt": float(base["p_r_alt"].mean()), "p_rp_alt": float(base["p_rp_alt"].mean()),
                "base_accuracy": float(base["correct_base"].mean())},
     )
+    extras["change_rate"] = values.copy(data=change.mean(-1).reshape(values.shape))
     return MediationResult(values=values, meta=meta, extras=extras)
 
 

@@ -16,7 +16,7 @@ clean run.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 import torch
@@ -36,7 +36,10 @@ class PairBatch:
     ``clean`` / ``corrupt``: ``[n, pos]``; ``clean_answer`` / ``corrupt_answer``:
     ``[n, answer]`` token ids; ``answer_positions``: ``[answer]``, positions whose
     logits predict each answer token; ``str_tokens``: token strings of the first
-    clean sequence.
+    clean sequence; ``answer``: the answer mode it was tokenized with and
+    ``dataset_hash``: the hash of the clean prompts (both set by
+    :func:`tokenize_pairs`; ``None`` for a batch built by hand), so that a method
+    given the batch records the same provenance as one given the pairs.
     """
 
     clean: torch.Tensor
@@ -45,6 +48,8 @@ class PairBatch:
     corrupt_answer: torch.Tensor
     answer_positions: torch.Tensor
     str_tokens: tuple[str, ...]
+    answer: AnswerMode | None = None
+    dataset_hash: str | None = None
 
     def __len__(self) -> int:
         return int(self.clean.shape[0])
@@ -54,11 +59,17 @@ class PairBatch:
         return int(self.clean.shape[1])
 
     def slice(self, start: int, stop: int) -> PairBatch:
-        return PairBatch(
-            self.clean[start:stop], self.corrupt[start:stop],
-            self.clean_answer[start:stop], self.corrupt_answer[start:stop],
-            self.answer_positions, self.str_tokens,
+        """Pairs ``start:stop`` (the rows a batched forward pass reads)."""
+        return replace(
+            self, clean=self.clean[start:stop], corrupt=self.corrupt[start:stop],
+            clean_answer=self.clean_answer[start:stop], corrupt_answer=self.corrupt_answer[start:stop],
         )
+
+    def answer_token(self, index: int) -> PairBatch:
+        """The same pairs scored on answer token ``index`` only (0 = the first token written)."""
+        i = slice(index, index + 1)
+        return replace(self, clean_answer=self.clean_answer[:, i], corrupt_answer=self.corrupt_answer[:, i],
+                       answer_positions=self.answer_positions[i])
 
 
 def tokenize_pairs(pairs: PromptPairs, tokenizer, *, answer: AnswerMode = "multi") -> PairBatch:
@@ -93,6 +104,8 @@ def tokenize_pairs(pairs: PromptPairs, tokenizer, *, answer: AnswerMode = "multi
         corrupt_answer=corrupt.answer_tokens,
         answer_positions=torch.arange(clean.prompt_len - 1, clean.prompt_len - 1 + n_ans),
         str_tokens=tuple(clean.str_tokens[:keep]),
+        answer=answer,
+        dataset_hash=pairs.clean.hash,
     )
 
 

@@ -28,19 +28,12 @@ import plotly.graph_objects as go
 import torch
 import xarray as xr
 from pydantic import Field
-from tqdm.auto import tqdm
 
-from arithinterp.errors import MethodError, SiteError
+from arithinterp.errors import MethodError
 from arithinterp.methods._common import make_meta
-from arithinterp.methods.metrics import (
-    AnswerMode,
-    MetricFn,
-    PairBatch,
-    normalise,
-    prob,
-    resolve_metric,
-    tokenize_pairs,
-)
+from arithinterp.methods.contrast import Direction, contrast, package
+from arithinterp.methods.metrics import AnswerMode, MetricFn, PairBatch, prob
+from arithinterp.methods.patching_engine import run_fast
 from arithinterp.methods.registry import (
     MethodSpec,
     Options,
@@ -50,12 +43,13 @@ from arithinterp.methods.registry import (
     read_extra,
     register,
 )
-from arithinterp.models import Model, Site
-from arithinterp.models.site import HEAD_KINDS, LAYERLESS_KINDS, NEURON_KINDS, SITE_KINDS, SiteKind
-from arithinterp.results import Result, bootstrap_ci
+from arithinterp.methods.sweep import run_literal, sweep_sites
+from arithinterp.models import Model
+from arithinterp.models.site import SiteKind
+from arithinterp.results import Result
 from arithinterp.tasks import PromptPairs
 
-Direction = Literal["denoise", "noise"]
+__all__ = ["Direction", "Engine", "PatchingResult", "patch_activations", "sweep_sites"]
 RELATIVE_EPS = 1e-10
 """Added to P(r) in the denominator of ``metric="relative_prob"``."""
 Engine = Literal["fast", "literal"]
@@ -115,53 +109,6 @@ class PatchingResult(Result):
         return cls(values=values, meta=meta, extras=extras)
 
 
-def sweep_sites(model: Model, kind: str, *, per_position: bool, seq_len: int,
-                heads: bool = True, neurons: Sequence[int] | None = None) -> tuple[list[Site], dict]:
-    """The sites of a sweep in (layer, head|neuron, pos) order, and the result coordinates."""
-    if kind not in SITE_KINDS:
-        raise SiteError(f"unknown site kind {kind!r}; valid kinds are: {', '.join(SITE_KINDS)}")
-    shape = model.shape
-    layers = [None] if kind in LAYERLESS_KINDS else list(range(shape.n_layers))
-    positions = list(range(seq_len)) if per_position else [None]
-    if kind in HEAD_KINDS and heads:
-        inner, inner_dim = list(range(shape.heads_of(kind))), "head"
-    elif kind in NEURON_KINDS:
-        inner = list(neurons) if neurons is not None else list(range(shape.d_mlp))
-        inner_dim = "neuron"
-    else:
-        inner, inner_dim = [None], None
-    sites = []
-    for layer in layers:
-        for i in inner:
-            for pos in positions:
-                sites.append(Site(kind, layer,
-                                  head=i if inner_dim == "head" else None,
-                                  neuron=i if inner_dim == "neuron" else None, pos=pos))
-    dims, coords = [], {}
-    if layers != [None]:
-        dims.append("layer")
-        coords["layer"] = np.array(layers)
-    if inner_dim is not None:
-        dims.append(inner_dim)
-        coords[inner_dim] = np.array(inner)
-    if per_position:
-        dims.append("pos")
-        coords["pos"] = np.arange(seq_len)
-    return model.validate(sites, seq_len), {"dims": tuple(dims), "coords": coords}
-
-
-def _run_literal(model: Model, batch: PairBatch, sites: list[Site], direction: Direction,
-                 metric: MetricFn, progress: bool) -> torch.Tensor:
-    """One full forward pass per (site, batch): the oracle. Returns ``[site, pair]``."""
-    source, target = (batch.clean, batch.corrupt) if direction == "denoise" else (batch.corrupt, batch.clean)
-    _, cache = model.run_with_cache(source, sites)
-    out = torch.empty(len(sites), len(batch), dtype=torch.float64)
-    for i, site in enumerate(tqdm(sites, desc="patching (literal)", disable=not progress, leave=False)):
-        logits = model.run_with_patches(target, {site: cache[site]})
-        out[i] = metric(logits[:, batch.answer_positions], batch.clean_answer, batch.corrupt_answer).double()
-    return out
-
-
 def patch_activations(
     model: Model,
     pairs: PromptPairs | PairBatch,
@@ -199,8 +146,6 @@ def patch_activations(
         seed: bootstrap seed.
         progress: show progress bars.
     """
-    if direction not in ("denoise", "noise"):
-        raise MethodError(f"direction must be 'denoise' or 'noise', got {direction!r}")
     if engine not in ("fast", "literal"):
         raise MethodError(f"engine must be 'fast' or 'literal', got {engine!r}")
     relative = metric == "relative_prob"
@@ -208,24 +153,16 @@ def patch_activations(
         raise MethodError(
             "metric='relative_prob' is already relative to the unpatched run; pass normalize=False"
         )
-    metric_name, metric_fn = ("relative_prob", prob) if relative else resolve_metric(metric)
-    batch = pairs if isinstance(pairs, PairBatch) else tokenize_pairs(pairs, model.tokenizer, answer=answer)
+    con = contrast(model, pairs, answer=answer, metric=metric, direction=direction, normalize=normalize,
+                   batch_size=batch_size, n_boot=n_boot, extra_metrics={"relative_prob": prob})
+    batch, metric_fn = con.batch, con.metric_fn
     sites, layout = sweep_sites(model, kind, per_position=per_position, seq_len=batch.seq_len, neurons=neurons)
+    run = run_literal if engine == "literal" else run_fast
 
     per_pair, clean_scores, corrupt_scores = [], [], []
-    for start in range(0, len(batch), batch_size):
-        part = batch.slice(start, start + batch_size)
-        if engine == "literal":
-            clean_logits = model.logits(part.clean)[:, part.answer_positions]
-            corrupt_logits = model.logits(part.corrupt)[:, part.answer_positions]
-            per_pair.append(_run_literal(model, part, sites, direction, metric_fn, progress))
-        else:
-            from arithinterp.methods.patching_engine import run_fast
-
-            scores_part, clean_logits, corrupt_logits = run_fast(
-                model, part, sites, direction, metric_fn, progress=progress
-            )
-            per_pair.append(scores_part)
+    for part in con.parts(batch_size):
+        scores_part, clean_logits, corrupt_logits = run(model, part, sites, direction, metric_fn, progress=progress)
+        per_pair.append(scores_part)
         clean_scores.append(metric_fn(clean_logits, part.clean_answer, part.corrupt_answer).double())
         corrupt_scores.append(metric_fn(corrupt_logits, part.clean_answer, part.corrupt_answer).double())
     scores = torch.cat(per_pair, dim=1)  # [site, pair]
@@ -237,27 +174,11 @@ def patch_activations(
         scores = (scores - base) / (base + RELATIVE_EPS)
         clean_all = (clean_all - base) / (base + RELATIVE_EPS)
         corrupt_all = (corrupt_all - base) / (base + RELATIVE_EPS)
-    clean_mean = float(clean_all.mean())
-    corrupt_mean = float(corrupt_all.mean())
-    if normalize:
-        scores = normalise(scores, clean_mean, corrupt_mean)
-    shape = [len(layout["coords"][d]) for d in layout["dims"]]
-    samples = scores.numpy().reshape(*shape, len(batch))
-    mean, low, high = bootstrap_ci(samples, axis=-1, n_boot=n_boot, seed=seed)
-    coords = dict(layout["coords"])
-    if "pos" in layout["dims"]:
-        coords["pos_token"] = ("pos", np.array(batch.str_tokens))
-    dims = layout["dims"]
-    values = xr.DataArray(np.asarray(mean), dims=dims, coords=coords)
-    extras = {"ci_low": xr.DataArray(np.asarray(low), dims=dims, coords=coords),
-              "ci_high": xr.DataArray(np.asarray(high), dims=dims, coords=coords)}
-    meta = make_meta(
-        "patch_activations", model, getattr(pairs, "clean", None),
-        options={"kind": kind, "per_position": per_position, "direction": direction,
-                 "metric": metric_name, "normalize": normalize, "answer": answer, "engine": engine,
-                 "n_pairs": len(batch), "n_boot": n_boot},
-        seed=seed,
-        extra={"clean_mean": clean_mean, "corrupt_mean": corrupt_mean},
+    values, extras, meta = package(
+        con, model, "patch_activations", scores, dims=layout["dims"], coords=layout["coords"],
+        clean_mean=float(clean_all.mean()), corrupt_mean=float(corrupt_all.mean()),
+        options={"kind": kind, "per_position": per_position, **con.options, "engine": engine, "n_boot": n_boot},
+        n_boot=n_boot, seed=seed,
     )
     return PatchingResult(values=values, meta=meta, extras=extras)
 

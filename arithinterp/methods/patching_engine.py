@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from arithinterp.errors import ModelLoadError
 from arithinterp.methods.metrics import MetricFn, PairBatch
+from arithinterp.methods.sweep import run_literal
 from arithinterp.models import Model, Site
 from arithinterp.models.functional import KV, FunctionalTransformer
 
@@ -251,10 +252,7 @@ def run_fast(model: Model, batch: PairBatch, sites: list[Site], direction: str, 
     if ft is None or grouped and any(s.kind in ("q", "k", "v", "pattern") for s in sites):
         warnings.warn(f"the fast patching engine does not support {model.name}; using the literal engine",
                       stacklevel=2)
-        from arithinterp.methods.patching import _run_literal
-
-        clean, corrupt = model.logits(batch.clean)[:, ap], model.logits(batch.corrupt)[:, ap]
-        return _run_literal(model, batch, sites, direction, metric, progress), clean, corrupt
+        return run_literal(model, batch, sites, direction, metric, progress)
     with torch.no_grad():
         clean, corrupt = trace(ft, batch.clean), trace(ft, batch.corrupt)
         # The functional forward must reproduce the backend before its numbers are trusted.

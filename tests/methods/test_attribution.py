@@ -12,6 +12,7 @@ import torch
 from arithinterp.errors import (
     ArithInterpError,
     ConfigError,
+    MethodError,
     ResultError,
     SiteError,
     TokenizationError,
@@ -302,9 +303,9 @@ def no_forward(gpt2, monkeypatch):
     [
         ({"kind": "attn_heads"}, SiteError),
         ({"method": "eap"}, ConfigError),
-        ({"direction": "sideways"}, ConfigError),
-        ({"metric": "accuracy"}, ConfigError),
-        ({"metric": "kl"}, ConfigError),
+        ({"direction": "sideways"}, MethodError),
+        ({"metric": "accuracy"}, MethodError),
+        ({"metric": "kl"}, MethodError),
         ({"ig_steps": 0, "method": "ig"}, ConfigError),
         ({"kind": "attn_head", "neurons": [1]}, ConfigError),
         ({"kind": "mlp_post", "neurons": [10_000]}, SiteError),

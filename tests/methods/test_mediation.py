@@ -7,7 +7,13 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from arithinterp.errors import ArithInterpError, ConfigError, SiteError, TokenizationError
+from arithinterp.errors import (
+    ArithInterpError,
+    ConfigError,
+    MethodError,
+    SiteError,
+    TokenizationError,
+)
 from arithinterp.methods.mediation import (
     STOLFO_TYPES,
     MediationResult,
@@ -207,7 +213,7 @@ def test_multi_token_answers_use_teacher_forced_products(model):
         ({"components": ("mlp",)}, ConfigError),
         ({"heads": True, "neurons": [1]}, ConfigError),
         ({"neurons": [10_000]}, SiteError),
-        ({"answer": "both"}, ConfigError),
+        ({"answer": "both"}, MethodError),
     ],
 )
 def test_bad_options_raise_before_any_forward_pass(model, pairs, counted, kwargs, error):
