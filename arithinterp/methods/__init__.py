@@ -62,7 +62,8 @@ from arithinterp.methods.neurons import (
     neuron_maps,
 )
 from arithinterp.methods.patching import PatchingResult, patch_activations
-from arithinterp.methods.probes import LinearProbe, ProbeResult, control_columns, fit_probes
+from arithinterp.methods.probe_sweep import ProbeResult, answer_visible, control_columns, fit_probes
+from arithinterp.methods.probes import LinearProbe
 from arithinterp.methods.tuned_lens import (
     LensKLResult,
     TunedLens,
@@ -99,6 +100,7 @@ __all__ = [
     "tokenize_pairs",
     "LinearProbe",
     "ProbeResult",
+    "answer_visible",
     "control_columns",
     "fit_probes",
     # fourier

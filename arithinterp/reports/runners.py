@@ -10,7 +10,6 @@ are the contract's ``results/<name>`` directories.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable
 
 import numpy as np
@@ -38,6 +37,7 @@ from arithinterp.methods.fourier import (
     key_frequencies_from_activations,
 )
 from arithinterp.methods.neurons import operand_grid
+from arithinterp.methods.probe_sweep import answer_visible
 from arithinterp.models import Model, Site
 from arithinterp.reports.inputs import ReportInputs
 from arithinterp.results import Result
@@ -139,35 +139,6 @@ def _probes(inp: ReportInputs, seed: int, progress: bool) -> dict[str, Result]:
     coords = {"target": list(targets), "pos": positions}
     mask = xr.DataArray(visible, dims=("target", "pos"), coords=coords)
     return {"probes": dataclasses.replace(result, extras={**result.extras, "answer_visible": mask})}
-
-
-_PLACE = re.compile(r"_(\d+)$")
-
-
-def answer_visible(prompts: PromptSet, tokenizer, targets: list[str], answer_len: int) -> np.ndarray:
-    """``[target, i]``: whether, at the position predicting answer token ``i``, the teacher-forced
-    answer tokens already in the input show the answer digit of the target's place (``answer_digit_j``,
-    ``carry_in_j``, ``borrow_j``, ``c_hat_j``: place ``10^j``) for any prompt.
-
-    There the target is read off the input (a carry into place j is the visible digit j minus
-    the operand digits), so decoding it says nothing about what the model computed.
-    """
-    from arithinterp.tasks.spec import REVERSED_FORMATS
-
-    reversed_ = prompts.spec.format in REVERSED_FORMATS
-    out = np.zeros((len(targets), answer_len), dtype=bool)
-    places = [int(m.group(1)) if (m := _PLACE.search(t)) else None for t in targets]
-    for answer in prompts.answers:
-        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        shown = [len(tokenizer.decode(ids[:i])) for i in range(answer_len)]  # answer chars in the input
-        digits = answer.lstrip("-")
-        offset = len(answer) - len(digits)
-        for k, place in enumerate(places):
-            if place is None or place >= len(digits):
-                continue
-            char = offset + (place if reversed_ else len(digits) - 1 - place)
-            out[k] |= np.array([char < n for n in shown])
-    return out
 
 
 def grid_spec(spec: TaskSpec) -> TaskSpec:

@@ -10,13 +10,13 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.preprocessing import StandardScaler
 
 from arithinterp.methods import LinearProbe, ProbeResult, fit_probes
-from arithinterp.methods.probes import (
-    ProbeError,
+from arithinterp.methods.probe_sweep import (
     _fit_type_control,
     _type_control_labels,
     control_columns,
     split_prompts,
 )
+from arithinterp.methods.probes import ProbeError
 from arithinterp.models import load_model
 from arithinterp.tasks import TaskSpec, generate
 

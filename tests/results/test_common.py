@@ -26,7 +26,7 @@ RESULT_MODULES: list[str] = [
     "arithinterp.methods.attribution",
     "arithinterp.methods.edge_attribution",
     "arithinterp.methods.patching",
-    "arithinterp.methods.probes",
+    "arithinterp.methods.probe_sweep",
     "arithinterp.methods.fourier",
     "arithinterp.methods.helix",
     "arithinterp.methods.components",
