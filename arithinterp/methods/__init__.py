@@ -23,17 +23,13 @@ from arithinterp.methods.edge_attribution import EdgeAttributionResult, edge_att
 from arithinterp.methods.evaluate import EvalResult, evaluate
 from arithinterp.methods.fourier import (
     KeyFrequencyResult,
-    ProgressResult,
     SpectrumResult,
     activation_spectrum,
     digit_basis,
     embedding_spectrum,
-    excluded_loss,
     fourier_basis,
     fourier_spectrum,
     key_frequencies,
-    progress_measures,
-    restricted_loss,
 )
 from arithinterp.methods.helix import (
     FourierFilterResult,
@@ -64,6 +60,12 @@ from arithinterp.methods.neurons import (
 from arithinterp.methods.patching import PatchingResult, patch_activations
 from arithinterp.methods.probe_sweep import ProbeResult, answer_visible, control_columns, fit_probes
 from arithinterp.methods.probes import LinearProbe
+from arithinterp.methods.progress import (
+    ProgressResult,
+    excluded_loss,
+    progress_measures,
+    restricted_loss,
+)
 from arithinterp.methods.tuned_lens import (
     LensKLResult,
     TunedLens,

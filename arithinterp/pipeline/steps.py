@@ -205,7 +205,7 @@ def _checkpoints(step, ctx: StepContext) -> dict[int, Any]:
         return dict(step.checkpoints)
     if not ctx.model_spec.startswith("zoo:"):
         raise ConfigError("checkpoints: 'zoo' needs a zoo model; give {step: directory} for others")
-    from arithinterp.methods.fourier import zoo_checkpoints
+    from arithinterp.methods.progress import zoo_checkpoints
 
     found = zoo_checkpoints(ctx.model_spec[len("zoo:"):])
     if not found:

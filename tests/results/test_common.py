@@ -28,6 +28,7 @@ RESULT_MODULES: list[str] = [
     "arithinterp.methods.patching",
     "arithinterp.methods.probe_sweep",
     "arithinterp.methods.fourier",
+    "arithinterp.methods.progress",
     "arithinterp.methods.helix",
     "arithinterp.methods.components",
     "arithinterp.methods.neurons",
