@@ -29,8 +29,10 @@ from arithinterp.methods.fourier import (
     embedding_spectrum,
     fourier_basis,
     fourier_spectrum,
+    head_key_frequencies,
     key_frequencies,
 )
+from arithinterp.methods.grid import grid_activations, operand_grid, operand_grid_spec
 from arithinterp.methods.helix import (
     FourierFilterResult,
     HelixFit,
@@ -56,6 +58,7 @@ from arithinterp.methods.neurons import (
     classify_neurons,
     heuristic_knockout,
     neuron_maps,
+    neuron_maps_from_activations,
 )
 from arithinterp.methods.patching import PatchingResult, patch_activations
 from arithinterp.methods.probe_sweep import ProbeResult, answer_visible, control_columns, fit_probes
@@ -115,6 +118,7 @@ __all__ = [
     "excluded_loss",
     "fourier_basis",
     "fourier_spectrum",
+    "head_key_frequencies",
     "key_frequencies",
     "progress_measures",
     "restricted_loss",
@@ -144,4 +148,9 @@ __all__ = [
     "classify_neurons",
     "heuristic_knockout",
     "neuron_maps",
+    "neuron_maps_from_activations",
+    # operand grids
+    "grid_activations",
+    "operand_grid",
+    "operand_grid_spec",
 ]

@@ -6,6 +6,8 @@
   each MLP neuron at the answer position, the frequency ``k`` whose 2D block
   ``{const, cos k, sin k}^2`` over the operands ``(a, b)`` explains most of its
   variance.
+- :func:`head_key_frequencies`: the same per attention head, on what each head
+  writes to the residual stream (pooled over ``d_model``).
 - :func:`fourier_spectrum` and its helpers (Zhou et al. 2024): fraction of
   variance per frequency of embeddings, unembeddings or activations over numbers.
 """
@@ -13,7 +15,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -131,9 +133,10 @@ def block_fractions(acts: torch.Tensor) -> torch.Tensor:
 
 @resultclass
 class KeyFrequencyResult(Result):
-    """Per-neuron best frequency and the fraction of variance its 2D block explains.
+    """Per-neuron (or per-head) best frequency and the fraction of variance its 2D block explains.
 
-    ``values``: dims ``(neuron,)``, the explained fraction. Extras: ``key_freq``
+    ``values``: dims ``(neuron,)`` (:func:`key_frequencies`) or ``(layer, head)``
+    (:func:`head_key_frequencies`), the explained fraction. Extras: ``key_freq``
     (the best ``k``) and ``clustered`` (fraction ≥ ``threshold``). The model's key
     frequencies (:attr:`key_freqs`) are those with clustered neurons.
     """
@@ -166,7 +169,9 @@ class KeyFrequencyResult(Result):
                 y=frame[self.metric],
                 mode="markers",
                 marker={"color": frame["clustered"].astype(int), "colorscale": "Viridis", "size": 5},
-                text=[f"neuron {n}" for n in frame["neuron"]],
+                # one label per unit, whatever the unit (neurons, or heads by layer)
+                text=[" ".join(f"{d} {v}" for d, v in zip(self.dims, row))
+                      for row in frame[list(self.dims)].itertuples(index=False)],
                 hovertemplate="%{text}<br>k = %{x}<br>explained %{y:.3f}<extra></extra>",
             )
         )
@@ -174,7 +179,7 @@ class KeyFrequencyResult(Result):
         fig.update_layout(
             title=f"key frequencies: {self.meta.model} (key k: {self.key_freqs})",
             xaxis_title="best frequency k",
-            yaxis_title="fraction of neuron variance in its 3×3 block",
+            yaxis_title="fraction of variance in its 3×3 block",
         )
         return fig
 
@@ -228,6 +233,59 @@ def key_frequencies(
     acts = _grid_activations(model, Site("mlp_post", layer, pos=-1), modadd_tokens(p))
     meta = make_meta("key_frequencies", model, options={"p": p, "threshold": threshold, "layer": layer})
     return key_frequencies_from_activations(acts, threshold=threshold, meta=meta)
+
+
+def head_key_frequencies(
+    writes: Mapping[int, torch.Tensor],
+    *,
+    threshold: float = 0.85,
+    model: Model | None = None,
+    site: str = "attn_head write (z @ W_O), last position",
+) -> KeyFrequencyResult:
+    """Key frequencies of attention heads: per head, the ``k`` whose 2D block explains most of
+    the variance of what it writes, pooled over ``d_model``.
+
+    Each ``d_model`` column's block fraction (:func:`block_fractions`) is weighted by that
+    column's variance, so the pooled fraction is the share of the head write's total variance
+    in the block ``{const, cos k, sin k}²`` over the operands.
+
+    Args:
+        writes: ``{layer: [p, p, head, d_model]}`` over operands ``(a, b)``, e.g.
+            :func:`~arithinterp.methods.grid.grid_activations` of ``Site("attn_head", layer,
+            pos=-1)`` with ``heads="write"``.
+        threshold: a head is ``clustered`` when its explained fraction is at least this.
+        model: the model the writes came from (recorded in ``meta``).
+        site: what the writes are (recorded in ``meta.options``).
+
+    Returns:
+        :class:`KeyFrequencyResult` with dims ``(layer, head)``.
+    """
+    if not 0 < threshold <= 1:
+        raise MethodError(f"threshold must be in (0, 1], got {threshold}")
+    if not writes:
+        raise MethodError("head_key_frequencies needs the writes of at least one layer")
+    layers = sorted(writes)
+    shapes = {tuple(writes[layer].shape) for layer in layers}
+    first = next(iter(shapes))
+    if len(shapes) != 1 or len(first) != 4 or first[0] != first[1]:
+        raise MethodError(f"writes must be [p, p, head, d_model], one shape for every layer; got {sorted(shapes)}")
+    side, n_heads = first[0], first[2]
+    explained = np.zeros((len(layers), n_heads))
+    best = np.zeros((len(layers), n_heads), dtype=np.int64)
+    for i, layer in enumerate(layers):
+        for h in range(n_heads):
+            acts = writes[layer][:, :, h]  # [p, p, d_model]
+            var = (acts - acts.mean(dim=(0, 1), keepdim=True)).pow(2).sum(dim=(0, 1))
+            frac = block_fractions(acts)  # [d_model, k]
+            pooled = (frac * var[:, None]).sum(0) / var.sum().clamp_min(1e-30)
+            explained[i, h] = float(pooled.max())
+            best[i, h] = int(pooled.argmax()) + 1
+    coords = {"layer": np.array(layers), "head": np.arange(n_heads)}
+    values = xr.DataArray(explained, dims=("layer", "head"), coords=coords)
+    extras = {"key_freq": xr.DataArray(best, dims=("layer", "head"), coords=coords),
+              "clustered": xr.DataArray(explained >= threshold, dims=("layer", "head"), coords=coords)}
+    meta = make_meta("key_frequencies", model, options={"p": side, "threshold": threshold, "site": site})
+    return KeyFrequencyResult(values=values, meta=meta, extras=extras, threshold=threshold)
 
 
 # -- spectra --------------------------------------------------------------------------------

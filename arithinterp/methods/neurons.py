@@ -25,11 +25,10 @@ import xarray as xr
 
 from arithinterp.errors import ArithInterpError
 from arithinterp.methods._common import make_meta
+from arithinterp.methods.grid import grid_activations, operand_grid
 from arithinterp.models import Model, Site
 from arithinterp.results import Result, ScalarTable, resultclass
 from arithinterp.tasks import TaskSpec
-from arithinterp.tasks.arithmetic import compute_answers
-from arithinterp.tasks.formats import answer_text, query_text
 
 MapKind = Literal["k", "kv"]
 
@@ -89,23 +88,6 @@ def _maps(k, kv, a, b, result, *, layer, neurons, meta, operation) -> NeuronMaps
     return NeuronMaps(values=values, meta=meta, extras={"kv": kv_arr}, operation=operation)
 
 
-
-def operand_grid(spec: TaskSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
-    """Every ``(a, b)`` pair of ``spec``'s operand domain with results, prompts and answers."""
-    if spec.operation == "modadd":
-        lo, hi = 0, spec.p - 1
-    elif spec.operand_range is not None:
-        lo, hi = spec.operand_range
-    else:
-        raise ArithInterpError("neuron maps need operand_range (or operation='modadd' with p)")
-    values = np.arange(lo, hi + 1)
-    a, b = (g.ravel() for g in np.meshgrid(values, values, indexing="ij"))
-    result = compute_answers(spec.operation, a, b, spec.p)
-    queries = [query_text(int(x), int(y), spec) for x, y in zip(a, b)]
-    answers = [answer_text(int(r), spec) for r in result]
-    return a, b, result, queries, answers
-
-
 def neuron_maps(
     model: Model,
     spec: TaskSpec,
@@ -122,26 +104,52 @@ def neuron_maps(
         layer: the MLP layer.
         neurons: which neurons (default: all).
         batch_size: prompts per forward pass.
+
+    A caller that already swept the grid (:func:`~arithinterp.methods.grid.grid_activations`)
+    passes its ``mlp_post`` activations to :func:`neuron_maps_from_activations` instead.
     """
-    a, b, result, queries, answers = operand_grid(spec)
-    answer_ids = [model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in answers]
-    if any(len(ids) != 1 for ids in answer_ids):
-        raise ArithInterpError("neuron maps need every result to be one token for this tokenizer")
-    answer_tok = torch.tensor([ids[0] for ids in answer_ids], device=model.device)
-    tokens = model.to_tokens(queries)
-    idx = torch.arange(model.shape.d_mlp) if neurons is None else torch.as_tensor(list(neurons))
+    _answer_tokens(model, spec)  # a multi-token result fails before the sweep
     site = Site("mlp_post", layer, pos=-1)
-    acts = []
-    for start in range(0, len(a), batch_size):
-        _, cache = model.run_with_cache(tokens[start : start + batch_size], [site])
-        acts.append(cache[site][:, idx].double().cpu())
-    k = torch.cat(acts).T  # [neuron, prompt]
+    acts = grid_activations(model, spec, [site], batch_size=batch_size)[site]
+    return neuron_maps_from_activations(model, spec, acts, layer=layer, neurons=neurons)
+
+
+def neuron_maps_from_activations(
+    model: Model,
+    spec: TaskSpec,
+    acts: torch.Tensor,
+    *,
+    layer: int,
+    neurons: Sequence[int] | None = None,
+) -> NeuronMaps:
+    """:func:`neuron_maps` from ``layer``'s ``mlp_post`` activations at the last position over
+    the operand grid of ``spec``, already computed: ``[operand_a, operand_b, neuron]`` (as
+    :func:`~arithinterp.methods.grid.grid_activations` returns them) or ``[prompt, neuron]`` in
+    the order of :func:`~arithinterp.methods.grid.operand_grid`. ``model`` gives the weights of
+    the KV maps' votes and the answer tokens."""
+    a, b, result, _queries, _answers = operand_grid(spec)
+    acts = torch.as_tensor(acts)
+    if acts.shape[:-1] not in ((len(a),), (int(round(np.sqrt(len(a)))),) * 2):
+        raise ArithInterpError(f"activations of shape {tuple(acts.shape)} do not cover the {len(a)} "
+                               f"prompts of the operand grid of {spec}")
+    answer_tok = _answer_tokens(model, spec)
+    idx = torch.arange(model.shape.d_mlp) if neurons is None else torch.as_tensor(list(neurons))
+    k = acts.reshape(len(a), -1)[:, idx].double().cpu().T  # [neuron, prompt]
     w = model.weights()
     votes = (w.W_out[layer, idx].detach().double() @ w.W_U.detach().double()).cpu()  # [neuron, vocab]
     kv = k * votes[:, answer_tok.cpu()]
     meta = make_meta("neuron_maps", model, None, options={"layer": layer, "spec": spec.model_dump(mode="json")})
     return _maps(k.numpy(), kv.numpy(), a, b, result, layer=layer, neurons=idx.numpy(),
                  meta=meta, operation=spec.operation)
+
+
+def _answer_tokens(model: Model, spec: TaskSpec) -> torch.Tensor:
+    """The one token of each grid prompt's result, or an error if a result takes more."""
+    answers = operand_grid(spec)[4]
+    answer_ids = [model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in answers]
+    if any(len(ids) != 1 for ids in answer_ids):
+        raise ArithInterpError("neuron maps need every result to be one token for this tokenizer")
+    return torch.tensor([ids[0] for ids in answer_ids], device=model.device)
 
 
 @dataclass(frozen=True)

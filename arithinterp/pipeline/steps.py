@@ -314,7 +314,7 @@ def _heuristics_layer(step, model: Model) -> int:
 
 
 def check_heuristics(step, ctx: StepContext) -> None:
-    from arithinterp.methods.neurons import operand_grid
+    from arithinterp.methods.grid import operand_grid
 
     _check_layer(ctx.model, step.layer)
     bad = [n for n in step.neurons or [] if not 0 <= n < ctx.model.shape.d_mlp]

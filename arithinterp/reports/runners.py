@@ -13,10 +13,9 @@ import dataclasses
 from collections.abc import Callable
 
 import numpy as np
-import torch
 import xarray as xr
 
-from arithinterp.errors import ArithInterpError
+from arithinterp.errors import ArithInterpError, MethodError
 from arithinterp.methods import (
     attribution_patch,
     classify_neurons,
@@ -31,12 +30,8 @@ from arithinterp.methods import (
     patch_activations,
 )
 from arithinterp.methods._common import make_meta
-from arithinterp.methods.fourier import (
-    KeyFrequencyResult,
-    block_fractions,
-    key_frequencies_from_activations,
-)
-from arithinterp.methods.neurons import operand_grid
+from arithinterp.methods.fourier import head_key_frequencies, key_frequencies_from_activations
+from arithinterp.methods.grid import grid_activations, operand_grid_spec
 from arithinterp.methods.probe_sweep import answer_visible
 from arithinterp.models import Model, Site
 from arithinterp.reports.inputs import ReportInputs
@@ -143,71 +138,21 @@ def _probes(inp: ReportInputs, seed: int, progress: bool) -> dict[str, Result]:
 
 def grid_spec(spec: TaskSpec) -> TaskSpec:
     """``spec`` with an explicit operand grid, or :class:`Skip` when it has none worth sweeping."""
-    if spec.few_shot:
-        raise Skip("few-shot prompts: the operand grid sweeps bare queries only")
-    if spec.operation == "modadd":
-        side = spec.p if spec.operand_range is None else spec.operand_range[1] - spec.operand_range[0] + 1
-    else:
-        side = spec.max_operand - spec.min_operand + 1
-        if spec.operand_range is None:
-            spec = spec.model_copy(update={"operand_range": (spec.min_operand, spec.max_operand)})
-    if side > MAX_GRID_SIDE:
-        raise Skip(f"the operands take {side} values each (more than {MAX_GRID_SIDE}): no operand grid "
-                   f"small enough to sweep every (a, b)")
-    return spec
-
-
-def _grid_activations(model: Model, spec: TaskSpec) -> tuple[int, dict[Site, torch.Tensor]]:
-    """Head writes ``[p, p, head, d_model]`` and neuron activations ``[p, p, neuron]`` over the grid."""
-    a, _b, _r, queries, _answers = operand_grid(spec)
-    side = int(round(np.sqrt(len(a))))
-    tokens = model.to_tokens(queries)
-    n = model.shape.n_layers
-    sites = [Site(k, layer, pos=-1) for layer in range(n) for k in ("attn_head", "mlp_post")]
-    parts: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
-    W_O = model.weights().W_O.detach().double()
-    for start in range(0, len(a), 1024):
-        _, cache = model.run_with_cache(tokens[start:start + 1024], sites)
-        for s in sites:
-            act = cache[s].detach().double().cpu()
-            if s.kind == "attn_head":  # [b, head, d_head] -> what each head writes, [b, head, d_model]
-                act = torch.einsum("bhe,hem->bhm", act, W_O[s.layer].cpu())
-            parts[s].append(act)
-    return side, {s: torch.cat(v).reshape(side, side, *v[0].shape[1:]) for s, v in parts.items()}
-
-
-def head_key_frequencies(writes: dict[int, torch.Tensor], meta_model: Model, side: int,
-                         threshold: float = 0.85) -> KeyFrequencyResult:
-    """Per head: the frequency whose 2D block explains most of the variance of its write, pooled
-    over ``d_model`` (each column's block fraction weighted by the column's variance)."""
-    layers = sorted(writes)
-    n_heads = writes[layers[0]].shape[2]
-    explained = np.zeros((len(layers), n_heads))
-    best = np.zeros((len(layers), n_heads), dtype=np.int64)
-    for i, layer in enumerate(layers):
-        for h in range(n_heads):
-            acts = writes[layer][:, :, h]  # [p, p, d_model]
-            var = (acts - acts.mean(dim=(0, 1), keepdim=True)).pow(2).sum(dim=(0, 1))
-            frac = block_fractions(acts)  # [d_model, k]
-            pooled = (frac * var[:, None]).sum(0) / var.sum().clamp_min(1e-30)
-            explained[i, h] = float(pooled.max())
-            best[i, h] = int(pooled.argmax()) + 1
-    coords = {"layer": np.array(layers), "head": np.arange(n_heads)}
-    values = xr.DataArray(explained, dims=("layer", "head"), coords=coords)
-    extras = {"key_freq": xr.DataArray(best, dims=("layer", "head"), coords=coords),
-              "clustered": xr.DataArray(explained >= threshold, dims=("layer", "head"), coords=coords)}
-    meta = make_meta("key_frequencies", meta_model, options={"p": side, "threshold": threshold,
-                                                             "site": "attn_head write (z @ W_O), last position"})
-    return KeyFrequencyResult(values=values, meta=meta, extras=extras, threshold=threshold)
+    try:
+        return operand_grid_spec(spec, max_side=MAX_GRID_SIDE)
+    except MethodError as err:
+        raise Skip(str(err)) from err
 
 
 def _fourier(inp: ReportInputs, seed: int, progress: bool) -> dict[str, Result]:
     spec = grid_spec(inp.prompts.spec)
+    n = inp.model.shape.n_layers
+    sites = [Site(k, layer, pos=-1) for layer in range(n) for k in ("attn_head", "mlp_post")]
     try:
-        side, acts = _grid_activations(inp.model, spec)
+        acts = grid_activations(inp.model, spec, sites, heads="write")
     except ArithInterpError as err:
         raise Skip(f"the operand grid cannot be batched: {err}") from err
-    n = inp.model.shape.n_layers
+    side = acts[sites[0]].shape[0]
     out: dict[str, Result] = {}
     for layer in range(n):
         meta = make_meta("key_frequencies", inp.model,
@@ -215,7 +160,7 @@ def _fourier(inp: ReportInputs, seed: int, progress: bool) -> dict[str, Result]:
         res = key_frequencies_from_activations(acts[Site("mlp_post", layer, pos=-1)], meta=meta)
         out["key_frequencies" if layer == n - 1 else f"key_frequencies_L{layer}"] = res
     writes = {layer: acts[Site("attn_head", layer, pos=-1)] for layer in range(n)}
-    out["key_frequencies_heads"] = head_key_frequencies(writes, inp.model, side)
+    out["key_frequencies_heads"] = head_key_frequencies(writes, model=inp.model)
     return out
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from arithinterp.errors import MethodError
 from arithinterp.methods.fourier import (
     DIGIT_BASIS_LABELS,
     KeyFrequencyResult,
@@ -19,6 +20,7 @@ from arithinterp.methods.fourier import (
     fourier_basis_labels,
     fourier_spectrum,
     gini,
+    head_key_frequencies,
     key_frequencies,
     key_frequencies_from_activations,
     modadd_tokens,
@@ -85,6 +87,39 @@ def test_key_frequencies_recover_planted_neurons() -> None:
     assert res.counts == {5: 3, 2: 2, 9: 1, 11: 1}
     assert res.key_freqs == [2, 5, 9, 11]
     assert res.values.dims == ("neuron",)
+
+
+def test_head_key_frequencies_recover_planted_heads() -> None:
+    """A head whose write is a pure cos(2πk(a+b)/p) along one direction of d_model has key
+    frequency k with all of its variance explained; a head writing two frequencies along
+    two directions has the stronger one, explaining its share of the variance; a head
+    writing noise is not clustered."""
+    rng = np.random.default_rng(1)
+    p, d_model = 23, 8
+    a, b = np.arange(p)[:, None], np.arange(p)[None, :]
+    def wave(k):
+        return np.cos(2 * np.pi * k * (a + b) / p)
+    u, v = rng.normal(size=d_model), rng.normal(size=d_model)
+    u, v = u / np.linalg.norm(u), v - (v @ u) * u
+    v = v / np.linalg.norm(v)
+    heads = np.stack([
+        wave(3)[..., None] * u + rng.normal(size=d_model),  # pure k = 3, plus a constant bias
+        2 * wave(7)[..., None] * u + wave(4)[..., None] * v,  # k = 7 carries 4/5 of the variance
+        rng.normal(size=(p, p, d_model)),  # noise
+    ], axis=2)
+    writes = {0: torch.as_tensor(heads), 2: torch.as_tensor(heads[:, :, ::-1].copy())}
+    res = head_key_frequencies(writes, threshold=0.85)
+    assert res.values.dims == ("layer", "head")
+    assert res.values.coords["layer"].values.tolist() == [0, 2]
+    np.testing.assert_array_equal(res.extras["key_freq"].sel(layer=0).values[:2], [3, 7])
+    np.testing.assert_allclose(res.values.sel(layer=0, head=0), 1.0, atol=1e-12)
+    np.testing.assert_allclose(res.values.sel(layer=0, head=1), 0.8, atol=1e-12)
+    assert res.extras["clustered"].sel(layer=0).values.tolist() == [True, False, False]
+    assert res.extras["key_freq"].sel(layer=2, head=2) == 3  # the reversed heads
+    assert res.meta.options["p"] == p
+    assert "layer 2 head 1" in res.plot().data[0].text
+    with pytest.raises(MethodError, match="p, p, head, d_model"):
+        head_key_frequencies({0: torch.zeros(p, p, d_model)})
 
 
 def test_restricted_and_excluded_loss_on_planted_logits() -> None:
