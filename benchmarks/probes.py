@@ -38,7 +38,8 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from arithinterp.methods.probes import LinearProbe, cache_resid, resid_sites, split_prompts
+from arithinterp.methods.probe_sweep import cache_resid, resid_sites, split_prompts
+from arithinterp.methods.probes import LinearProbe
 from arithinterp.models import load_model
 from arithinterp.tasks import TaskSpec, generate, tokenize
 

@@ -14,7 +14,7 @@ import arithinterp.methods.attribution
 import arithinterp.methods.edge_attribution
 import arithinterp.methods.mediation
 import arithinterp.methods.components
-import arithinterp.methods.probes
+import arithinterp.methods.probe_sweep
 import arithinterp.methods.fourier_analyses
 import arithinterp.methods.helix
 import arithinterp.methods.neurons
@@ -34,19 +34,17 @@ from arithinterp.methods.evaluate import EvalResult, evaluate
 from arithinterp.methods.faithfulness import FaithfulnessResult, faithfulness
 from arithinterp.methods.fourier import (
     KeyFrequencyResult,
-    ProgressResult,
     SpectrumResult,
     activation_spectrum,
     digit_basis,
     embedding_spectrum,
-    excluded_loss,
     fourier_basis,
     fourier_spectrum,
+    head_key_frequencies,
     key_frequencies,
-    progress_measures,
-    restricted_loss,
 )
-from arithinterp.methods.fourier_analyses import FourierOptions, head_key_frequencies
+from arithinterp.methods.fourier_analyses import FourierOptions
+from arithinterp.methods.grid import grid_activations, operand_grid, operand_grid_spec
 from arithinterp.methods.helix import (
     FourierFilterResult,
     HelixFit,
@@ -71,13 +69,19 @@ from arithinterp.methods.neurons import (
     NeuronMaps,
     classify_neurons,
     find_heuristics,
-    grid_activations,
-    grid_spec,
     heuristic_knockout,
     neuron_maps,
+    neuron_maps_from_activations,
 )
 from arithinterp.methods.patching import PatchingResult, patch_activations
-from arithinterp.methods.probes import LinearProbe, ProbeResult, control_columns, fit_probes
+from arithinterp.methods.probe_sweep import ProbeResult, answer_visible, control_columns, fit_probes
+from arithinterp.methods.probes import LinearProbe
+from arithinterp.methods.progress import (
+    ProgressResult,
+    excluded_loss,
+    progress_measures,
+    restricted_loss,
+)
 from arithinterp.methods.registry import (
     MethodSpec,
     NotApplicable,
@@ -143,6 +147,7 @@ __all__ = [
     "tokenize_pairs",
     "LinearProbe",
     "ProbeResult",
+    "answer_visible",
     "control_columns",
     "fit_probes",
     # fourier
@@ -183,10 +188,13 @@ __all__ = [
     "NeuronMaps",
     "classify_neurons",
     "find_heuristics",
-    "grid_activations",
-    "grid_spec",
     "FourierOptions",
     "head_key_frequencies",
     "heuristic_knockout",
     "neuron_maps",
+    "neuron_maps_from_activations",
+    # operand grids
+    "grid_activations",
+    "operand_grid",
+    "operand_grid_spec",
 ]

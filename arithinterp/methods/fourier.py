@@ -1,4 +1,4 @@
-"""Fourier features of arithmetic: bases, key frequencies, restricted/excluded loss, spectra.
+"""Fourier features of arithmetic: bases, key frequencies, spectra.
 
 - :func:`fourier_basis` / :func:`digit_basis`: orthonormal real Fourier bases over
   ``0..p-1`` (Nanda et al. 2023) and over the ten digits (Bai et al. 2025).
@@ -6,9 +6,8 @@
   each MLP neuron at the answer position, the frequency ``k`` whose 2D block
   ``{const, cos k, sin k}^2`` over the operands ``(a, b)`` explains most of its
   variance.
-- :func:`restricted_loss` / :func:`excluded_loss`: cross-entropy of the logits
-  keeping / removing their components along ``cos, sin(w_k(a+b-c))`` for the key
-  frequencies; :func:`progress_measures` tracks them over training checkpoints.
+- :func:`head_key_frequencies`: the same per attention head, on what each head
+  writes to the residual stream (pooled over ``d_model``).
 - :func:`fourier_spectrum` and its helpers (Zhou et al. 2024): fraction of
   variance per frequency of embeddings, unembeddings or activations over numbers.
 """
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -25,7 +23,7 @@ import plotly.graph_objects as go
 import torch
 import xarray as xr
 
-from arithinterp.errors import ArithInterpError, MethodError, SiteError
+from arithinterp.errors import MethodError, SiteError
 from arithinterp.methods._common import make_meta
 from arithinterp.models import Model, Site
 from arithinterp.results import Result, ResultMeta, resultclass
@@ -135,9 +133,10 @@ def block_fractions(acts: torch.Tensor) -> torch.Tensor:
 
 @resultclass
 class KeyFrequencyResult(Result):
-    """Per-neuron best frequency and the fraction of variance its 2D block explains.
+    """Per-neuron (or per-head) best frequency and the fraction of variance its 2D block explains.
 
-    ``values``: dims ``(neuron,)``, the explained fraction. Extras: ``key_freq``
+    ``values``: dims ``(neuron,)`` (:func:`key_frequencies`) or ``(layer, head)``
+    (:func:`head_key_frequencies`), the explained fraction. Extras: ``key_freq``
     (the best ``k``) and ``clustered`` (fraction ≥ ``threshold``). The model's key
     frequencies (:attr:`key_freqs`) are those with clustered neurons.
     """
@@ -172,7 +171,9 @@ class KeyFrequencyResult(Result):
                 y=frame[self.metric],
                 mode="markers",
                 marker={"color": frame["clustered"].astype(int), "colorscale": "Viridis", "size": 5},
-                text=[f"neuron {n}" for n in frame["neuron"]],
+                # one label per unit, whatever the unit (neurons, or heads by layer)
+                text=[" ".join(f"{d} {v}" for d, v in zip(self.dims, row))
+                      for row in frame[list(self.dims)].itertuples(index=False)],
                 hovertemplate="%{text}<br>k = %{x}<br>explained %{y:.3f}<extra></extra>",
             )
         )
@@ -180,7 +181,7 @@ class KeyFrequencyResult(Result):
         fig.update_layout(
             title=f"key frequencies: {self.meta.model} (key k: {self.key_freqs})",
             xaxis_title="best frequency k",
-            yaxis_title="fraction of neuron variance in its 3×3 block",
+            yaxis_title="fraction of variance in its 3×3 block",
         )
         return fig
 
@@ -250,189 +251,57 @@ def key_frequencies(
     return key_frequencies_from_activations(acts, threshold=threshold, meta=meta)
 
 
-# -- restricted / excluded loss -------------------------------------------------------------
-
-
-def modadd_logits(model: Model, p: int = 113) -> torch.Tensor:
-    """Logits at the answer position over ``c < p`` for every ``(a, b)``: ``[p, p, p]`` float64."""
-    logits = model.logits(modadd_tokens(p).reshape(-1, 3))
-    return logits[:, -1, :p].detach().double().reshape(p, p, p).cpu()
-
-
-def key_frequency_component(logits: torch.Tensor, freqs: Sequence[int]) -> torch.Tensor:
-    """The part of ``logits[a, b, c]`` along ``cos, sin(w_k(a+b-c))`` for ``k`` in ``freqs``."""
-    p = logits.shape[0]
-    idx = torch.arange(p, dtype=torch.float64)
-    phase = (idx[:, None, None] + idx[None, :, None] - idx[None, None, :]) * (2 * math.pi / p)
-    out = torch.zeros_like(logits)
-    for k in sorted(set(int(f) for f in freqs)):
-        if not 1 <= k <= p // 2:
-            raise MethodError(f"frequency {k} outside 1..{p // 2}")
-        for direction in (torch.cos(k * phase), torch.sin(k * phase)):
-            norm2 = direction.pow(2).sum()
-            if norm2 > 1e-9:  # sin vanishes at k = p/2 for even p
-                out += (logits * direction).sum() / norm2 * direction
-    return out
-
-
-def modadd_loss(logits: torch.Tensor, pairs: np.ndarray | None = None) -> float:
-    """Mean cross-entropy of :func:`modadd_logits` ``[p, p, p]`` on ``pairs`` (default all)."""
-    p = logits.shape[0]
-    logp = torch.log_softmax(logits, dim=-1)
-    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
-    correct = logp.gather(-1, ((a + b) % p).unsqueeze(-1)).squeeze(-1)
-    if pairs is None:
-        return float(-correct.mean())
-    pairs = np.asarray(pairs)
-    return float(-correct[pairs[:, 0], pairs[:, 1]].mean())
-
-
-def _logits_of(model_or_logits: Model | torch.Tensor, p: int) -> torch.Tensor:
-    if isinstance(model_or_logits, torch.Tensor):
-        return model_or_logits.double()
-    return modadd_logits(model_or_logits, p)
-
-
-def restricted_loss(
-    model: Model | torch.Tensor,
-    freqs: Sequence[int],
+def head_key_frequencies(
+    writes: Mapping[int, torch.Tensor],
     *,
-    p: int = 113,
-    pairs: np.ndarray | None = None,
-) -> float:
-    """Cross-entropy keeping only the logits' key-frequency components (plus their mean over ``c``).
-
-    ``model``: a model or its :func:`modadd_logits`. ``pairs``: ``(n, 2)`` operands
-    to average over (default all ``p²``, as Nanda et al.)."""
-    logits = _logits_of(model, p)
-    kept = key_frequency_component(logits, freqs) + logits.mean(dim=-1, keepdim=True)
-    return modadd_loss(kept, pairs)
-
-
-def excluded_loss(
-    model: Model | torch.Tensor,
-    freqs: Sequence[int],
-    *,
-    p: int = 113,
-    pairs: np.ndarray | None = None,
-) -> float:
-    """Cross-entropy after removing the logits' key-frequency components.
-
-    Nanda et al. evaluate it on the training pairs (pass them as ``pairs``)."""
-    logits = _logits_of(model, p)
-    return modadd_loss(logits - key_frequency_component(logits, freqs), pairs)
-
-
-def modadd_split(p: int = 113, train_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The zoo's seeded ``(train, test)`` operand pairs for mod-``p`` addition."""
-    from arithinterp.zoo.data import split_pairs
-
-    return split_pairs(p, train_fraction, seed)
-
-
-class ProgressResult(Result):
-    """Nanda et al.'s progress measures over training checkpoints.
-
-    ``values``: dims ``(checkpoint, metric)``; ``checkpoint`` is the training step,
-    ``metric`` one of ``train_loss, test_loss, restricted_loss, excluded_loss,
-    n_key_freqs``.
-    """
-
-    metric_name = "measure"
-
-    def plot(self) -> go.Figure:
-        fig = go.Figure()
-        steps = self.values.coords["checkpoint"].values
-        for name in self.values.coords["metric"].values:
-            fig.add_trace(
-                go.Scatter(
-                    x=steps,
-                    y=self.values.sel(metric=name).values,
-                    mode="lines+markers",
-                    name=str(name),
-                    yaxis="y2" if name == "n_key_freqs" else "y",
-                )
-            )
-        fig.update_layout(
-            title=f"progress measures: {self.meta.model}",
-            xaxis_title="training step",
-            yaxis={"title": "loss (nats)", "type": "log"},
-            yaxis2={"title": "key frequencies", "overlaying": "y", "side": "right"},
-        )
-        return fig
-
-    @classmethod
-    def example(cls) -> ProgressResult:
-        values = xr.DataArray(
-            np.array([[1e-2, 4.5, 3.0, 4.6, 6], [1e-4, 1.0, 0.1, 9.0, 5], [1e-6, 1e-5, 1e-6, 12.0, 4]]),
-            dims=("checkpoint", "metric"),
-            coords={"checkpoint": [250, 1000, 3000], "metric": list(PROGRESS_METRICS)},
-        )
-        return cls(values=values, meta=ResultMeta(method="progress_measures", model="synthetic"))
-
-
-PROGRESS_METRICS = ("train_loss", "test_loss", "restricted_loss", "excluded_loss", "n_key_freqs")
-
-
-def zoo_checkpoints(name: str = "modadd-113") -> dict[int, Path]:
-    """``{step: directory}`` of a zoo model's shipped checkpoints."""
-    from arithinterp.zoo.registry import list_checkpoints, load_checkpoint_dir
-
-    return {step: load_checkpoint_dir(name, step) for step in list_checkpoints(name)}
-
-
-def progress_measures(
-    checkpoints: Mapping[int, Model | str | Path],
-    *,
-    p: int = 113,
-    train_fraction: float = 0.3,
-    seed: int = 0,
-    key_freqs: Sequence[int] | None = None,
     threshold: float = 0.85,
-) -> ProgressResult:
-    """Train/test loss, restricted and excluded loss and key-frequency count per checkpoint.
+    model: Model | None = None,
+    site: str = "attn_head write (z @ W_O), last position",
+) -> KeyFrequencyResult:
+    """Key frequencies of attention heads: per head, the ``k`` whose 2D block explains most of
+    the variance of what it writes, pooled over ``d_model``.
 
-    ``checkpoints``: ``{step: model or loadable path}`` (e.g. :func:`zoo_checkpoints`).
-    Restricted/excluded losses use ``key_freqs`` (default: those of the last
-    checkpoint, as Nanda et al. use the final model's); ``n_key_freqs`` is
-    each checkpoint's own count. The split is :func:`modadd_split`.
+    Each ``d_model`` column's block fraction (:func:`block_fractions`) is weighted by that
+    column's variance, so the pooled fraction is the share of the head write's total variance
+    in the block ``{const, cos k, sin k}²`` over the operands.
+
+    Args:
+        writes: ``{layer: [p, p, head, d_model]}`` over operands ``(a, b)``, e.g.
+            :func:`~arithinterp.methods.grid.grid_activations` of ``Site("attn_head", layer,
+            pos=-1)`` with ``heads="write"``.
+        threshold: a head is ``clustered`` when its explained fraction is at least this.
+        model: the model the writes came from (recorded in ``meta``).
+        site: what the writes are (recorded in ``meta.options``).
+
+    Returns:
+        :class:`KeyFrequencyResult` with dims ``(layer, head)``.
     """
-    from arithinterp.models import load_model
-
-    if not checkpoints:
-        raise ArithInterpError("progress_measures needs at least one checkpoint")
-    train, test = modadd_split(p, train_fraction, seed)
-    models = {
-        int(step): m if isinstance(m, Model) else load_model(str(m))
-        for step, m in sorted(checkpoints.items())
-    }
-    steps = list(models)
-    per_step_freqs = {s: key_frequencies(models[s], p=p, threshold=threshold).key_freqs for s in steps}
-    freqs = list(key_freqs) if key_freqs is not None else per_step_freqs[steps[-1]]
-    rows = []
-    for s in steps:
-        logits = modadd_logits(models[s], p)
-        rows.append([
-            modadd_loss(logits, train),
-            modadd_loss(logits, test),
-            restricted_loss(logits, freqs, p=p),
-            excluded_loss(logits, freqs, p=p, pairs=train),
-            float(len(per_step_freqs[s])),
-        ])
-    values = xr.DataArray(
-        np.array(rows),
-        dims=("checkpoint", "metric"),
-        coords={"checkpoint": steps, "metric": list(PROGRESS_METRICS)},
-    )
-    last = models[steps[-1]]
-    meta = make_meta(
-        "progress_measures",
-        last,
-        seed=seed,
-        options={"p": p, "train_fraction": train_fraction, "threshold": threshold},
-        extra={"key_freqs": [int(k) for k in freqs]},
-    )
-    return ProgressResult(values=values, meta=meta)
+    if not 0 < threshold <= 1:
+        raise MethodError(f"threshold must be in (0, 1], got {threshold}")
+    if not writes:
+        raise MethodError("head_key_frequencies needs the writes of at least one layer")
+    layers = sorted(writes)
+    shapes = {tuple(writes[layer].shape) for layer in layers}
+    first = next(iter(shapes))
+    if len(shapes) != 1 or len(first) != 4 or first[0] != first[1]:
+        raise MethodError(f"writes must be [p, p, head, d_model], one shape for every layer; got {sorted(shapes)}")
+    side, n_heads = first[0], first[2]
+    explained = np.zeros((len(layers), n_heads))
+    best = np.zeros((len(layers), n_heads), dtype=np.int64)
+    for i, layer in enumerate(layers):
+        for h in range(n_heads):
+            acts = writes[layer][:, :, h]  # [p, p, d_model]
+            var = (acts - acts.mean(dim=(0, 1), keepdim=True)).pow(2).sum(dim=(0, 1))
+            frac = block_fractions(acts)  # [d_model, k]
+            pooled = (frac * var[:, None]).sum(0) / var.sum().clamp_min(1e-30)
+            explained[i, h] = float(pooled.max())
+            best[i, h] = int(pooled.argmax()) + 1
+    coords = {"layer": np.array(layers), "head": np.arange(n_heads)}
+    values = xr.DataArray(explained, dims=("layer", "head"), coords=coords)
+    extras = {"key_freq": xr.DataArray(best, dims=("layer", "head"), coords=coords),
+              "clustered": xr.DataArray(explained >= threshold, dims=("layer", "head"), coords=coords)}
+    meta = make_meta("key_frequencies", model, options={"p": side, "threshold": threshold, "site": site})
+    return KeyFrequencyResult(values=values, meta=meta, extras=extras, threshold=threshold)
 
 
 # -- spectra --------------------------------------------------------------------------------

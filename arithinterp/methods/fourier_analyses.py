@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import xarray as xr
 from pydantic import Field, field_validator
 
 from arithinterp.errors import ArithInterpError, ConfigError
@@ -23,16 +22,16 @@ from arithinterp.methods.fourier import (
     KeyFrequencyResult,
     SpectrumResult,
     activation_spectrum,
-    block_fractions,
     embedding_spectrum,
+    head_key_frequencies,
     key_frequencies,
     key_frequencies_from_activations,
     modadd_tokens,
-    progress_measures,
-    zoo_checkpoints,
 )
+from arithinterp.methods.grid import grid_activations, report_grid_spec
 from arithinterp.methods.helix import fourier_filter_ablation
 from arithinterp.methods.lens import number_tokens
+from arithinterp.methods.progress import progress_measures, zoo_checkpoints
 from arithinterp.methods.registry import (
     MethodSpec,
     NotApplicable,
@@ -44,7 +43,7 @@ from arithinterp.methods.registry import (
     register,
     site_values,
 )
-from arithinterp.models import Model, Site
+from arithinterp.models import Site
 from arithinterp.models.site import SiteKind
 
 FourierAnalysis = Literal["key_frequencies", "progress", "embedding", "unembedding", "activation", "filter"]
@@ -147,55 +146,24 @@ def _run_fourier(ctx: RunContext, options: FourierOptions) -> dict:
     return out
 
 
-def head_key_frequencies(writes: dict[int, torch.Tensor], model: Model | None, side: int,
-                         threshold: float = 0.85) -> KeyFrequencyResult:
-    """Per head: the frequency whose 2D block explains most of the variance of its write, pooled
-    over ``d_model`` (each column's block fraction weighted by the column's variance).
-
-    ``writes``: ``{layer: [side, side, head, d_model]}``, what each head writes over the grid.
-    """
-    layers = sorted(writes)
-    n_heads = writes[layers[0]].shape[2]
-    explained = np.zeros((len(layers), n_heads))
-    best = np.zeros((len(layers), n_heads), dtype=np.int64)
-    for i, layer in enumerate(layers):
-        for h in range(n_heads):
-            acts = writes[layer][:, :, h]  # [p, p, d_model]
-            var = (acts - acts.mean(dim=(0, 1), keepdim=True)).pow(2).sum(dim=(0, 1))
-            frac = block_fractions(acts)  # [d_model, k]
-            pooled = (frac * var[:, None]).sum(0) / var.sum().clamp_min(1e-30)
-            explained[i, h] = float(pooled.max())
-            best[i, h] = int(pooled.argmax()) + 1
-    coords = {"layer": np.array(layers), "head": np.arange(n_heads)}
-    values = xr.DataArray(explained, dims=("layer", "head"), coords=coords)
-    extras = {"key_freq": xr.DataArray(best, dims=("layer", "head"), coords=coords),
-              "clustered": xr.DataArray(explained >= threshold, dims=("layer", "head"), coords=coords)}
-    meta = make_meta("key_frequencies", model, options={"p": side, "threshold": threshold,
-                                                        "site": "attn_head write (z @ W_O), last position"})
-    return KeyFrequencyResult(values=values, meta=meta, extras=extras, threshold=threshold)
-
-
 def _report_fourier(ctx: RunContext) -> dict:
-    from arithinterp.methods.neurons import grid_activations, grid_spec
-
-    spec = grid_spec(ctx.spec)
+    spec = report_grid_spec(ctx.spec)
     n = ctx.model.shape.n_layers
     sites = [Site(k, layer, pos=-1) for layer in range(n) for k in ("attn_head", "mlp_post")]
-    try:
-        side, acts = ctx.memo(("grid_activations", spec.model_dump_json()),
-                              lambda: grid_activations(ctx.model, spec, sites))
+    try:  # one sweep of the grid, kept for the heuristics' neuron maps
+        acts = ctx.memo(("grid_activations", spec.model_dump_json()),
+                        lambda: grid_activations(ctx.model, spec, sites, heads="write"))
     except ArithInterpError as err:
         raise NotApplicable(f"the operand grid cannot be batched: {err}") from err
+    side = acts[sites[0]].shape[0]
     out: dict[str, Any] = {}
     for layer in range(n):
         meta = make_meta("key_frequencies", ctx.model,
                          options={"p": side, "threshold": 0.85, "layer": layer, "site": "mlp_post, last position"})
         res = key_frequencies_from_activations(acts[Site("mlp_post", layer, pos=-1)], meta=meta)
         out["key_frequencies" if layer == n - 1 else f"key_frequencies_L{layer}"] = res
-    W_O = ctx.model.weights().W_O.detach().double().cpu()
-    writes = {layer: torch.einsum("abhe,hem->abhm", acts[Site("attn_head", layer, pos=-1)], W_O[layer])
-              for layer in range(n)}
-    out["key_frequencies_heads"] = head_key_frequencies(writes, ctx.model, side)
+    writes = {layer: acts[Site("attn_head", layer, pos=-1)] for layer in range(n)}
+    out["key_frequencies_heads"] = head_key_frequencies(writes, model=ctx.model)
     return out
 
 

@@ -26,6 +26,7 @@ from pydantic import Field
 
 from arithinterp.errors import ArithInterpError, SiteError
 from arithinterp.methods._common import make_meta
+from arithinterp.methods.grid import grid_activations, operand_grid, report_grid_spec
 from arithinterp.methods.registry import (
     MethodSpec,
     NotApplicable,
@@ -39,8 +40,6 @@ from arithinterp.methods.registry import (
 from arithinterp.models import Model, Site
 from arithinterp.results import Result, ScalarTable, resultclass
 from arithinterp.tasks import TaskSpec
-from arithinterp.tasks.arithmetic import compute_answers
-from arithinterp.tasks.formats import answer_text, query_text
 
 MapKind = Literal["k", "kv"]
 
@@ -100,23 +99,6 @@ def _maps(k, kv, a, b, result, *, layer, neurons, meta, operation) -> NeuronMaps
     return NeuronMaps(values=values, meta=meta, extras={"kv": kv_arr}, operation=operation)
 
 
-
-def operand_grid(spec: TaskSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
-    """Every ``(a, b)`` pair of ``spec``'s operand domain with results, prompts and answers."""
-    if spec.operation == "modadd":
-        lo, hi = 0, spec.p - 1
-    elif spec.operand_range is not None:
-        lo, hi = spec.operand_range
-    else:
-        raise ArithInterpError("neuron maps need operand_range (or operation='modadd' with p)")
-    values = np.arange(lo, hi + 1)
-    a, b = (g.ravel() for g in np.meshgrid(values, values, indexing="ij"))
-    result = compute_answers(spec.operation, a, b, spec.p)
-    queries = [query_text(int(x), int(y), spec) for x, y in zip(a, b)]
-    answers = [answer_text(int(r), spec) for r in result]
-    return a, b, result, queries, answers
-
-
 def neuron_maps(
     model: Model,
     spec: TaskSpec,
@@ -133,26 +115,52 @@ def neuron_maps(
         layer: the MLP layer.
         neurons: which neurons (default: all).
         batch_size: prompts per forward pass.
+
+    A caller that already swept the grid (:func:`~arithinterp.methods.grid.grid_activations`)
+    passes its ``mlp_post`` activations to :func:`neuron_maps_from_activations` instead.
     """
-    a, b, result, queries, answers = operand_grid(spec)
-    answer_ids = [model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in answers]
-    if any(len(ids) != 1 for ids in answer_ids):
-        raise ArithInterpError("neuron maps need every result to be one token for this tokenizer")
-    answer_tok = torch.tensor([ids[0] for ids in answer_ids], device=model.device)
-    tokens = model.to_tokens(queries)
-    idx = torch.arange(model.shape.d_mlp) if neurons is None else torch.as_tensor(list(neurons))
+    _answer_tokens(model, spec)  # a multi-token result fails before the sweep
     site = Site("mlp_post", layer, pos=-1)
-    acts = []
-    for start in range(0, len(a), batch_size):
-        _, cache = model.run_with_cache(tokens[start : start + batch_size], [site])
-        acts.append(cache[site][:, idx].double().cpu())
-    k = torch.cat(acts).T  # [neuron, prompt]
+    acts = grid_activations(model, spec, [site], batch_size=batch_size)[site]
+    return neuron_maps_from_activations(model, spec, acts, layer=layer, neurons=neurons)
+
+
+def neuron_maps_from_activations(
+    model: Model,
+    spec: TaskSpec,
+    acts: torch.Tensor,
+    *,
+    layer: int,
+    neurons: Sequence[int] | None = None,
+) -> NeuronMaps:
+    """:func:`neuron_maps` from ``layer``'s ``mlp_post`` activations at the last position over
+    the operand grid of ``spec``, already computed: ``[operand_a, operand_b, neuron]`` (as
+    :func:`~arithinterp.methods.grid.grid_activations` returns them) or ``[prompt, neuron]`` in
+    the order of :func:`~arithinterp.methods.grid.operand_grid`. ``model`` gives the weights of
+    the KV maps' votes and the answer tokens."""
+    a, b, result, _queries, _answers = operand_grid(spec)
+    acts = torch.as_tensor(acts)
+    if acts.shape[:-1] not in ((len(a),), (int(round(np.sqrt(len(a)))),) * 2):
+        raise ArithInterpError(f"activations of shape {tuple(acts.shape)} do not cover the {len(a)} "
+                               f"prompts of the operand grid of {spec}")
+    answer_tok = _answer_tokens(model, spec)
+    idx = torch.arange(model.shape.d_mlp) if neurons is None else torch.as_tensor(list(neurons))
+    k = acts.reshape(len(a), -1)[:, idx].double().cpu().T  # [neuron, prompt]
     w = model.weights()
     votes = (w.W_out[layer, idx].detach().double() @ w.W_U.detach().double()).cpu()  # [neuron, vocab]
     kv = k * votes[:, answer_tok.cpu()]
     meta = make_meta("neuron_maps", model, None, options={"layer": layer, "spec": spec.model_dump(mode="json")})
     return _maps(k.numpy(), kv.numpy(), a, b, result, layer=layer, neurons=idx.numpy(),
                  meta=meta, operation=spec.operation)
+
+
+def _answer_tokens(model: Model, spec: TaskSpec) -> torch.Tensor:
+    """The one token of each grid prompt's result, or an error if a result takes more."""
+    answers = operand_grid(spec)[4]
+    answer_ids = [model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in answers]
+    if any(len(ids) != 1 for ids in answer_ids):
+        raise ArithInterpError("neuron maps need every result to be one token for this tokenizer")
+    return torch.tensor([ids[0] for ids in answer_ids], device=model.device)
 
 
 @dataclass(frozen=True)
@@ -413,44 +421,6 @@ def heuristic_knockout(
                                           "stat": ["accuracy", "ablated_accuracy", "logprob_drop"]})
 
 
-# -- the operand grid of a task -------------------------------------------------------------------
-
-#: The largest operand domain (values per operand) the grid methods (Fourier, neuron maps) sweep.
-MAX_GRID_SIDE = 150
-
-
-def grid_spec(spec: TaskSpec) -> TaskSpec:
-    """``spec`` with an explicit operand grid, or :class:`NotApplicable` when it has none worth
-    sweeping (few-shot prompts, or more than :data:`MAX_GRID_SIDE` values per operand)."""
-    if spec.few_shot:
-        raise NotApplicable("few-shot prompts: the operand grid sweeps bare queries only")
-    if spec.operation == "modadd":
-        side = spec.p if spec.operand_range is None else spec.operand_range[1] - spec.operand_range[0] + 1
-    else:
-        side = spec.max_operand - spec.min_operand + 1
-        if spec.operand_range is None:
-            spec = spec.model_copy(update={"operand_range": (spec.min_operand, spec.max_operand)})
-    if side > MAX_GRID_SIDE:
-        raise NotApplicable(f"the operands take {side} values each (more than {MAX_GRID_SIDE}): no operand "
-                            f"grid small enough to sweep every (a, b)")
-    return spec
-
-
-def grid_activations(model: Model, spec: TaskSpec, sites: Sequence[Site], *,
-                     batch_size: int = 1024) -> tuple[int, dict[Site, torch.Tensor]]:
-    """Activations of ``sites`` (each at a fixed position) over the whole operand grid of ``spec``,
-    ``{site: [side, side, *activation]}`` float64 on the CPU, ``a`` major; and the grid's side."""
-    a, _b, _r, queries, _answers = operand_grid(spec)
-    side = int(round(np.sqrt(len(a))))
-    tokens = model.to_tokens(queries)
-    parts: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
-    for start in range(0, len(a), batch_size):
-        _, cache = model.run_with_cache(tokens[start:start + batch_size], list(sites))
-        for s in sites:
-            parts[s].append(cache[s].detach().double().cpu())
-    return side, {s: torch.cat(v).reshape(side, side, *v[0].shape[1:]) for s, v in parts.items()}
-
-
 # -- the whole analysis, as the pipeline and the report run it ------------------------------------
 
 #: Neurons whose K/KV maps :func:`find_heuristics` keeps (the best-classified ones): every
@@ -470,6 +440,7 @@ def find_heuristics(
     knockout_n: int = 100,
     seed: int = 0,
     batch_size: int = 1024,
+    activations: torch.Tensor | None = None,
 ) -> dict[str, Result]:
     """Nikankin et al.'s bag of heuristics on one MLP layer, end to end.
 
@@ -478,9 +449,14 @@ def find_heuristics(
     knockout (:func:`heuristic_knockout`) of each of the ``knockout`` heuristics implemented by
     the most neurons. Returns ``{"classification", "maps" (the :data:`KEEP_MAPS` best-classified
     neurons), "knockout" (dims class, target, stat; absent when no neuron is classified)}``.
+    ``activations``: ``layer``'s ``mlp_post`` over the grid, already swept
+    (:func:`neuron_maps_from_activations`), so the grid is not run again.
     """
     layer = model.shape.n_layers - 1 if layer is None else layer
-    maps = neuron_maps(model, spec, layer=layer, neurons=neurons, batch_size=batch_size)
+    if activations is None:
+        maps = neuron_maps(model, spec, layer=layer, neurons=neurons, batch_size=batch_size)
+    else:
+        maps = neuron_maps_from_activations(model, spec, activations, layer=layer, neurons=neurons)
     classes = classify_neurons(maps, threshold=threshold, moduli=moduli)
     implements = classes.extras["implements"]
     counts = implements.sum("neuron").to_series().sort_values(ascending=False, kind="stable")
@@ -535,9 +511,12 @@ _REPORT_NAMES = {"classification": "heuristics", "maps": "neuron_maps", "knockou
 
 
 def _report_heuristics(ctx: RunContext) -> dict:
-    spec = grid_spec(ctx.spec)
+    spec = report_grid_spec(ctx.spec)
+    layer = ctx.model.shape.n_layers - 1
+    swept = ctx.recall(("grid_activations", spec.model_dump_json()))  # the Fourier view's sweep, if it ran
+    acts = swept.get(Site("mlp_post", layer, pos=-1)) if swept else None
     try:
-        parts = find_heuristics(ctx.model, spec, seed=ctx.seed)
+        parts = find_heuristics(ctx.model, spec, layer=layer, seed=ctx.seed, activations=acts)
     except ArithInterpError as err:
         raise NotApplicable(f"neuron maps do not apply: {err}") from err
     return {_REPORT_NAMES[k]: v for k, v in parts.items()}

@@ -111,6 +111,10 @@ class RunContext:
             self._memo[key] = make()
         return self._memo[key]
 
+    def recall(self, key: Any) -> Any:
+        """What :meth:`memo` holds for ``key`` (``None`` if nothing was made yet)."""
+        return self._memo.get(key)
+
     def tokens(self, answer: str = "multi", prompts: PromptSet | None = None):
         """The prompts tokenized (:func:`arithinterp.tasks.tokenize`), once per answer mode."""
         from arithinterp.tasks import tokenize

@@ -102,20 +102,32 @@ def _pct(x: float | None) -> str:
 
 def render_readme(card: dict[str, Any]) -> str:
     """The human-readable model card for a ``card.json`` dict."""
+    lines = (
+        _header_section(card)
+        + _accuracy_section(card)
+        + _checkpoint_section(card)
+        + _notes_section(card)
+        + _training_section(card)
+        + _usage_section(card)
+    )
+    return "\n".join(lines)
+
+
+def _header_section(card: dict[str, Any]) -> list[str]:
+    """Title, description, prompt format and architecture."""
     r = card["recipe"]
-    arch, task, m = r["architecture"], r["task"], card["metrics"]
-    kind = card["task"]
+    arch, task = r["architecture"], r["task"]
     n = task.get("n_digits") or 0
     p = task.get("p") or 0
     nmax = 2 * (task.get("max_operand") or 0) - 2
-    lines = [
+    return [
         f"# {card['name']}",
         "",
         card.get("description") or "",
         "",
         "## Format",
         "",
-        _FORMATS[kind].format(n=n, n1=n + 1, n2=2 * n, p=p, p_1=p - 1, nmax=nmax),
+        _FORMATS[card["task"]].format(n=n, n1=n + 1, n2=2 * n, p=p, p_1=p - 1, nmax=nmax),
         "",
         "## Architecture",
         "",
@@ -125,6 +137,13 @@ def render_readme(card: dict[str, Any]) -> str:
         "learned positions, all dropouts 0, LayerNorm (GPT-2 always has it). Weights in "
         "`model.safetensors` (float32); load with `use_safetensors=True`.",
         "",
+    ]
+
+
+def _accuracy_section(card: dict[str, Any]) -> list[str]:
+    """The headline metric, then the tables the card's metrics have."""
+    m = card["metrics"]
+    lines = [
         "## Accuracy",
         "",
         f"Headline: **{card['headline']['metric']} = {_pct(card['headline']['value'])}** "
@@ -164,27 +183,44 @@ def render_readme(card: dict[str, Any]) -> str:
             f"| test | {m['test']['n']:,} | {_pct(m['test']['accuracy'])} | {m['test']['loss']:.3g} |",
             "",
         ]
-    if card.get("checkpoints"):
-        lines += [
-            "## Checkpoints across training",
-            "",
-            "Under `checkpoints/step-<N>/`, each a complete HF directory (load with "
-            "`arithinterp.zoo.load_checkpoint_dir(name, step)` or any HF loader).",
-            "",
-            "| step | phase | train loss | train acc | test loss | test acc |",
-            "|---|---|---|---|---|---|",
-        ]
-        for c in card["checkpoints"]:
-            lines.append(
-                f"| {c['step']} | {c['phase']} | {c['train_loss']:.3g} | {_pct(c['train_accuracy'])} "
-                f"| {c['test_loss']:.3g} | {_pct(c['test_accuracy'])} |"
-            )
-        lines.append("")
-    notes = list(r.get("notes") or []) + list(card.get("notes") or []) + _failures(card)
-    if notes:
-        lines += ["## Deviations and known failures", ""] + [f"- {x}" for x in notes] + [""]
+    return lines
+
+
+def _checkpoint_section(card: dict[str, Any]) -> list[str]:
+    """The table of shipped training checkpoints (none: no section)."""
+    if not card.get("checkpoints"):
+        return []
+    lines = [
+        "## Checkpoints across training",
+        "",
+        "Under `checkpoints/step-<N>/`, each a complete HF directory (load with "
+        "`arithinterp.zoo.load_checkpoint_dir(name, step)` or any HF loader).",
+        "",
+        "| step | phase | train loss | train acc | test loss | test acc |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in card["checkpoints"]:
+        lines.append(
+            f"| {c['step']} | {c['phase']} | {c['train_loss']:.3g} | {_pct(c['train_accuracy'])} "
+            f"| {c['test_loss']:.3g} | {_pct(c['test_accuracy'])} |"
+        )
+    lines.append("")
+    return lines
+
+
+def _notes_section(card: dict[str, Any]) -> list[str]:
+    """The recipe's and the card's notes and the failures read off the metrics (none: no section)."""
+    notes = list(card["recipe"].get("notes") or []) + list(card.get("notes") or []) + _failures(card)
+    if not notes:
+        return []
+    return ["## Deviations and known failures", ""] + [f"- {x}" for x in notes] + [""]
+
+
+def _training_section(card: dict[str, Any]) -> list[str]:
+    """Optimiser, schedule, steps, seed, wall time and versions."""
+    r = card["recipe"]
     opt, sch = r["optimizer"], r["schedule"]
-    lines += [
+    return [
         "## Training",
         "",
         f"AdamW lr {opt['lr']}, weight decay {opt['weight_decay']}, betas {tuple(opt['betas'])}; "
@@ -195,6 +231,12 @@ def render_readme(card: dict[str, Any]) -> str:
         f"torch {card['torch_version']}, transformers {card['transformers_version']}, "
         f"arithinterp {card['arithinterp_version']}.",
         "",
+    ]
+
+
+def _usage_section(card: dict[str, Any]) -> list[str]:
+    """How to load the model and how to retrain it."""
+    return [
         "## Load",
         "",
         "```python",
@@ -219,7 +261,6 @@ def render_readme(card: dict[str, Any]) -> str:
         f"`arithinterp/zoo/recipes/{card['name']}.yaml`.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def _failures(card: dict[str, Any]) -> list[str]:

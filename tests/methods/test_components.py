@@ -6,13 +6,16 @@ import numpy as np
 import pytest
 import torch
 
+from arithinterp.errors import ArithInterpError
 from arithinterp.methods._common import make_meta
 from arithinterp.methods.components import comparative_neuron_analysis, direct_logit_attribution
+from arithinterp.methods.grid import grid_activations
 from arithinterp.methods.neurons import (
     _maps,
     classify_neurons,
     heuristic_knockout,
     neuron_maps,
+    neuron_maps_from_activations,
     topk_overlap,
 )
 from arithinterp.models import Site, load_model
@@ -147,6 +150,23 @@ def test_neuron_maps_match_the_model_and_weights(add_model):
     vote = (w.W_out[0, [3, 7]] @ w.W_U[:, ans]).detach().numpy()
     np.testing.assert_allclose(maps.extras["kv"].isel(prompt=37).values, row.values * vote, rtol=1e-5, atol=1e-6)
     assert maps.grid(7).sizes == {"operand_a": 20, "operand_b": 20}
+
+
+def test_neuron_maps_from_a_grid_sweep_equal_neuron_maps(add_model):
+    """A caller that already swept the grid (grid_activations, here with head writes as the
+    report does) gets the same maps without sweeping again, from [a, b, neuron] or
+    [prompt, neuron] activations."""
+    spec = TaskSpec(operation="add", operand_range=(0, 19), format="plain")
+    direct = neuron_maps(add_model, spec, layer=0, neurons=[3, 7, 100])
+    sites = [Site("attn_head", 0, pos=-1), Site("mlp_post", 0, pos=-1)]
+    acts = grid_activations(add_model, spec, sites, heads="write")[sites[1]]
+    assert acts.shape == (20, 20, add_model.shape.d_mlp)
+    for given in (acts, acts.reshape(400, -1)):
+        reused = neuron_maps_from_activations(add_model, spec, given, layer=0, neurons=[3, 7, 100])
+        assert reused.meta.options == direct.meta.options
+        assert reused.replace(meta=direct.meta) == direct  # meta.created may differ
+    with pytest.raises(ArithInterpError, match="do not cover the 400 prompts"):
+        neuron_maps_from_activations(add_model, spec, acts[:10], layer=0)
 
 
 def _top_kv_neurons(maps, k: int = 50) -> np.ndarray:

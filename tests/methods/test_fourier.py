@@ -8,28 +8,22 @@ import numpy as np
 import pytest
 import torch
 
+from arithinterp.errors import MethodError
 from arithinterp.methods.fourier import (
     DIGIT_BASIS_LABELS,
     KeyFrequencyResult,
-    ProgressResult,
     activation_spectrum,
     basis_freqs,
     digit_basis,
     embedding_spectrum,
-    excluded_loss,
     fourier_basis,
     fourier_basis_labels,
     fourier_spectrum,
     gini,
+    head_key_frequencies,
     key_frequencies,
     key_frequencies_from_activations,
-    modadd_logits,
-    modadd_loss,
-    modadd_split,
     modadd_tokens,
-    progress_measures,
-    restricted_loss,
-    zoo_checkpoints,
 )
 from arithinterp.models import Site, load_model
 
@@ -85,22 +79,39 @@ def test_key_frequencies_recover_planted_neurons() -> None:
     assert res.values.dims == ("neuron",)
 
 
-def test_restricted_and_excluded_loss_on_planted_logits() -> None:
-    p = 23
-    idx = np.arange(p)
-    phase = 2 * np.pi * (idx[:, None, None] + idx[None, :, None] - idx[None, None, :]) / p
-    planted = 3 * np.cos(2 * phase) + 2 * np.cos(7 * phase)
-    other = 0.5 * np.cos(4 * np.arange(p) * 2 * np.pi / p)[None, None, :]  # depends on c only
-    logits = torch.as_tensor(planted + other)
-    full = modadd_loss(logits)
-    kept = restricted_loss(logits, [2, 7], p=p)
-    # The c-only term is not along cos/sin(w_k(a+b-c)): restricting drops it, leaving exactly
-    # the planted logits' loss, lower than with the distracting term.
-    np.testing.assert_allclose(kept, modadd_loss(torch.as_tensor(planted)), rtol=1e-9)
-    assert kept < full
-    # Removing the planted frequencies leaves logits that ignore (a, b): chance level or worse.
-    assert excluded_loss(logits, [2, 7], p=p) >= math.log(p) - 1e-9
-    np.testing.assert_allclose(excluded_loss(torch.as_tensor(planted), [2, 7], p=p), math.log(p))
+def test_head_key_frequencies_recover_planted_heads() -> None:
+    """A head whose write is a pure cos(2πk(a+b)/p) along one direction of d_model has key
+    frequency k with all of its variance explained; a head writing two frequencies along
+    two directions has the stronger one, explaining its share of the variance; a head
+    writing noise is not clustered."""
+    rng = np.random.default_rng(1)
+    p, d_model = 23, 8
+    a, b = np.arange(p)[:, None], np.arange(p)[None, :]
+    def wave(k):
+        return np.cos(2 * np.pi * k * (a + b) / p)
+    u, v = rng.normal(size=d_model), rng.normal(size=d_model)
+    u, v = u / np.linalg.norm(u), v - (v @ u) * u
+    v = v / np.linalg.norm(v)
+    heads = np.stack([
+        wave(3)[..., None] * u + rng.normal(size=d_model),  # pure k = 3, plus a constant bias
+        2 * wave(7)[..., None] * u + wave(4)[..., None] * v,  # k = 7 carries 4/5 of the variance
+        rng.normal(size=(p, p, d_model)),  # noise
+    ], axis=2)
+    writes = {0: torch.as_tensor(heads), 2: torch.as_tensor(heads[:, :, ::-1].copy())}
+    res = head_key_frequencies(writes, threshold=0.85)
+    assert res.values.dims == ("layer", "head")
+    assert res.values.coords["layer"].values.tolist() == [0, 2]
+    np.testing.assert_array_equal(res.extras["key_freq"].sel(layer=0).values[:2], [3, 7])
+    np.testing.assert_allclose(res.values.sel(layer=0, head=0), 1.0, atol=1e-12)
+    np.testing.assert_allclose(res.values.sel(layer=0, head=1), 0.8, atol=1e-12)
+    assert res.extras["clustered"].sel(layer=0).values.tolist() == [True, False, False]
+    assert res.extras["key_freq"].sel(layer=2, head=2) == 3  # the reversed heads
+    assert res.meta.options["p"] == p
+    heatmap = res.plot().data[0]  # layer x head, annotated with each head's key frequency
+    np.testing.assert_array_equal(np.asarray(heatmap.z), res.values.transpose("layer", "head").values)
+    assert heatmap.text[-1][2] == "k=3" and heatmap.y[-1] == "L2" and heatmap.x[1] == "H1"
+    with pytest.raises(MethodError, match="p, p, head, d_model"):
+        head_key_frequencies({0: torch.zeros(p, p, d_model)})
 
 
 def test_fourier_spectrum_recovers_planted_embedding_frequencies() -> None:
@@ -148,40 +159,6 @@ def test_key_frequencies_on_zoo_modadd(modadd_keys: KeyFrequencyResult) -> None:
     assert 3 <= len(res.key_freqs) <= 7
     assert res.clustered_fraction >= 0.8
     assert sorted(res.key_freqs) == [21, 26, 45, 53]
-
-
-def test_restricted_and_excluded_loss_on_zoo_modadd(modadd, modadd_keys) -> None:
-    train, test = modadd_split()
-    assert len(train) == 3830
-    logits = modadd_logits(modadd)
-    full_train = modadd_loss(logits, train)
-    full_test = modadd_loss(logits, test)
-    restricted = restricted_loss(logits, modadd_keys.key_freqs)
-    excluded = excluded_loss(logits, modadd_keys.key_freqs, pairs=train)
-    print(f"\ntrain {full_train:.3g} test {full_test:.3g} restricted {restricted:.3g} excluded {excluded:.3g}")
-    np.testing.assert_allclose(full_test, 9.11e-6, rtol=0.05)  # the model card's test loss
-    # METHODS §5: restricted loss below the full test loss (measured 8.1e-7 <= 9.1e-6), and
-    # excluded loss on the training set far above the training loss (measured 19.8 nats
-    # against 2.0e-6; the paper's target is > 5 nats).
-    assert restricted <= full_test
-    assert excluded > 5.0 and excluded > 1e6 * full_train
-
-
-def test_progress_measures_on_zoo_checkpoints() -> None:
-    checkpoints = zoo_checkpoints("modadd-113")
-    assert list(checkpoints) == [250, 8000, 16000, 20200]  # memorised, formation, clean-up, final
-    res = progress_measures(checkpoints)
-    assert isinstance(res, ProgressResult) and res.dims == ("checkpoint", "metric")
-    table = res.values.to_pandas()
-    print("\n" + table.to_string())
-    # Restricted loss falls before test loss: during circuit formation (step 8000) the model
-    # still fails the test set (test loss 26 nats) while the key-frequency part of its logits
-    # already gives 1.35 nats; after grokking both are tiny.
-    assert table.loc[8000, "test_loss"] > 10.0
-    assert table.loc[8000, "restricted_loss"] < 0.1 * table.loc[8000, "test_loss"]
-    assert table.loc[20200, "test_loss"] < 1e-4 and table.loc[20200, "excluded_loss"] > 5.0
-    assert table.loc[20200, "n_key_freqs"] == 4
-    assert len(res.plot().data) == 5
 
 
 def test_spectra_on_zoo_models(modadd, modadd_keys) -> None:

@@ -25,7 +25,7 @@ from arithinterp.methods import (
     patch_activations,
 )
 from arithinterp.methods.fourier import key_frequencies_from_activations
-from arithinterp.methods.neurons import operand_grid
+from arithinterp.methods.grid import operand_grid
 from arithinterp.models import load_model
 from arithinterp.reports import AttributionReport, build_report
 from arithinterp.reports.inputs import default_task

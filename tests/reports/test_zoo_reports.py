@@ -27,8 +27,8 @@ import pytest
 
 from arithinterp.methods import key_frequencies
 from arithinterp.methods.circuits import component_label
+from arithinterp.methods.grid import MAX_GRID_SIDE
 from arithinterp.methods.mediation import MEDIATION_NEURONS
-from arithinterp.methods.neurons import MAX_GRID_SIDE
 from arithinterp.models import Site, load_model
 from arithinterp.reports import AttributionReport, build_report
 

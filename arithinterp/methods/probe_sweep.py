@@ -1,0 +1,721 @@
+"""Probe sweeps: a linear probe per (site, position, target) of a model, fitted at once.
+
+:func:`fit_probes` caches the residual stream of a model on a
+:class:`~arithinterp.tasks.PromptSet`, fits probes (:class:`~arithinterp.methods.probes.LinearProbe`)
+for task annotations (carry bits ``SC_i``, operand digits, running sums
+``c_hat_k``...) and scores them on held-out prompts, with bootstrap intervals, a
+majority baseline and a Hewitt & Liang (2019) control task: each input *type*
+gets a fixed random label drawn from the target's label distribution. For
+arithmetic the type is what a probe could memorise: by default the operand
+digits the target is a function of (``a_digit_2, b_digit_2`` for the carry
+``SC_2``; :func:`control_columns`). The control is memorisable from the type but
+means nothing, so ``selectivity = score - control`` separates what the probe
+reads from the stream from what it could memorise.
+
+:func:`answer_visible` marks the positions where a teacher-forced input already
+shows the digit a target is about, so a probe there reads the input, not the
+model's computation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from collections.abc import Mapping, Sequence
+from typing import Literal, get_args
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+import xarray as xr
+from plotly.subplots import make_subplots
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from arithinterp.errors import ConfigError
+from arithinterp.methods._common import make_meta
+from arithinterp.methods.probes import LinearProbe, ProbeError, score_predictions
+from arithinterp.methods.registry import (
+    MethodSpec,
+    NotApplicable,
+    Options,
+    ReportColumn,
+    ReportView,
+    RunContext,
+    check_layer,
+    register,
+)
+from arithinterp.models import Model, Site
+from arithinterp.results import Result
+from arithinterp.tasks import PromptSet, tokenize
+from arithinterp.tasks.spec import REVERSED_FORMATS
+
+__all__ = [
+    "ProbeResult",
+    "answer_visible",
+    "cache_resid",
+    "control_columns",
+    "fit_probes",
+    "resid_sites",
+    "split_prompts",
+]
+
+FitKind = Literal["auto", "logistic", "ridge", "circular"]
+Split = Literal["random", "operand"]
+ControlBy = Literal["auto", "operands", "token"]
+_MAX_CLASSES = 20
+
+
+class ProbeResult(Result):
+    """Held-out probe scores.
+
+    ``values``: dims ``(target, layer, pos)``: accuracy for logistic and circular
+    targets, R² for ridge targets (coordinate ``score_kind`` on ``target``).
+    ``layer`` indexes residual-stream sites in depth order, labelled by the
+    coordinate ``layer_label`` (``"L0 pre"`` = embeddings, ``"L0 mid"`` = after
+    layer-0 attention, ..., ``"L1 post"`` = final stream); ``pos_token`` labels
+    ``pos``. Extras: ``ci_low``/``ci_high`` (bootstrap over held-out prompts),
+    ``control`` (Hewitt & Liang control-task score), ``selectivity`` (score −
+    control), ``majority`` (score of always predicting the most frequent training
+    label, or the training mean), ``mae`` (ridge targets, else NaN).
+    """
+
+    metric_name = "score"
+
+    def plot(self) -> go.Figure:
+        targets = [str(t) for t in self.values.coords["target"].values]
+        fig = make_subplots(rows=len(targets), cols=1, subplot_titles=targets, shared_xaxes=True)
+        x = [f"{p}:{t}" for p, t in zip(self.values.coords["pos"].values,
+                                         self.values.coords["pos_token"].values)]
+        y = [str(v) for v in self.values.coords["layer_label"].values]
+        for i, target in enumerate(targets, start=1):
+            z = self.values.isel(target=i - 1).transpose("layer", "pos").values
+            fig.add_trace(go.Heatmap(
+                z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Viridis", coloraxis="coloraxis",
+                hovertemplate=f"{target}<br>%{{y}} at %{{x}}<br>score %{{z:.3f}}<extra></extra>",
+            ), i, 1)
+        fig.update_layout(
+            title=f"linear probes: {self.meta.model} (held-out accuracy / R²)",
+            coloraxis={"colorscale": "Viridis", "cmin": 0, "cmax": 1},
+            height=max(300, 220 * len(targets)),
+        )
+        fig.update_xaxes(title_text="position: token", row=len(targets), col=1)
+        return fig
+
+    @classmethod
+    def example(cls) -> ProbeResult:
+        rng = np.random.default_rng(0)
+        shape = (2, 3, 4)
+        coords = {
+            "target": np.array(["SC_0", "c_hat_1"]),
+            "layer": np.arange(3),
+            "pos": np.arange(4),
+            "score_kind": ("target", np.array(["accuracy", "r2"])),
+            "layer_label": ("layer", np.array(["L0 pre", "L0 mid", "L0 post"])),
+            "pos_token": ("pos", np.array(["1", "+", "2", "="])),
+        }
+        values = xr.DataArray(rng.random(shape), dims=("target", "layer", "pos"), coords=coords)
+        extras = {
+            name: xr.DataArray(rng.random(shape), dims=values.dims, coords=values.coords)
+            for name in ("ci_low", "ci_high", "control", "selectivity", "mae")
+        }
+        extras["majority"] = xr.DataArray(rng.random(2), dims=("target",),
+                                          coords={"target": coords["target"]})
+        return cls(values=values, meta=make_meta("fit_probes", None), extras=extras)
+
+
+def resid_sites(model: Model) -> tuple[list[Site], list[str]]:
+    """``resid_pre`` and ``resid_mid`` of every layer, then the final ``resid_post``."""
+    n = model.shape.n_layers
+    sites, labels = [], []
+    for layer in range(n):
+        sites += [Site("resid_pre", layer), Site("resid_mid", layer)]
+        labels += [f"L{layer} pre", f"L{layer} mid"]
+    return sites + [Site("resid_post", n - 1)], labels + [f"L{n - 1} post"]
+
+
+def cache_resid(
+    model: Model, tokens: torch.Tensor, sites: Sequence[Site], positions: Sequence[int],
+    *, batch_size: int = 256, progress: bool = False,
+) -> torch.Tensor:
+    """Activations ``[site, pos, prompt, d_model]`` (float32) at ``sites`` and ``positions``."""
+    pos = torch.as_tensor(list(positions))
+    chunks = []
+    for batch in tqdm(range(0, tokens.shape[0], batch_size), desc="probes: cache",
+                      disable=not progress, leave=False):
+        _, cache = model.run_with_cache(tokens[batch: batch + batch_size], sites)
+        chunks.append(torch.stack([cache[s][:, pos].float().cpu() for s in sites]))
+    return torch.cat(chunks, dim=1).transpose(1, 2).contiguous()
+
+
+def split_prompts(
+    prompts: PromptSet, *, test_fraction: float, split: Split, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test prompt indices. ``"operand"``: no operand_a value is on both sides."""
+    n = len(prompts)
+    rng = np.random.default_rng(seed)
+    if split == "random":
+        order = rng.permutation(n)
+        n_test = max(1, round(test_fraction * n))
+        return np.sort(order[n_test:]), np.sort(order[:n_test])
+    a = prompts.frame["operand_a"].to_numpy()
+    values = rng.permutation(np.unique(a))
+    counts = {v: c for v, c in zip(*np.unique(a, return_counts=True))}
+    test_values, n_test = [], 0
+    for v in values:
+        if n_test >= test_fraction * n:
+            break
+        test_values.append(v)
+        n_test += counts[v]
+    is_test = np.isin(a, test_values)
+    if is_test.all() or not is_test.any():
+        raise ProbeError("split='operand' needs at least two distinct operand_a values")
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def _resolve_targets(prompts: PromptSet, targets) -> dict[str, np.ndarray]:
+    if isinstance(targets, str):
+        targets = [targets]
+    if isinstance(targets, Mapping):
+        out = {str(k): np.asarray(v) for k, v in targets.items()}
+    else:
+        missing = [t for t in targets if t not in prompts.frame.columns]
+        if missing:
+            raise ProbeError(
+                f"targets {missing} are not columns of the prompt set; columns: "
+                f"{list(prompts.frame.columns)} (or pass a dict name -> array)"
+            )
+        out = {t: prompts.frame[t].to_numpy() for t in targets}
+    for name, y in out.items():
+        if y.shape != (len(prompts),):
+            raise ProbeError(f"target {name!r} has shape {y.shape}, expected ({len(prompts)},)")
+        if y.dtype.kind not in "biuf":
+            raise ProbeError(f"target {name!r} has dtype {y.dtype}; probes need numbers or bools")
+    return out
+
+
+def _auto_kind(y: np.ndarray) -> str:
+    if y.dtype.kind in "biu" and len(np.unique(y)) <= _MAX_CLASSES:
+        return "logistic"
+    return "ridge"
+
+
+def _control_labels(y: np.ndarray, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``control_by="token"``: each token id gets one label drawn from y, shared by positions.
+
+    ``tokens`` is ``[prompt, pos]``; returns ``[pos, prompt]``.
+    """
+    table = rng.choice(y, size=int(tokens.max()) + 1)
+    return table[tokens].T
+
+
+_DIGIT_COLUMN = re.compile(r"^[ab]_digit_\d+$")
+_MIN_PER_TYPE = 4  # a type must recur this often on average, or its label cannot be memorised
+
+
+def control_columns(frame, y: np.ndarray, *, max_size: int = 3) -> list[str]:
+    """The operand digits a target is a function of: the input *type* of its control task.
+
+    Searches subsets of the operand digit columns (``a_digit_i``, ``b_digit_j``), smallest
+    first, for one on which ``y`` is a deterministic function and whose value tuples recur
+    (at most ``len(y) / 4`` distinct tuples); ties go to fewer distinct tuples. Carry bit
+    ``SC_2`` of an addition gives ``["a_digit_2", "b_digit_2"]``; a target no small subset
+    determines (a cascading carry, the answer) gives ``["operand_a", "operand_b"]``.
+    """
+    digits = [c for c in frame.columns if _DIGIT_COLUMN.match(str(c))]
+    codes = {c: frame[c].to_numpy().astype(np.int64) for c in digits}
+    _, y_code = np.unique(y, return_inverse=True)
+    for size in range(1, max_size + 1):
+        found = []
+        for cols in itertools.combinations(digits, size):
+            key = np.zeros(len(y), dtype=np.int64)
+            for c in cols:
+                key = key * 10 + codes[c]
+            types, inverse = np.unique(key, return_inverse=True)
+            if len(types) * _MIN_PER_TYPE > len(y):
+                continue
+            first = np.zeros(len(types), dtype=np.int64)
+            first[inverse[::-1]] = y_code[::-1]  # one label per type (any occurrence)
+            if np.array_equal(first[inverse], y_code):
+                found.append((len(types), list(cols)))
+        if found:
+            return min(found, key=lambda f: f[0])[1]
+    return [c for c in ("operand_a", "operand_b") if c in frame.columns]
+
+
+def _type_ids(frame, columns: Sequence[str]) -> np.ndarray:
+    """One integer per prompt for the tuple of values in ``columns``."""
+    if not columns:
+        raise ProbeError("the control task needs at least one column to define input types")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ProbeError(f"control columns {missing} are not columns of the prompt set; "
+                         f"columns: {list(frame.columns)}")
+    values = np.stack([frame[c].to_numpy() for c in columns], axis=1)
+    return np.unique(values, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+def _type_control_labels(y: np.ndarray, types: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Hewitt & Liang's control task: each input type gets a fixed label drawn from ``y``'s
+    empirical distribution; every prompt of that type carries it. ``[prompt]``."""
+    return rng.choice(y, size=int(types.max()) + 1)[types]
+
+
+def _bootstrap(pred: np.ndarray, y: np.ndarray, kind: str, n_boot: int, rng) -> tuple:
+    """Percentile 95% interval of the score over resampled held-out prompts (last axis)."""
+    if n_boot < 1:
+        nan = np.full(pred.shape[:-1], np.nan)
+        return nan, nan
+    idx = rng.integers(0, y.shape[-1], size=(n_boot, y.shape[-1]))
+    yb = np.broadcast_to(y, pred.shape)[..., idx]
+    s = score_predictions(pred[..., idx], yb, kind)
+    return np.nanquantile(s, 0.025, axis=-1), np.nanquantile(s, 0.975, axis=-1)
+
+
+def fit_probes(
+    model: Model,
+    prompts: PromptSet,
+    targets: str | Sequence[str] | Mapping[str, np.ndarray],
+    *,
+    sites: Literal["resid"] | Sequence[Site] = "resid",
+    positions: Sequence[int] | None = None,
+    kind: FitKind = "auto",
+    periods: Sequence[int] = (2, 5, 10),
+    test_fraction: float = 0.25,
+    split: Split = "random",
+    control: bool = True,
+    control_by: ControlBy | Sequence[str] | Mapping[str, Sequence[str]] = "auto",
+    n_boot: int = 200,
+    l2: float = 1e-3,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> ProbeResult:
+    """Fit a linear probe for each (site, position, target) and score it on held-out prompts.
+
+    Args:
+        model: the model.
+        prompts: a generated task of one token length (the answer follows the prompt).
+        targets: frame columns of ``prompts`` (``"SC_2"``, ``"a_digit_0"``, ``"c_hat_3"``) or
+            a dict name -> array of one value per prompt.
+        sites: ``"resid"`` (resid_pre and resid_mid of every layer, then the final
+            resid_post) or a list of whole-layer sites.
+        positions: positions to probe (default: all).
+        kind: ``"auto"`` (logistic for integer/bool targets with <= 20 values, ridge
+            otherwise), ``"logistic"``, ``"ridge"`` or ``"circular"`` (one probe per period
+            in ``periods``, named ``"<target> mod <T>"``).
+        test_fraction: share of prompts held out.
+        split: ``"random"``, or ``"operand"`` (no operand_a value in both train and test).
+        control: also fit the Hewitt & Liang (2019) control task: every input *type*
+            gets a fixed random label drawn from the target's label distribution, and
+            ``selectivity = score - control``.
+        control_by: what an input type is. ``"auto"``: the operand digits the target
+            is a function of (:func:`control_columns`; ``SC_2`` -> ``a_digit_2, b_digit_2``),
+            else the operand pair; ``"operands"``: the pair ``(operand_a, operand_b)``;
+            ``"token"``: the token at the probed position (each token id one label); a list
+            of frame columns; or a dict target -> columns. The columns used are in
+            ``meta.extra["control_columns"]``.
+        n_boot: bootstrap resamples of the held-out prompts for ``ci_low``/``ci_high``.
+        l2: probe penalty (see :class:`LinearProbe`).
+        seed: seed of the split, the bootstrap and the control task.
+        batch_size: prompts per forward pass.
+        progress: show progress bars.
+    """
+    _check_options(kind=kind, split=split, test_fraction=test_fraction)
+    ys = _resolve_targets(prompts, targets)
+    control_cols = _control_plan(prompts, ys, control_by) if control else {}
+    tokenized = tokenize(prompts, model.tokenizer, answer="multi")
+    positions = _resolve_positions(positions, tokenized.tokens.shape[1])
+    site_list, labels = _resolve_sites(model, sites)
+    train, test = split_prompts(prompts, test_fraction=test_fraction, split=split, seed=seed)
+
+    acts = cache_resid(model, tokenized.tokens, site_list, positions, batch_size=batch_size,
+                       progress=progress)
+    X_train, X_test = acts[:, :, train].double(), acts[:, :, test].double()
+    tokens = tokenized.tokens[:, positions].cpu().numpy()
+    rng = np.random.default_rng(seed)
+
+    rows = []
+    jobs = _probe_jobs(ys, kind, periods)
+    for name, y, k, period in tqdm(jobs, desc="probes: fit", disable=not progress, leave=False):
+        base = name.split(" mod ")[0] if period else name
+        cols = control_cols.get(base)
+        types = None if cols is None or cols == "token" else _type_ids(prompts.frame, cols)
+        rows.append(_fit_one(X_train, X_test, y, train, test, tokens, kind=k, period=period,
+                             l2=l2, control=control, types=types, n_boot=n_boot, rng=rng))
+
+    coords = {
+        "target": np.array([name for name, _, _, _ in jobs]),
+        "layer": np.arange(len(site_list)),
+        "pos": np.array(positions),
+        "score_kind": ("target", np.array(["r2" if k == "ridge" else "accuracy" for _, _, k, _ in jobs])),
+        "layer_label": ("layer", np.array(labels)),
+        "pos_token": ("pos", np.array([tokenized.str_tokens[p] for p in positions])),
+    }
+    values, extras = _score_arrays(rows, coords)
+    options = {"targets": list(ys), "sites": labels, "positions": positions, "kind": kind,
+               "periods": list(periods), "test_fraction": test_fraction, "split": split,
+               "control": control, "control_by": _control_by_option(control_by),
+               "n_boot": n_boot, "l2": l2, "batch_size": batch_size}
+    meta = make_meta("fit_probes", model, prompts, options=options, seed=seed,
+                     extra={"n_train": len(train), "n_test": len(test),
+                            "control_columns": control_cols})
+    return ProbeResult(values=values, meta=meta, extras=extras)
+
+
+def _check_options(*, kind: str, split: str, test_fraction: float) -> None:
+    """Fail on a bad option before any forward pass."""
+    if kind not in get_args(FitKind):
+        raise ProbeError(f"kind={kind!r}; valid kinds: {list(get_args(FitKind))}")
+    if split not in get_args(Split):
+        raise ProbeError(f"split={split!r}; valid splits: {list(get_args(Split))}")
+    if not 0 < test_fraction < 1:
+        raise ProbeError(f"test_fraction must be in (0, 1), got {test_fraction}")
+
+
+def _resolve_positions(positions: Sequence[int] | None, seq_len: int) -> list[int]:
+    """The probed positions, non-negative (default: every position)."""
+    positions = list(range(seq_len)) if positions is None else [int(p) for p in positions]
+    bad = [p for p in positions if not -seq_len <= p < seq_len]
+    if bad:
+        raise ProbeError(f"positions {bad} are outside 0..{seq_len - 1}")
+    return [p % seq_len for p in positions]
+
+
+def _resolve_sites(model: Model, sites: Literal["resid"] | Sequence[Site]) -> tuple[list[Site], list[str]]:
+    """The probed sites and their ``layer_label`` coordinates."""
+    if sites == "resid":
+        return resid_sites(model)
+    site_list = model.validate(list(sites))
+    return site_list, [str(s) for s in site_list]
+
+
+def _probe_jobs(ys: dict[str, np.ndarray], kind: str, periods: Sequence[int]) -> list[tuple]:
+    """``(name, y, kind, period)`` per probed target; a circular target gives one job per period."""
+    jobs = []
+    for name, y in ys.items():
+        y = y.astype(np.int64) if y.dtype.kind == "b" else y
+        k = _auto_kind(y) if kind == "auto" else kind
+        if k == "circular":
+            jobs += [(f"{name} mod {T}", y.astype(np.int64), k, int(T)) for T in periods]
+        else:
+            jobs.append((name, y, k, None))
+    return jobs
+
+
+def _score_arrays(rows: list[dict], coords: dict) -> tuple[xr.DataArray, dict[str, xr.DataArray]]:
+    """The per-target score dicts of :func:`_fit_one` as labelled ``(target, layer, pos)`` arrays."""
+    dims = ("target", "layer", "pos")
+    values = xr.DataArray(np.stack([r["score"] for r in rows]), dims=dims, coords=coords)
+    extras = {
+        name: xr.DataArray(np.stack([r[name] for r in rows]), dims=dims, coords=coords)
+        for name in ("ci_low", "ci_high", "control", "selectivity", "mae")
+    }
+    extras["majority"] = xr.DataArray(np.array([r["majority"] for r in rows]), dims=("target",),
+                                      coords={"target": coords["target"]})
+    return values, extras
+
+
+def _control_by_option(control_by) -> str | dict | list:
+    """``control_by`` as recorded in ``meta.options`` (plain JSON types)."""
+    if isinstance(control_by, str):
+        return control_by
+    return dict(control_by) if isinstance(control_by, Mapping) else list(control_by)
+
+
+def _control_plan(prompts: PromptSet, ys: dict[str, np.ndarray], control_by) -> dict:
+    """Per target, the frame columns whose value tuple is the control task's input type
+    (or ``"token"``)."""
+    if isinstance(control_by, str):
+        if control_by not in get_args(ControlBy):
+            raise ProbeError(f"control_by={control_by!r}; valid: {list(get_args(ControlBy))}, "
+                             "a list of columns, or a dict target -> columns")
+        if control_by == "auto":
+            return {name: control_columns(prompts.frame, y) for name, y in ys.items()}
+        if control_by == "operands":
+            return {name: ["operand_a", "operand_b"] for name in ys}
+        return {name: "token" for name in ys}
+    if isinstance(control_by, Mapping):
+        unknown = set(control_by) - set(ys)
+        if unknown:
+            raise ProbeError(f"control_by names targets {sorted(unknown)} that are not probed: {list(ys)}")
+        plan = {name: control_columns(prompts.frame, y) for name, y in ys.items()}
+        plan.update({name: list(cols) for name, cols in control_by.items()})
+    else:
+        plan = {name: list(control_by) for name in ys}
+    for cols in plan.values():
+        _type_ids(prompts.frame, cols)  # unknown columns fail here, before any forward pass
+    return plan
+
+
+def _fit_one(X_train, X_test, y, train, test, tokens, *, kind, period, l2, control, types, n_boot, rng):
+    """Score of one target at every (site, pos): a dict of ``[site, pos]`` arrays."""
+    y_eval = np.mod(y, period) if kind == "circular" else y
+    score_kind = "ridge" if kind == "ridge" else "accuracy"
+    probe = LinearProbe(kind, l2=l2, period=period).fit(X_train, y[train])
+    pred = probe.predict(X_test)
+    y_test = y_eval[test]
+    out = {"score": score_predictions(pred, np.broadcast_to(y_test, pred.shape), score_kind)}
+    out["ci_low"], out["ci_high"] = _bootstrap(pred, y_test, score_kind, n_boot, rng)
+    nan = np.full(out["score"].shape, np.nan)
+    out["mae"] = np.abs(pred - y_test).mean(-1) if kind == "ridge" else nan
+    if kind == "ridge":
+        out["majority"] = float(score_predictions(np.full(len(test), y[train].mean()), y_test, "ridge"))
+    else:
+        values, counts = np.unique(y_eval[train], return_counts=True)
+        out["majority"] = float((y_test == values[counts.argmax()]).mean())
+    out["control"], out["selectivity"] = nan, nan
+    if control and types is not None:
+        y_ctrl = _type_control_labels(y, types, rng)
+        ctrl = _fit_type_control(X_train, X_test, y_ctrl, train, test, kind=kind, period=period, l2=l2)
+        out["control"] = ctrl
+        out["selectivity"] = out["score"] - ctrl
+    elif control:
+        y_ctrl = _control_labels(y, tokens, rng)  # [pos, prompt]
+        ctrl = _fit_control(X_train, X_test, y_ctrl, train, test, kind=kind, period=period, l2=l2)
+        out["control"] = ctrl
+        out["selectivity"] = out["score"] - ctrl
+    return out
+
+
+def _fit_type_control(X_train, X_test, y_ctrl, train, test, *, kind, period, l2) -> np.ndarray:
+    """Score of the control task (labels ``[prompt]``) at every (site, pos)."""
+    score_kind = "ridge" if kind == "ridge" else "accuracy"
+    y_eval = np.mod(y_ctrl, period) if kind == "circular" else y_ctrl
+    if len(np.unique(y_eval[train])) < 2:  # one label: the control is trivially "learned"
+        const = np.full(len(test), y_eval[train][0])
+        return np.full(X_train.shape[:2], float(score_predictions(const, y_eval[test], score_kind)))
+    probe = LinearProbe(kind, l2=l2, period=period).fit(X_train, y_ctrl[train])
+    pred = probe.predict(X_test)
+    return score_predictions(pred, np.broadcast_to(y_eval[test], pred.shape), score_kind)
+
+
+def _fit_control(X_train, X_test, y_ctrl, train, test, *, kind, period, l2) -> np.ndarray:
+    """Fit the control task; positions whose control labels are constant score 1 (trivial)."""
+    score_kind = "ridge" if kind == "ridge" else "accuracy"
+    n_sites, n_pos = X_train.shape[:2]
+    out = np.ones((n_sites, n_pos))
+    y_eval = np.mod(y_ctrl, period) if kind == "circular" else y_ctrl
+    varied = [p for p in range(n_pos) if len(np.unique(y_eval[p, train])) > 1]
+    if not varied:
+        return out
+    # positions differ in their control labels, so the fit is batched over (pos, site)
+    y_fit = np.broadcast_to(y_ctrl[varied][:, None, train], (len(varied), n_sites, len(train)))
+    Xtr = X_train[:, varied].transpose(0, 1)
+    probe = LinearProbe(kind, l2=l2, period=period).fit(Xtr, y_fit)
+    pred = probe.predict(X_test[:, varied].transpose(0, 1))
+    truth = np.broadcast_to(y_eval[varied][:, None, test], pred.shape)
+    out[:, varied] = score_predictions(pred, truth, score_kind).T
+    return out
+
+
+_PLACE = re.compile(r"_(\d+)$")
+
+
+def answer_visible(
+    prompts: PromptSet, tokenizer, targets: Sequence[str], answer_len: int
+) -> np.ndarray:
+    """``[target, i]``: whether, at the position predicting answer token ``i``, the teacher-forced
+    answer tokens already in the input show the answer digit of the target's place (``answer_digit_j``,
+    ``carry_in_j``, ``borrow_j``, ``c_hat_j``: place ``10^j``) for any prompt.
+
+    There the target is read off the input (a carry into place j is the visible digit j minus
+    the operand digits), so decoding it says nothing about what the model computed. A target
+    without a trailing place number is never visible.
+    """
+    reversed_ = prompts.spec.format in REVERSED_FORMATS
+    out = np.zeros((len(targets), answer_len), dtype=bool)
+    places = [int(m.group(1)) if (m := _PLACE.search(t)) else None for t in targets]
+    for answer in prompts.answers:
+        ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        shown = [len(tokenizer.decode(ids[:i])) for i in range(answer_len)]  # answer chars in the input
+        digits = answer.lstrip("-")
+        offset = len(answer) - len(digits)
+        for k, place in enumerate(places):
+            if place is None or place >= len(digits):
+                continue
+            char = offset + (place if reversed_ else len(digits) - 1 - place)
+            out[k] |= np.array([char < n for n in shown])
+    return out
+
+
+# -- registration ---------------------------------------------------------------------------------
+
+ResidKind = Literal["resid_pre", "resid_mid", "resid_post"]
+#: Probes are fit on at least this many prompts in a report (a fresh draw of the task).
+PROBE_MIN_PROMPTS = 256
+#: A probe target is decodable at a site when its held-out score reaches this and beats
+#: the majority / mean baseline and the control task by at least :data:`PROBE_MARGIN`.
+PROBE_DECODABLE = 0.9
+PROBE_MARGIN = 0.1
+
+
+class SiteRef(Options):
+    """A residual-stream site named in YAML: ``{kind: resid_mid, layer: 0}``."""
+
+    kind: ResidKind
+    layer: int = Field(ge=0)
+
+
+class ProbesOptions(Options):
+    """Options of :func:`fit_probes`: ``targets`` are columns of the task's prompt frame
+    (``SC_2``, ``c_hat_3`` ...); ``probe`` is the function's ``kind`` (``auto``: logistic for few
+    classes, else ridge); ``control_by`` is Hewitt & Liang's input type of the control task."""
+
+    targets: list[str] = Field(min_length=1)
+    sites: Literal["resid"] | list[SiteRef] = "resid"
+    positions: list[int] | None = None
+    probe: FitKind = "auto"
+    periods: list[int] = Field(default_factory=lambda: [2, 5, 10])
+    test_fraction: float = Field(0.25, gt=0, lt=1)
+    split: Split = "random"
+    control: bool = True
+    control_by: Literal["auto", "operands", "token"] | list[str] = "auto"
+    n_boot: int = Field(200, ge=0)
+    l2: float = Field(1e-3, gt=0)
+    batch_size: int = Field(256, ge=1)
+
+
+def _probe_sites(ctx: RunContext, options: ProbesOptions) -> str | list[Site]:
+    if options.sites == "resid":
+        return "resid"
+    for ref in options.sites:
+        check_layer(ctx.model, ref.layer, "sites")
+    return [Site(ref.kind, ref.layer) for ref in options.sites]
+
+
+def _check_probes(ctx: RunContext, options: ProbesOptions) -> None:
+    _probe_sites(ctx, options)
+    missing = [t for t in options.targets if t not in ctx.prompts.frame.columns]
+    if missing:
+        raise ConfigError(f"targets: {missing} are not annotations of this task; valid: "
+                               f"{sorted(ctx.prompts.frame.columns)}")
+    length = ctx.tokens("multi").tokens.shape[1]
+    bad = [p for p in options.positions or [] if not -length <= p < length]
+    if bad:
+        raise ConfigError(f"positions: {bad} outside the prompts' {length} positions")
+    if isinstance(options.control_by, list):
+        missing = [c for c in options.control_by if c not in ctx.prompts.frame.columns]
+        if missing:
+            raise ConfigError(f"control_by: {missing} are not annotations of this task; "
+                                   f"valid: {sorted(ctx.prompts.frame.columns)}")
+
+
+#: Columns of a task's prompt frame that are not annotations to probe.
+_NOT_TARGETS = ("prompt", "query", "answer_text", "operator", "operation", "complexity")
+
+
+def _probes_task_check(options: ProbesOptions, spec) -> None:
+    from arithinterp.tasks import generate
+
+    columns = list(generate(spec.model_copy(update={"n": min(spec.n, 2)})).frame.columns)
+    missing = [t for t in options.targets if t not in columns]
+    if missing:
+        raise ValueError(f"targets: {missing} are not annotations of this task; valid: "
+                         f"{[c for c in columns if c not in _NOT_TARGETS]}")
+
+
+def _run_probes(ctx: RunContext, options: ProbesOptions) -> ProbeResult:
+    keywords = {k: getattr(options, k) for k in ProbesOptions.model_fields if k not in ("targets", "sites", "probe")}
+    return fit_probes(ctx.model, ctx.prompts, options.targets, sites=_probe_sites(ctx, options), kind=options.probe,
+                      seed=ctx.seed, progress=ctx.progress, **keywords)
+
+
+def probe_targets(prompts: PromptSet) -> list[str]:
+    """The annotations a report probes: answer digits, and carries / borrows / partial carries."""
+    frame = prompts.frame
+    patterns = ("answer_digit_", "carry_in_", "borrow_", "c_hat_")
+    cols = [c for c in frame.columns if c.startswith(patterns)]
+    return [c for c in cols if frame[c].nunique() > 1][:12]
+
+
+def _report_probes(ctx: RunContext) -> dict:
+    prompts = ctx.prompts
+    if len(prompts) < PROBE_MIN_PROMPTS:
+        from arithinterp.tasks import generate
+
+        prompts = generate(prompts.spec.model_copy(update={"n": PROBE_MIN_PROMPTS, "seed": ctx.seed + 1}))
+    targets = probe_targets(prompts)
+    if not targets:
+        raise NotApplicable("the task has no varying annotation to probe (answer digits, carries, borrows, "
+                            "partial carries)")
+    # The positions that predict answer tokens (the prompt's last, then the teacher-forced
+    # answer's): where the answer is computed, and a fraction of the cost of every position.
+    tok = ctx.tokens("multi", prompts)
+    positions = [tok.prompt_len - 1 + i for i in range(tok.answer_len)]
+    result = fit_probes(ctx.model, prompts, targets, positions=positions, n_boot=100, seed=ctx.seed,
+                        progress=ctx.progress)
+    visible = answer_visible(prompts, ctx.model.tokenizer, targets, tok.answer_len)
+    mask = xr.DataArray(visible, dims=("target", "pos"), coords={"target": list(targets), "pos": positions})
+    return {"probes": dataclasses.replace(result, extras={**result.extras, "answer_visible": mask})}
+
+
+def _probe_site(kind: str, layer: int, labels: list[str]) -> str | None:
+    """The residual-stream site (``layer_label``) right after a component of ``layer`` writes."""
+    if kind == "attn_head":
+        wanted = [f"L{layer} mid"]
+    else:
+        wanted = [f"L{layer + 1} pre", f"L{layer} post"]
+    return next((w for w in wanted if w in labels), None)
+
+
+def probe_evidence(result: ProbeResult, kind: str, layer: int, n_layers: int | None = None) -> tuple[str, float]:
+    """Targets decodable at the site after ``kind`` of ``layer`` (at any position), and the best score."""
+    v = result.values
+    labels = [str(x) for x in v.coords["layer_label"].values]
+    site = _probe_site(kind, layer, labels)
+    if site is None:
+        return "", float("nan")
+    at = v.isel(layer=labels.index(site))  # (target, pos)
+    if "answer_visible" in result.extras:  # positions where the target is read off the input: not evidence
+        at = at.where(~result.extras["answer_visible"].astype(bool))
+    control = result.extras["control"].isel(layer=labels.index(site))
+    majority = result.extras["majority"]
+    score = at.max("pos")
+    margin = (at - control).where(at == at.max("pos")).max("pos")
+    decodable = []
+    for t in at.coords["target"].values:
+        s = float(score.sel(target=t))
+        if not np.isfinite(s):
+            continue
+        base = float(majority.sel(target=t)) if majority.ndim else float(majority)
+        kind_t = str(at.coords["score_kind"].sel(target=t).values)
+        base_gap = s - base if kind_t == "accuracy" else s  # R² is already relative to the mean
+        if s >= PROBE_DECODABLE and base_gap >= PROBE_MARGIN and float(margin.sel(target=t)) >= PROBE_MARGIN:
+            decodable.append(str(t))
+    best = score.values[np.isfinite(score.values)]
+    return ",".join(decodable), float(best.max()) if best.size else float("nan")
+
+
+def _evidence(result: ProbeResult, sites: list[Site]) -> list[tuple[str, float]]:
+    memo: dict[tuple[str, int], tuple[str, float]] = {}
+    for s in sites:
+        key = ("attn_head" if s.head is not None else "mlp_post", s.layer)
+        if key not in memo:
+            memo[key] = probe_evidence(result, *key)
+    return [memo[("attn_head" if s.head is not None else "mlp_post", s.layer)] for s in sites]
+
+
+def _read_probe_targets(result: ProbeResult, sites: list[Site]) -> list[str]:
+    return [targets for targets, _ in _evidence(result, sites)]
+
+
+def _read_probe_best(result: ProbeResult, sites: list[Site]) -> np.ndarray:
+    return np.array([best for _, best in _evidence(result, sites)], dtype=float)
+
+
+register(MethodSpec(
+    name="probes", function=fit_probes, inputs="prompts", result=ProbeResult, options=ProbesOptions,
+    aliases={"probe": "kind"}, step_only=frozenset({"targets"}), run=_run_probes, check=_check_probes,
+    task_check=_probes_task_check,
+    report=ReportView(
+        run=_report_probes,
+        columns=(*ReportColumn.pair("probe_targets", "probes", "probes", _read_probe_targets,
+                                    "annotations decodable right after the component's layer", missing=None),
+                 *ReportColumn.pair("probe_best", "probes", "probes", _read_probe_best,
+                                    "best held-out probe score at that site")),
+        figures={"probes": "Linear probes"},
+        order=50,
+    ),
+))
