@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from arithinterp.dashboard.data import Component, Report, json_row, parse_component
+from arithinterp.models.site import Site
 
 __all__ = [
     "Evidence",
@@ -83,9 +84,10 @@ def probe_sites(comp: Component, labels: list[str]) -> dict[str, str]:
     ``L{l+1} pre`` (``L{l} post`` after the last layer)."""
     layer = comp.layer
     if comp.kind == "head":
-        wanted = {"in": [f"L{layer} pre"], "out": [f"L{layer} mid"]}
+        wanted = {"in": [Site("resid_pre", layer).label], "out": [Site("resid_mid", layer).label]}
     else:
-        wanted = {"in": [f"L{layer} mid"], "out": [f"L{layer + 1} pre", f"L{layer} post"]}
+        wanted = {"in": [Site("resid_mid", layer).label],
+                  "out": [Site("resid_pre", layer + 1).label, Site("resid_post", layer).label]}
     out = {}
     for role, names in wanted.items():
         hit = next((n for n in names if n in labels), None)

@@ -156,10 +156,10 @@ class PathPatchingResult(PatchingResult):
 
     @classmethod
     def example(cls) -> PathPatchingResult:
-        labels = np.array(["attn_head L0H0", "attn_head L0H1", "mlp_out L0"])
+        labels = np.array(["L0H0", "L0H1", "MLP0"])
         values = xr.DataArray(np.array([0.9, 0.1, 0.4]), dims=("site",), coords={"site": labels})
         extras = {"ci_low": values - 0.1, "ci_high": values + 0.1}
-        meta = make_meta("path_patch", None, options={"senders": list(labels), "receivers": ["final_resid"],
+        meta = make_meta("path_patch", None, options={"senders": list(labels), "receivers": ["final"],
                                                       "metric": "logit_diff", "normalize": True})
         return cls(values=values, meta=meta, extras=extras)
 
@@ -327,7 +327,7 @@ class FaithfulnessResult(Result):
     @classmethod
     def example(cls) -> FaithfulnessResult:
         values = xr.DataArray(np.array([0.8, 0.9, 0.1]), dims=("target",), coords={"target": np.array(_TARGETS)})
-        meta = make_meta("faithfulness", None, options={"metric": "nl", "circuit": ["mlp_out L0"]})
+        meta = make_meta("faithfulness", None, options={"metric": "nl", "circuit": ["MLP0"]})
         return cls(values=values, meta=meta, extras={"ci_low": values - 0.05, "ci_high": values + 0.05},
                    faithfulness=0.875, faithfulness_ci_low=0.8, faithfulness_ci_high=0.95)
 

@@ -53,15 +53,6 @@ ComponentKind = Literal["attn_head", "mlp_out", "mlp_post"]
 COMPONENT_KINDS: tuple[str, ...] = get_args(ComponentKind)
 
 
-def component_label(site: Site) -> str:
-    """``L0H1`` for a head, ``MLP0`` for a whole MLP, ``L0N17`` for a neuron."""
-    if site.kind == "attn_head":
-        return f"L{site.layer}H{site.head}"
-    if site.kind == "mlp_out":
-        return f"MLP{site.layer}"
-    return f"L{site.layer}N{site.neuron}"
-
-
 @resultclass
 class CircuitResult(Result):
     """A circuit found by :func:`discover_circuit`.
@@ -358,7 +349,7 @@ def discover_circuit(
     size = len(order) if reached_at is None else reached_at + 1
     circuit = [sites[i] for i in order[:size]]
     axis = order + [i for i in ranked if i not in set(order)]
-    labels = np.array([component_label(sites[i]) for i in axis])
+    labels = np.array([sites[i].label for i in axis])
     coords = {
         "component": labels,
         "kind": ("component", np.array([sites[i].kind for i in axis])),
@@ -398,6 +389,14 @@ def _stage(kind: str, layer: int) -> int:
     return 2 * layer + (0 if kind == "attn_head" else 1)
 
 
+def _edge_node(label: str, *, receiving: bool = False) -> str:
+    """The edge-graph node of a circuit member: a neuron is its MLP, a head receives through ``ATTN``."""
+    site = Site.from_label(label)
+    if site.kind == "mlp_post" or (site.kind == "attn_head" and receiving):
+        return Site("mlp_out" if site.kind == "mlp_post" else "attn_out", site.layer).label
+    return label
+
+
 def _edge_scores(edges: Result, nodes: list[tuple[str, int, float, str]]) -> list[tuple[str, str, float]]:
     """Edges between circuit members (and into the logits) with their EAP score.
 
@@ -409,15 +408,13 @@ def _edge_scores(edges: Result, nodes: list[tuple[str, int, float, str]]) -> lis
     receivers = {str(c) for c in v.coords["site"].values}
     out = []
     for u in nodes:
-        sender = u[0] if u[3] != "mlp_post" else f"MLP{u[0].split('N')[0][1:]}"
+        sender = _edge_node(u[0])
         if sender not in senders:
             continue
         for w in nodes:
             if w[1] <= u[1]:
                 continue
-            layer = w[0].split("N")[0][1:] if w[3] == "mlp_post" else None
-            receiver = (f"ATTN{w[0][1:].split('H')[0]}" if w[3] == "attn_head"
-                        else w[0] if w[3] == "mlp_out" else f"MLP{layer}")
+            receiver = _edge_node(w[0], receiving=True)
             if receiver in receivers:
                 score = float(v.sel(component=sender, site=receiver))
                 if np.isfinite(score):

@@ -249,10 +249,10 @@ def _component_labels(model: Model) -> tuple[list, list, list, list, list]:
 
     for layer in range(s.n_layers):
         for h in range(s.n_heads):
-            add(f"L{layer}H{h}", "head", layer, head=h)
+            add(Site("attn_head", layer, head=h).label, "head", layer, head=h)
         add(f"L{layer} attn bias", "attn_bias", layer)
         for n in range(s.d_mlp):
-            add(f"L{layer}N{n}", "neuron", layer, neuron=n)
+            add(Site("mlp_post", layer, neuron=n).label, "neuron", layer, neuron=n)
         add(f"L{layer} mlp bias", "mlp_bias", layer)
     add("final norm bias", "norm_bias")
     return labels, kinds, layers, heads, neurons

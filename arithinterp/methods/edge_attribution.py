@@ -110,15 +110,15 @@ def _edge_layout(model: Model, senders: Sequence[str], receivers: Sequence[str])
         send.append(("embed", -1, -1, 0))
     for layer in range(n_layers):
         if "attn_head" in senders:
-            send.extend((f"L{layer}H{h}", layer, h, 2 * layer + 1) for h in range(n_heads))
+            send.extend((Site("attn_head", layer, h).label, layer, h, 2 * layer + 1) for h in range(n_heads))
         if "mlp_out" in senders:
-            send.append((f"MLP{layer}", layer, -1, 2 * layer + 2))
+            send.append((Site("mlp_out", layer).label, layer, -1, 2 * layer + 2))
     recv: list[tuple[str, int, int]] = []  # label, layer, stage
     for layer in range(n_layers):
         if "attn_in" in receivers:
-            recv.append((f"ATTN{layer}", layer, 2 * layer))
+            recv.append((Site("attn_out", layer).label, layer, 2 * layer))
         if "mlp_in" in receivers:
-            recv.append((f"MLP{layer}", layer, 2 * layer + 1))
+            recv.append((Site("mlp_out", layer).label, layer, 2 * layer + 1))
     if "logits" in receivers:
         recv.append(("logits", n_layers, 2 * n_layers))
     return send, recv
@@ -133,7 +133,7 @@ def _receiver_grads(grad: dict[Site, torch.Tensor], n_layers: int, recv) -> list
     for label, layer, _ in recv:
         if label == "logits":
             out.append(post[-1])
-        elif label.startswith("ATTN"):
+        elif Site.from_label(label).kind == "attn_out":
             out.append(pre[layer] - mid[layer])
         else:
             out.append(mid[layer] - post[layer])

@@ -479,11 +479,9 @@ class ProbeResult(Result):
 def resid_sites(model: Model) -> tuple[list[Site], list[str]]:
     """``resid_pre`` and ``resid_mid`` of every layer, then the final ``resid_post``."""
     n = model.shape.n_layers
-    sites, labels = [], []
-    for layer in range(n):
-        sites += [Site("resid_pre", layer), Site("resid_mid", layer)]
-        labels += [f"L{layer} pre", f"L{layer} mid"]
-    return sites + [Site("resid_post", n - 1)], labels + [f"L{n - 1} post"]
+    sites = [Site(kind, layer) for layer in range(n) for kind in ("resid_pre", "resid_mid")]
+    sites.append(Site("resid_post", n - 1))
+    return sites, [s.label for s in sites]
 
 
 def cache_resid(
@@ -692,7 +690,7 @@ def fit_probes(
         site_list, labels = resid_sites(model)
     else:
         site_list = model.validate(list(sites))
-        labels = [str(s) for s in site_list]
+        labels = [s.label for s in site_list]
     train, test = split_prompts(prompts, test_fraction=test_fraction, split=split, seed=seed)
 
     acts = cache_resid(model, tokenized.tokens, site_list, positions, batch_size=batch_size,

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from arithinterp.methods.circuits import component_label
 from arithinterp.models import Model, Site
 from arithinterp.results import Result
 
@@ -74,15 +73,15 @@ def _lookup(array, sites: list[Site], kind: str) -> np.ndarray:
 def _dla(result: Result, sites: list[Site]) -> np.ndarray:
     mean = result.extras["mean"]
     labels = {str(c): i for i, c in enumerate(mean.coords["component"].values)}
-    return np.array([float(mean.values[labels[component_label(s)]]) if component_label(s) in labels
+    return np.array([float(mean.values[labels[s.label]]) if s.label in labels
                      else np.nan for s in sites])
 
 
 def _probe_site(kind: str, layer: int, n_layers: int) -> str:
     """The residual-stream site (ProbeResult ``layer_label``) right after a component writes."""
     if kind == "attn_head":
-        return f"L{layer} mid"
-    return f"L{layer + 1} pre" if layer + 1 < n_layers else f"L{layer} post"
+        return Site("resid_mid", layer).label
+    return Site("resid_pre", layer + 1).label if layer + 1 < n_layers else Site("resid_post", layer).label
 
 
 def probe_evidence(result: Result, kind: str, layer: int, n_layers: int) -> tuple[str, float]:
@@ -143,7 +142,7 @@ def _table(model: Model, kind: str, results: Mapping[str, Result], circuit: Resu
     n = len(sites)
     nan = np.full(n, np.nan)
     frame = pd.DataFrame({
-        "component": [component_label(s) for s in sites],
+        "component": [s.label for s in sites],
         "kind": "head" if kind == "attn_head" else "neuron",
         "layer": [s.layer for s in sites],
         inner: [getattr(s, inner) for s in sites],
@@ -238,8 +237,8 @@ def _in_circuit(circuit: Result | None, sites: list[Site], kind: str) -> np.ndar
         return np.zeros(len(sites), dtype=bool)
     members = set(circuit.circuit)
     if kind == "attn_head":
-        return np.array([component_label(s) in members for s in sites])
-    return np.array([component_label(s) in members or f"MLP{s.layer}" in members for s in sites])
+        return np.array([s.label in members for s in sites])
+    return np.array([s.label in members or Site("mlp_out", s.layer).label in members for s in sites])
 
 
 def head_table(model: Model, results: Mapping[str, Result]) -> pd.DataFrame:

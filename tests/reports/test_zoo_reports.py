@@ -26,7 +26,6 @@ import pandas as pd
 import pytest
 
 from arithinterp.methods import key_frequencies
-from arithinterp.methods.circuits import component_label
 from arithinterp.models import Site, load_model
 from arithinterp.reports import AttributionReport, build_report
 from arithinterp.reports.runners import MAX_GRID_SIDE, MEDIATION_NEURONS
@@ -171,7 +170,7 @@ def test_add_2d_tok_heuristics_fill_the_last_layer(reports):
     # add-2d-tok's circuit (docs/report.md): its MLP and operand-reading heads.
     c = report.summary["circuit"]
     assert "MLP0" in c["components"] and c["reached"]
-    assert component_label(Site("mlp_out", 0)) == "MLP0"
+    assert Site("mlp_out", 0).label == "MLP0"
 
 
 def test_mul_3d_report_runs_at_low_accuracy(reports):
