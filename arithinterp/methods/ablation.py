@@ -30,7 +30,7 @@ from arithinterp.methods.metrics import (
 )
 from arithinterp.methods.patching import PatchingResult, sweep_sites
 from arithinterp.models import Model, Patch, Site
-from arithinterp.models.site import LAYERLESS_KINDS
+from arithinterp.models.site import LAYERLESS_KINDS, SITE_KIND_INFO
 from arithinterp.results import Result, bootstrap_ci, resultclass
 from arithinterp.tasks import PromptPairs, PromptSet, tokenize
 
@@ -113,12 +113,12 @@ def ablate(
 
 # ---- path patching ----------------------------------------------------------------------
 
-SENDER_KINDS: tuple[str, ...] = ("attn_head", "attn_out", "mlp_out", "embed", "resid_pre", "resid_mid", "resid_post")
-RECEIVER_KINDS: tuple[str, ...] = ("q", "k", "v", "mlp_post", "resid_pre", "resid_mid", "resid_post", "final_resid")
+SENDER_KINDS: tuple[str, ...] = tuple(k for k, i in SITE_KIND_INFO.items() if i.path_point is not None)
+RECEIVER_KINDS: tuple[str, ...] = tuple(k for k, i in SITE_KIND_INFO.items() if i.receiver)
 
 # Where a site sits in the forward pass: block L's attention is 4L+2, its MLP 4L+4,
-# the residual stream before/between/after them 4L+1 / 4L+3 / 4L+5.
-_POINT = {"resid_pre": 1, "attn_head": 2, "attn_out": 2, "resid_mid": 3, "mlp_out": 4, "resid_post": 5}
+# the residual stream before/between/after them 4L+1 / 4L+3 / 4L+5 (SiteKindInfo.path_point).
+_POINT = {k: i.path_point for k, i in SITE_KIND_INFO.items() if i.layered and i.path_point is not None}
 
 
 def _point(site: Site) -> int:
@@ -290,7 +290,7 @@ def path_patch(
 
 FaithfulnessMetric = Literal["nl", "logit_diff", "accuracy"]
 FAITHFULNESS_METRICS: tuple[str, ...] = get_args(FaithfulnessMetric)
-CIRCUIT_KINDS: tuple[str, ...] = ("attn_head", "attn_out", "mlp_out", "mlp_post")
+CIRCUIT_KINDS: tuple[str, ...] = tuple(k for k, i in SITE_KIND_INFO.items() if i.circuit)
 _TARGETS = ("circuit", "full", "ablated")
 
 
