@@ -67,7 +67,7 @@ def lens_trajectory(report: Report, comp: Component) -> Evidence:
     mean = v.mean("prompt") if "prompt" in v.dims else v
     is_answer = np.asarray(v.coords["is_answer"].values) if "is_answer" in v.coords else None
     positions = np.flatnonzero(is_answer) if is_answer is not None and is_answer.any() else [v.sizes["pos"] - 1]
-    tokens = v.coords["pos_token"].values if "pos_token" in v.coords else v.coords["pos"].values
+    tokens = v.coords["next_token"].values if "next_token" in v.coords else v.coords["pos"].values
     labels = (v.coords["layer_label"].values if "layer_label" in v.coords else v.coords["layer"].values)
     series = [
         {"pos": int(v.coords["pos"].values[p]), "token": str(tokens[p]),
@@ -103,9 +103,9 @@ def probe_evidence(report: Report, comp: Component) -> Evidence:
     if probes is None:
         return _no_result("probe")
     v = probes.values
-    if "layer_label" not in v.coords or not {"target", "layer", "pos"} <= set(v.dims):
-        return Evidence.missing("the probe result has no labelled (target, layer, pos) axes")
-    labels = [str(x) for x in v.coords["layer_label"].values]
+    if not {"target", "site", "pos"} <= set(v.dims):
+        return Evidence.missing("the probe result has no labelled (target, site, pos) axes")
+    labels = [str(x) for x in v.coords["site"].values]
     sites = probe_sites(comp, labels)
     if not sites:
         return Evidence.missing(f"no probes at layer {comp.layer} (probed: {', '.join(labels)})")
@@ -113,8 +113,7 @@ def probe_evidence(report: Report, comp: Component) -> Evidence:
     rows = []
     for t, target in enumerate(v.coords["target"].values):
         for role, site in sites.items():
-            layer = labels.index(site)
-            scores = v.isel(target=t, layer=layer).transpose("pos").values.astype(float)
+            scores = v.isel(target=t).sel(site=site).transpose("pos").values.astype(float)
             if not np.isfinite(scores).any():
                 continue
             p = int(np.nanargmax(scores))
@@ -123,7 +122,7 @@ def probe_evidence(report: Report, comp: Component) -> Evidence:
                    "score": float(scores[p])}
             for name in ("ci_low", "ci_high", "control", "selectivity"):
                 if name in probes.extras:
-                    row[name] = float(probes.extras[name].isel(target=t, layer=layer, pos=p).values)
+                    row[name] = float(probes.extras[name].isel(target=t, pos=p).sel(site=site).values)
             rows.append(json_row(row))
     if not rows:
         return Evidence.missing(f"the probes at {', '.join(sites.values())} have no scores")

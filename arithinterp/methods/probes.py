@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from arithinterp.errors import ArithInterpError
 from arithinterp.methods._common import make_meta
 from arithinterp.models import Model, Site
+from arithinterp.models.site import site_depth
 from arithinterp.results import Result
 from arithinterp.tasks import PromptSet, tokenize
 
@@ -417,12 +418,13 @@ def _score(pred: np.ndarray, y: np.ndarray, kind: str) -> np.ndarray:
 class ProbeResult(Result):
     """Held-out probe scores.
 
-    ``values``: dims ``(target, layer, pos)``: accuracy for logistic and circular
+    ``values``: dims ``(target, site, pos)``: accuracy for logistic and circular
     targets, R² for ridge targets (coordinate ``score_kind`` on ``target``).
-    ``layer`` indexes residual-stream sites in depth order, labelled by the
-    coordinate ``layer_label`` (``"L0 pre"`` = embeddings, ``"L0 mid"`` = after
-    layer-0 attention, ..., ``"L1 post"`` = final stream); ``pos_token`` labels
-    ``pos``. Extras: ``ci_low``/``ci_high`` (bootstrap over held-out prompts),
+    ``site`` holds the probed sites' labels in depth order (``"L0 pre"`` =
+    embeddings, ``"L0 mid"`` = after layer-0 attention, ..., ``"L1 post"`` =
+    final stream), with coordinate ``layer``: the depth as on a lens axis
+    (``L1 pre`` and ``L1 mid`` are at 1, ``L1 post`` of a 2-layer model at 2);
+    ``pos_token`` labels ``pos``. Extras: ``ci_low``/``ci_high`` (bootstrap over held-out prompts),
     ``control`` (Hewitt & Liang control-task score), ``selectivity`` (score −
     control), ``majority`` (score of always predicting the most frequent training
     label, or the training mean), ``mae`` (ridge targets, else NaN).
@@ -435,9 +437,9 @@ class ProbeResult(Result):
         fig = make_subplots(rows=len(targets), cols=1, subplot_titles=targets, shared_xaxes=True)
         x = [f"{p}:{t}" for p, t in zip(self.values.coords["pos"].values,
                                          self.values.coords["pos_token"].values)]
-        y = [str(v) for v in self.values.coords["layer_label"].values]
+        y = [str(v) for v in self.values.coords["site"].values]
         for i, target in enumerate(targets, start=1):
-            z = self.values.isel(target=i - 1).transpose("layer", "pos").values
+            z = self.values.isel(target=i - 1).transpose("site", "pos").values
             fig.add_trace(go.Heatmap(
                 z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Viridis", coloraxis="coloraxis",
                 hovertemplate=f"{target}<br>%{{y}} at %{{x}}<br>score %{{z:.3f}}<extra></extra>",
@@ -456,13 +458,13 @@ class ProbeResult(Result):
         shape = (2, 3, 4)
         coords = {
             "target": np.array(["SC_0", "c_hat_1"]),
-            "layer": np.arange(3),
+            "site": np.array(["L0 pre", "L0 mid", "L0 post"]),
             "pos": np.arange(4),
             "score_kind": ("target", np.array(["accuracy", "r2"])),
-            "layer_label": ("layer", np.array(["L0 pre", "L0 mid", "L0 post"])),
+            "layer": ("site", np.array([0, 0, 1])),
             "pos_token": ("pos", np.array(["1", "+", "2", "="])),
         }
-        values = xr.DataArray(rng.random(shape), dims=("target", "layer", "pos"), coords=coords)
+        values = xr.DataArray(rng.random(shape), dims=("target", "site", "pos"), coords=coords)
         extras = {
             name: xr.DataArray(rng.random(shape), dims=values.dims, coords=values.coords)
             for name in ("ci_low", "ci_high", "control", "selectivity", "mae")
@@ -719,13 +721,13 @@ def fit_probes(
 
     coords = {
         "target": np.array(names),
-        "layer": np.arange(len(site_list)),
+        "site": np.array(labels),
         "pos": np.array(positions),
         "score_kind": ("target", np.array(kinds)),
-        "layer_label": ("layer", np.array(labels)),
+        "layer": ("site", np.array([site_depth(s, model.shape.n_layers) for s in site_list])),
         "pos_token": ("pos", np.array([tokenized.str_tokens[p] for p in positions])),
     }
-    dims = ("target", "layer", "pos")
+    dims = ("target", "site", "pos")
     values = xr.DataArray(np.stack([r["score"] for r in rows]), dims=dims, coords=coords)
     extras = {
         name: xr.DataArray(np.stack([r[name] for r in rows]), dims=dims, coords=coords)

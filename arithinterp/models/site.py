@@ -341,3 +341,30 @@ def all_sites(
         for pos in pos_list
     ]
 
+
+
+def depth_site(layer: int, n_layers: int) -> Site:
+    """The residual-stream site at ``layer`` of a residual-depth axis (lens, probes).
+
+    On such an axis ``layer=k`` is the stream entering block ``k``
+    (``resid_pre``, label ``Lk pre``) and ``layer=n_layers`` the stream after
+    the last block (``resid_post``, label ``L<n-1> post``).
+    """
+    if not 0 <= layer <= n_layers:
+        raise SiteError(f"depth {layer} is out of range; depths are 0..{n_layers}")
+    return Site("resid_post", n_layers - 1) if layer == n_layers else Site("resid_pre", layer)
+
+
+def site_depth(site: Site, n_layers: int) -> int:
+    """The ``layer`` of a residual-depth axis at which ``site`` is read.
+
+    A site of block ``k`` is at ``k`` (``resid_mid`` too: it is inside the
+    block), ``resid_post`` of block ``k`` is the stream entering ``k + 1``;
+    ``embed`` is 0 and ``final_resid`` is ``n_layers``.
+    """
+    if site.kind == "embed":
+        return 0
+    if site.kind == "final_resid":
+        return n_layers
+    assert site.layer is not None
+    return site.layer + (1 if site.kind == "resid_post" else 0)

@@ -78,7 +78,7 @@ def _dla(result: Result, sites: list[Site]) -> np.ndarray:
 
 
 def _probe_site(kind: str, layer: int, n_layers: int) -> str:
-    """The residual-stream site (ProbeResult ``layer_label``) right after a component writes."""
+    """The residual-stream site (a ProbeResult ``site`` label) right after a component writes."""
     if kind == "attn_head":
         return Site("resid_mid", layer).label
     return Site("resid_pre", layer + 1).label if layer + 1 < n_layers else Site("resid_post", layer).label
@@ -87,14 +87,14 @@ def _probe_site(kind: str, layer: int, n_layers: int) -> str:
 def probe_evidence(result: Result, kind: str, layer: int, n_layers: int) -> tuple[str, float]:
     """Targets decodable at the site after ``kind`` of ``layer`` (at any position), and the best score."""
     v = result.values
-    labels = [str(x) for x in v.coords["layer_label"].values]
+    labels = [str(x) for x in v.coords["site"].values]
     site = _probe_site(kind, layer, n_layers)
     if site not in labels:
         return "", float("nan")
-    at = v.isel(layer=labels.index(site))  # (target, pos)
+    at = v.sel(site=site)  # (target, pos)
     if "answer_visible" in result.extras:  # positions where the target is read off the input: not evidence
         at = at.where(~result.extras["answer_visible"].astype(bool))
-    control = result.extras["control"].isel(layer=labels.index(site))
+    control = result.extras["control"].sel(site=site)
     majority = result.extras["majority"]
     score = at.max("pos")
     margin = (at - control).where(at == at.max("pos")).max("pos")
