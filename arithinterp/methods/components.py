@@ -66,15 +66,16 @@ class DLAResult(Result):
 
     def totals(self) -> xr.DataArray:
         """Per-prompt DLA of whole modules: embeddings, each attention layer (heads +
-        bias), each MLP (neurons + bias), the final norm's bias; ``(prompt, component)``."""
+        bias, labelled as its ``attn_out`` site: ``ATTN0``), each MLP (neurons + bias,
+        ``MLP0``), the final norm's bias; ``(prompt, component)``."""
         coords = self.values.coords
         kinds, layers = coords["kind"].values, coords["comp_layer"].values
         groups: dict[str, np.ndarray] = {}
         for kind in ("embed", "pos_embed", "norm_bias"):
             groups[kind] = kinds == kind
         for layer in sorted(set(layers[layers >= 0].tolist())):
-            groups[f"L{layer} attn"] = np.isin(kinds, ["head", "attn_bias"]) & (layers == layer)
-            groups[f"L{layer} mlp"] = np.isin(kinds, ["neuron", "mlp_bias"]) & (layers == layer)
+            groups[Site("attn_out", layer).label] = np.isin(kinds, ["head", "attn_bias"]) & (layers == layer)
+            groups[Site("mlp_out", layer).label] = np.isin(kinds, ["neuron", "mlp_bias"]) & (layers == layer)
         data = np.stack([self.values.values[:, m].sum(1) for m in groups.values()], axis=1)
         return xr.DataArray(data, dims=("prompt", "component"),
                             coords={"prompt": self.values.coords["prompt"].values,
