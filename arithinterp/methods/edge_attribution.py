@@ -72,7 +72,7 @@ class EdgeAttributionResult(Result):
 
     ``values``: dims ``(component, site)``: the sender (``embed``, ``L0H1``,
     ``MLP0``) and the receiver's input (``ATTN1``, ``MLP1``, ``logits``), with
-    coordinates ``component_layer`` / ``component_head`` (-1 where not
+    coordinates ``comp_layer`` / ``comp_head`` (-1 where not
     applicable) and ``site_layer``. Edges that cannot exist (the sender writes
     after the receiver reads) are NaN. The estimated change of the metric,
     divided by ``clean_mean - corrupt_mean`` when normalised (0 = no effect in
@@ -87,8 +87,8 @@ class EdgeAttributionResult(Result):
         receivers = ["ATTN0", "MLP0", "logits"]
         vals = np.array([[0.1, 0.2, 0.3], [np.nan, 0.4, -0.1], [np.nan, 0.0, 0.5], [np.nan, np.nan, 0.2]])
         coords = {"component": senders, "site": receivers,
-                  "component_layer": ("component", [-1, 0, 0, 0]),
-                  "component_head": ("component", [-1, 0, 1, -1]),
+                  "comp_layer": ("component", [-1, 0, 0, 0]),
+                  "comp_head": ("component", [-1, 0, 1, -1]),
                   "site_layer": ("site", [0, 0, 1])}
         values = xr.DataArray(vals, dims=("component", "site"), coords=coords)
         meta = make_meta("edge_attribution_patch", None,
@@ -224,8 +224,8 @@ def edge_attribution_patch(
     mean, low, high = bootstrap_ci(np.moveaxis(samples, 0, -1), axis=-1, n_boot=n_boot, seed=seed)
 
     coords = {"component": [s[0] for s in send], "site": [r[0] for r in recv],
-              "component_layer": ("component", [s[1] for s in send]),
-              "component_head": ("component", [s[2] for s in send]),
+              "comp_layer": ("component", [s[1] for s in send]),
+              "comp_head": ("component", [s[2] for s in send]),
               "site_layer": ("site", [r[1] for r in recv])}
     dims = ("component", "site")
     values = xr.DataArray(np.asarray(mean), dims=dims, coords=coords)
