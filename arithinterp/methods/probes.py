@@ -693,6 +693,8 @@ def fit_probes(
     else:
         site_list = model.validate(list(sites))
         labels = [s.label for s in site_list]
+        if len(set(labels)) != len(labels):  # labels index the result's site axis
+            raise ProbeError(f"sites repeat: {labels}")
     train, test = split_prompts(prompts, test_fraction=test_fraction, split=split, seed=seed)
 
     acts = cache_resid(model, tokenized.tokens, site_list, positions, batch_size=batch_size,
