@@ -159,7 +159,7 @@ def _label_pattern(template: str) -> re.Pattern[str]:
               "neuron": rf"(?P<neuron>{_NUM}|\*)"}
     parts = re.split(r"(\{\w+\})", template)
     body = "".join(fields[p[1:-1]] if p.startswith("{") else re.escape(p) for p in parts)
-    return re.compile(f"^{body}{_POS_SUFFIX}$")
+    return re.compile(body + _POS_SUFFIX)
 
 
 _LABEL_PATTERNS = {kind: _label_pattern(info.label) for kind, info in SITE_KIND_INFO.items()}
@@ -256,7 +256,7 @@ class Site:
         """
         if isinstance(text, str):
             for kind, pattern in _LABEL_PATTERNS.items():
-                match = pattern.match(text)
+                match = pattern.fullmatch(text)
                 if match is None:
                     continue
                 found = match.groupdict()

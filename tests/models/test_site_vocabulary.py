@@ -71,7 +71,7 @@ def test_labels_that_results_and_reports_already_use(site: Site, label: str) -> 
 
 @pytest.mark.parametrize("text", [
     "", "L0", "H1", "L0H", "mlp0", "MLP", "L0 pre ", "L-1H0", "L01H1", "attn_head L0H1", "L0H1.z",
-    "L0H1@", "L0H1@x", "logits", "embed0", "L0N1.q", None, 3,
+    "L0H1@", "L0H1@x", "L0H1\n", " L0H1", "logits", "embed0", "L0N1.q", None, 3,
 ])  # fmt: skip
 def test_from_label_rejects_what_is_not_a_label(text) -> None:
     with pytest.raises(SiteError) as err:
