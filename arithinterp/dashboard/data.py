@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from arithinterp.errors import ArithInterpError
+from arithinterp.errors import ArithInterpError, SiteError
 from arithinterp.methods.registry import methods
-from arithinterp.models import Site
+from arithinterp.models.site import LABEL_FORMS, Site
 from arithinterp.results import Result
 
 __all__ = [
@@ -53,7 +53,8 @@ def known_result_names() -> tuple[str, ...]:
 
 SUMMARY = "summary.json"
 _RESULT_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
-_LABEL_RE = re.compile(r"^L(\d+)([HN])(\d+)$|^MLP(\d+)$")
+#: The site kinds a dashboard component can be, and the dashboard's word for each.
+_COMPONENT_KINDS = {"attn_head": "head", "mlp_post": "neuron", "mlp_out": "mlp"}
 
 
 class DashboardError(ArithInterpError, ValueError):
@@ -87,25 +88,21 @@ class Component:
 
 def component_site(comp: Component) -> Site:
     """The :class:`Site` a component names (a head, a neuron, or a whole MLP)."""
-    if comp.kind == "head":
-        return Site("attn_head", comp.layer, head=comp.index)
-    if comp.kind == "neuron":
-        return Site("mlp_post", comp.layer, neuron=comp.index)
-    return Site("mlp_out", comp.layer)
+    return Site.from_label(comp.label)
 
 
 def parse_component(label: Any) -> Component:
-    """The component a label names; ``DashboardError`` for anything else."""
-    match = _LABEL_RE.match(label) if isinstance(label, str) else None
-    if match is None:
-        raise DashboardError(
-            f"{label!r} is not a component label; valid: 'L<layer>H<head>', 'L<layer>N<neuron>', "
-            "'MLP<layer>'"
-        )
-    if match.group(4) is not None:
-        return Component(label, "mlp", int(match.group(4)), None)
-    kind = "head" if match.group(2) == "H" else "neuron"
-    return Component(label, kind, int(match.group(1)), int(match.group(3)))
+    """The component a label names (read by :meth:`Site.from_label`); ``DashboardError`` for anything else."""
+    try:
+        site = Site.from_label(label)
+    except SiteError:
+        site = None
+    unit = None if site is None else site.head if site.kind == "attn_head" else site.neuron
+    if site is None or site.kind not in _COMPONENT_KINDS or site.pos is not None or (
+            site.kind != "mlp_out" and unit is None):
+        forms = ", ".join(repr(LABEL_FORMS[k]) for k in _COMPONENT_KINDS)
+        raise DashboardError(f"{label!r} is not a component label; valid: {forms}")
+    return Component(label, _COMPONENT_KINDS[site.kind], int(site.layer), unit)
 
 
 # ---- one report -----------------------------------------------------------------------------

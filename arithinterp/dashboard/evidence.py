@@ -15,6 +15,7 @@ import numpy as np
 
 from arithinterp.dashboard.data import Component, Report, component_site, json_row, parse_component
 from arithinterp.methods.registry import methods
+from arithinterp.models.site import Site
 
 __all__ = [
     "Evidence",
@@ -68,7 +69,7 @@ def lens_trajectory(report: Report, comp: Component) -> Evidence:
     mean = v.mean("prompt") if "prompt" in v.dims else v
     is_answer = np.asarray(v.coords["is_answer"].values) if "is_answer" in v.coords else None
     positions = np.flatnonzero(is_answer) if is_answer is not None and is_answer.any() else [v.sizes["pos"] - 1]
-    tokens = v.coords["pos_token"].values if "pos_token" in v.coords else v.coords["pos"].values
+    tokens = v.coords["next_token"].values if "next_token" in v.coords else v.coords["pos"].values
     labels = (v.coords["layer_label"].values if "layer_label" in v.coords else v.coords["layer"].values)
     series = [
         {"pos": int(v.coords["pos"].values[p]), "token": str(tokens[p]),
@@ -85,9 +86,10 @@ def probe_sites(comp: Component, labels: list[str]) -> dict[str, str]:
     ``L{l+1} pre`` (``L{l} post`` after the last layer)."""
     layer = comp.layer
     if comp.kind == "head":
-        wanted = {"in": [f"L{layer} pre"], "out": [f"L{layer} mid"]}
+        wanted = {"in": [Site("resid_pre", layer).label], "out": [Site("resid_mid", layer).label]}
     else:
-        wanted = {"in": [f"L{layer} mid"], "out": [f"L{layer + 1} pre", f"L{layer} post"]}
+        wanted = {"in": [Site("resid_mid", layer).label],
+                  "out": [Site("resid_pre", layer + 1).label, Site("resid_post", layer).label]}
     out = {}
     for role, names in wanted.items():
         hit = next((n for n in names if n in labels), None)
@@ -103,18 +105,17 @@ def probe_evidence(report: Report, comp: Component) -> Evidence:
     if probes is None:
         return _no_result("probe")
     v = probes.values
-    if "layer_label" not in v.coords or not {"target", "layer", "pos"} <= set(v.dims):
-        return Evidence.missing("the probe result has no labelled (target, layer, pos) axes")
-    labels = [str(x) for x in v.coords["layer_label"].values]
+    if not {"target", "site", "pos"} <= set(v.dims):
+        return Evidence.missing("the probe result has no labelled (target, site, pos) axes")
+    labels = [str(x) for x in v.coords["site"].values]
     sites = probe_sites(comp, labels)
     if not sites:
         return Evidence.missing(f"no probes at layer {comp.layer} (probed: {', '.join(labels)})")
-    tokens = v.coords["pos_token"].values if "pos_token" in v.coords else v.coords["pos"].values
+    tokens = v.coords["next_token"].values if "next_token" in v.coords else v.coords["pos"].values
     rows = []
     for t, target in enumerate(v.coords["target"].values):
         for role, site in sites.items():
-            layer = labels.index(site)
-            scores = v.isel(target=t, layer=layer).transpose("pos").values.astype(float)
+            scores = v.isel(target=t).sel(site=site).transpose("pos").values.astype(float)
             if not np.isfinite(scores).any():
                 continue
             p = int(np.nanargmax(scores))
@@ -123,7 +124,7 @@ def probe_evidence(report: Report, comp: Component) -> Evidence:
                    "score": float(scores[p])}
             for name in ("ci_low", "ci_high", "control", "selectivity"):
                 if name in probes.extras:
-                    row[name] = float(probes.extras[name].isel(target=t, layer=layer, pos=p).values)
+                    row[name] = float(probes.extras[name].isel(target=t, pos=p).sel(site=site).values)
             rows.append(json_row(row))
     if not rows:
         return Evidence.missing(f"the probes at {', '.join(sites.values())} have no scores")

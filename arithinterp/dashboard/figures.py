@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from arithinterp.dashboard.data import Report
+from arithinterp.models.site import Site
 
 __all__ = [
     "HEAD_METRICS",
@@ -97,9 +98,9 @@ def heatmap_figure(z: np.ndarray, *, kind: str, title: str, report: Report,
                    columns: list[int] | None = None) -> go.Figure:
     """A layer × head (or layer × neuron) heatmap whose cells carry their component label
     (``customdata``) and table row in the hover text; clicking a cell selects it."""
-    letter = "H" if kind == "head" else "N"
     columns = list(range(z.shape[1])) if columns is None else columns
-    labels = [[f"L{layer}{letter}{c}" for c in columns] for layer in range(z.shape[0])]
+    labels = [[(Site("attn_head", layer, head=c) if kind == "head" else Site("mlp_post", layer, neuron=c)).label
+               for c in columns] for layer in range(z.shape[0])]
     table = report.table(kind)
     rows = {}
     if not table.empty:

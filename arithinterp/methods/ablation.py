@@ -35,7 +35,7 @@ from arithinterp.methods.metrics import AnswerMode, MetricFn, PairBatch
 from arithinterp.methods.patching import PatchingResult
 from arithinterp.methods.sweep import sweep_sites
 from arithinterp.models import Model, Patch, Site
-from arithinterp.models.site import LAYERLESS_KINDS
+from arithinterp.models.site import LAYERLESS_KINDS, SITE_KIND_INFO
 from arithinterp.tasks import PromptPairs
 
 __all__ = [
@@ -104,12 +104,12 @@ def ablate(
 
 # ---- path patching ----------------------------------------------------------------------
 
-SENDER_KINDS: tuple[str, ...] = ("attn_head", "attn_out", "mlp_out", "embed", "resid_pre", "resid_mid", "resid_post")
-RECEIVER_KINDS: tuple[str, ...] = ("q", "k", "v", "mlp_post", "resid_pre", "resid_mid", "resid_post", "final_resid")
+SENDER_KINDS: tuple[str, ...] = tuple(k for k, i in SITE_KIND_INFO.items() if i.path_point is not None)
+RECEIVER_KINDS: tuple[str, ...] = tuple(k for k, i in SITE_KIND_INFO.items() if i.receiver)
 
 # Where a site sits in the forward pass: block L's attention is 4L+2, its MLP 4L+4,
-# the residual stream before/between/after them 4L+1 / 4L+3 / 4L+5.
-_POINT = {"resid_pre": 1, "attn_head": 2, "attn_out": 2, "resid_mid": 3, "mlp_out": 4, "resid_post": 5}
+# the residual stream before/between/after them 4L+1 / 4L+3 / 4L+5 (SiteKindInfo.path_point).
+_POINT = {k: i.path_point for k, i in SITE_KIND_INFO.items() if i.layered and i.path_point is not None}
 
 
 def _point(site: Site) -> int:
@@ -147,10 +147,10 @@ class PathPatchingResult(PatchingResult):
 
     @classmethod
     def example(cls) -> PathPatchingResult:
-        labels = np.array(["attn_head L0H0", "attn_head L0H1", "mlp_out L0"])
+        labels = np.array(["L0H0", "L0H1", "MLP0"])
         values = xr.DataArray(np.array([0.9, 0.1, 0.4]), dims=("site",), coords={"site": labels})
         extras = {"ci_low": values - 0.1, "ci_high": values + 0.1}
-        meta = make_meta("path_patch", None, options={"senders": list(labels), "receivers": ["final_resid"],
+        meta = make_meta("path_patch", None, options={"senders": list(labels), "receivers": ["final"],
                                                       "metric": "logit_diff", "normalize": True})
         return cls(values=values, meta=meta, extras=extras)
 

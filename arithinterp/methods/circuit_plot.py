@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from arithinterp.models import Site
 from arithinterp.results import Result
 
 __all__ = ["circuit_figure"]
@@ -19,6 +20,14 @@ __all__ = ["circuit_figure"]
 def _stage(kind: str, layer: int) -> int:
     """Forward-pass order: attention of layer L, then its MLP."""
     return 2 * layer + (0 if kind == "attn_head" else 1)
+
+
+def _edge_node(label: str, *, receiving: bool = False) -> str:
+    """The edge-graph node of a circuit member: a neuron is its MLP, a head receives through ``ATTN``."""
+    site = Site.from_label(label)
+    if site.kind == "mlp_post" or (site.kind == "attn_head" and receiving):
+        return Site("mlp_out" if site.kind == "mlp_post" else "attn_out", site.layer).label
+    return label
 
 
 def _edge_scores(edges: Result, nodes: list[tuple[str, int, float, str]]) -> list[tuple[str, str, float]]:
@@ -32,15 +41,13 @@ def _edge_scores(edges: Result, nodes: list[tuple[str, int, float, str]]) -> lis
     receivers = {str(c) for c in v.coords["site"].values}
     out = []
     for u in nodes:
-        sender = u[0] if u[3] != "mlp_post" else f"MLP{u[0].split('N')[0][1:]}"
+        sender = _edge_node(u[0])
         if sender not in senders:
             continue
         for w in nodes:
             if w[1] <= u[1]:
                 continue
-            layer = w[0].split("N")[0][1:] if w[3] == "mlp_post" else None
-            receiver = (f"ATTN{w[0][1:].split('H')[0]}" if w[3] == "attn_head"
-                        else w[0] if w[3] == "mlp_out" else f"MLP{layer}")
+            receiver = _edge_node(w[0], receiving=True)
             if receiver in receivers:
                 score = float(v.sel(component=sender, site=receiver))
                 if np.isfinite(score):

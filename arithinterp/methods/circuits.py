@@ -60,21 +60,12 @@ from arithinterp.models import Model, Patch, Site
 from arithinterp.results import Result, resultclass
 from arithinterp.tasks import PromptPairs, PromptSet, tokenize
 
-__all__ = ["CircuitResult", "ComponentScores", "circuit_figure", "component_label", "discover_circuit"]
+__all__ = ["CircuitResult", "ComponentScores", "circuit_figure", "discover_circuit"]
 
 Score = Literal["patching", "attribution"]
 Grow = Literal["topk", "greedy"]
 ComponentKind = Literal["attn_head", "mlp_out", "mlp_post"]
 COMPONENT_KINDS: tuple[str, ...] = get_args(ComponentKind)
-
-
-def component_label(site: Site) -> str:
-    """``L0H1`` for a head, ``MLP0`` for a whole MLP, ``L0N17`` for a neuron."""
-    if site.kind == "attn_head":
-        return f"L{site.layer}H{site.head}"
-    if site.kind == "mlp_out":
-        return f"MLP{site.layer}"
-    return f"L{site.layer}N{site.neuron}"
 
 
 @resultclass
@@ -385,7 +376,7 @@ def _grow(ablator: _Ablator, sites: list[Site], ranked: list[int], *, grow: Grow
 def _component_axis(sites: list[Site], scores: list[float], axis: list[int]) -> xr.DataArray:
     """Component scores along ``axis`` (indices into ``sites``), labeled as :class:`CircuitResult` says."""
     coords = {
-        "component": np.array([component_label(sites[i]) for i in axis]),
+        "component": np.array([sites[i].label for i in axis]),
         "kind": ("component", np.array([sites[i].kind for i in axis])),
         "comp_layer": ("component", np.array([int(sites[i].layer) for i in axis])),
         "comp_head": ("component", np.array([-1 if sites[i].head is None else sites[i].head for i in axis])),
@@ -543,8 +534,7 @@ def _report_circuit(ctx: RunContext) -> dict:
 def _read_in_circuit(result: CircuitResult, sites: list[Site]) -> np.ndarray:
     """A head is in the circuit when it is a member; a neuron when it or its whole MLP is."""
     members = set(result.circuit)
-    return np.array([component_label(s) in members
-                     or (s.neuron is not None and component_label(Site("mlp_out", s.layer)) in members)
+    return np.array([s.label in members or (s.neuron is not None and Site("mlp_out", s.layer).label in members)
                      for s in sites])
 
 

@@ -76,15 +76,16 @@ class DLAResult(Result):
 
     def totals(self) -> xr.DataArray:
         """Per-prompt DLA of whole modules: embeddings, each attention layer (heads +
-        bias), each MLP (neurons + bias), the final norm's bias; ``(prompt, component)``."""
+        bias, labelled as its ``attn_out`` site: ``ATTN0``), each MLP (neurons + bias,
+        ``MLP0``), the final norm's bias; ``(prompt, component)``."""
         coords = self.values.coords
         kinds, layers = coords["kind"].values, coords["comp_layer"].values
         groups: dict[str, np.ndarray] = {}
         for kind in ("embed", "pos_embed", "norm_bias"):
             groups[kind] = kinds == kind
         for layer in sorted(set(layers[layers >= 0].tolist())):
-            groups[f"L{layer} attn"] = np.isin(kinds, ["head", "attn_bias"]) & (layers == layer)
-            groups[f"L{layer} mlp"] = np.isin(kinds, ["neuron", "mlp_bias"]) & (layers == layer)
+            groups[Site("attn_out", layer).label] = np.isin(kinds, ["head", "attn_bias"]) & (layers == layer)
+            groups[Site("mlp_out", layer).label] = np.isin(kinds, ["neuron", "mlp_bias"]) & (layers == layer)
         data = np.stack([self.values.values[:, m].sum(1) for m in groups.values()], axis=1)
         return xr.DataArray(data, dims=("prompt", "component"),
                             coords={"prompt": self.values.coords["prompt"].values,
@@ -259,10 +260,10 @@ def _component_labels(model: Model) -> tuple[list, list, list, list, list]:
 
     for layer in range(s.n_layers):
         for h in range(s.n_heads):
-            add(f"L{layer}H{h}", "head", layer, head=h)
+            add(Site("attn_head", layer, head=h).label, "head", layer, head=h)
         add(f"L{layer} attn bias", "attn_bias", layer)
         for n in range(s.d_mlp):
-            add(f"L{layer}N{n}", "neuron", layer, neuron=n)
+            add(Site("mlp_post", layer, neuron=n).label, "neuron", layer, neuron=n)
         add(f"L{layer} mlp bias", "mlp_bias", layer)
     add("final norm bias", "norm_bias")
     return labels, kinds, layers, heads, neurons

@@ -68,7 +68,7 @@ class EdgeAttributionResult(Result):
 
     ``values``: dims ``(component, site)``: the sender (``embed``, ``L0H1``,
     ``MLP0``) and the receiver's input (``ATTN1``, ``MLP1``, ``logits``), with
-    coordinates ``component_layer`` / ``component_head`` (-1 where not
+    coordinates ``comp_layer`` / ``comp_head`` (-1 where not
     applicable) and ``site_layer``. Edges that cannot exist (the sender writes
     after the receiver reads) are NaN. The estimated change of the metric,
     divided by ``clean_mean - corrupt_mean`` when normalised (0 = no effect in
@@ -83,8 +83,8 @@ class EdgeAttributionResult(Result):
         receivers = ["ATTN0", "MLP0", "logits"]
         vals = np.array([[0.1, 0.2, 0.3], [np.nan, 0.4, -0.1], [np.nan, 0.0, 0.5], [np.nan, np.nan, 0.2]])
         coords = {"component": senders, "site": receivers,
-                  "component_layer": ("component", [-1, 0, 0, 0]),
-                  "component_head": ("component", [-1, 0, 1, -1]),
+                  "comp_layer": ("component", [-1, 0, 0, 0]),
+                  "comp_head": ("component", [-1, 0, 1, -1]),
                   "site_layer": ("site", [0, 0, 1])}
         values = xr.DataArray(vals, dims=("component", "site"), coords=coords)
         meta = make_meta("edge_attribution_patch", None,
@@ -106,15 +106,15 @@ def _edge_layout(model: Model, senders: Sequence[str], receivers: Sequence[str])
         send.append(("embed", -1, -1, 0))
     for layer in range(n_layers):
         if "attn_head" in senders:
-            send.extend((f"L{layer}H{h}", layer, h, 2 * layer + 1) for h in range(n_heads))
+            send.extend((Site("attn_head", layer, h).label, layer, h, 2 * layer + 1) for h in range(n_heads))
         if "mlp_out" in senders:
-            send.append((f"MLP{layer}", layer, -1, 2 * layer + 2))
+            send.append((Site("mlp_out", layer).label, layer, -1, 2 * layer + 2))
     recv: list[tuple[str, int, int]] = []  # label, layer, stage
     for layer in range(n_layers):
         if "attn_in" in receivers:
-            recv.append((f"ATTN{layer}", layer, 2 * layer))
+            recv.append((Site("attn_out", layer).label, layer, 2 * layer))
         if "mlp_in" in receivers:
-            recv.append((f"MLP{layer}", layer, 2 * layer + 1))
+            recv.append((Site("mlp_out", layer).label, layer, 2 * layer + 1))
     if "logits" in receivers:
         recv.append(("logits", n_layers, 2 * n_layers))
     return send, recv
@@ -129,7 +129,7 @@ def _receiver_grads(grad: dict[Site, torch.Tensor], n_layers: int, recv) -> list
     for label, layer, _ in recv:
         if label == "logits":
             out.append(post[-1])
-        elif label.startswith("ATTN"):
+        elif Site.from_label(label).kind == "attn_out":
             out.append(pre[layer] - mid[layer])
         else:
             out.append(mid[layer] - post[layer])
@@ -198,8 +198,8 @@ def edge_attribution_patch(
     scores = torch.where(valid, scores, torch.nan)  # a sender that writes after the receiver reads
 
     coords = {"component": [s[0] for s in send], "site": [r[0] for r in recv],
-              "component_layer": ("component", [s[1] for s in send]),
-              "component_head": ("component", [s[2] for s in send]),
+              "comp_layer": ("component", [s[1] for s in send]),
+              "comp_head": ("component", [s[2] for s in send]),
               "site_layer": ("site", [r[1] for r in recv])}
     options = {"senders": list(senders), "receivers": list(receivers), **con.options, "method": method,
                "n_boot": n_boot}

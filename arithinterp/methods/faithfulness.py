@@ -27,6 +27,7 @@ from arithinterp.methods._common import make_meta
 from arithinterp.methods.contrast import check_answer
 from arithinterp.methods.metrics import AnswerMode
 from arithinterp.models import Model, Patch, Site
+from arithinterp.models.site import SITE_KIND_INFO
 from arithinterp.results import Result, bootstrap_ci, resultclass
 from arithinterp.tasks import PromptSet, tokenize
 
@@ -74,7 +75,7 @@ def site_means(model: Model, sites: Sequence[Site], reference_tokens: torch.Tens
 
 FaithfulnessMetric = Literal["nl", "logit_diff", "accuracy"]
 FAITHFULNESS_METRICS: tuple[str, ...] = get_args(FaithfulnessMetric)
-CIRCUIT_KINDS: tuple[str, ...] = ("attn_head", "attn_out", "mlp_out", "mlp_post")
+CIRCUIT_KINDS: tuple[str, ...] = tuple(k for k, i in SITE_KIND_INFO.items() if i.circuit)
 _TARGETS = ("circuit", "full", "ablated")
 
 
@@ -111,7 +112,7 @@ class FaithfulnessResult(Result):
     @classmethod
     def example(cls) -> FaithfulnessResult:
         values = xr.DataArray(np.array([0.8, 0.9, 0.1]), dims=("target",), coords={"target": np.array(_TARGETS)})
-        meta = make_meta("faithfulness", None, options={"metric": "nl", "circuit": ["mlp_out L0"]})
+        meta = make_meta("faithfulness", None, options={"metric": "nl", "circuit": ["MLP0"]})
         return cls(values=values, meta=meta, extras={"ci_low": values - 0.05, "ci_high": values + 0.05},
                    faithfulness=0.875, faithfulness_ci_low=0.8, faithfulness_ci_high=0.95)
 

@@ -308,8 +308,8 @@ class FourierFilterResult(Result):
     """Accuracy after a Fourier filter ablation, per module and band.
 
     ``values``: dims ``(component, freq)``: accuracy when the band ``freq`` (``"low"``,
-    ``"high"``, ``"none"``) is removed from module ``component`` (``"attn_out L0"``,
-    ``"mlp_out L0"``, ...; coordinates ``layer``, ``kind``). ``freq`` carries the
+    ``"high"``, ``"none"``) is removed from module ``component`` (the site label:
+    ``"ATTN0"``, ``"MLP0"``, ...; coordinates ``layer``, ``kind``). ``freq`` carries the
     coordinate ``periods`` (the band's periods as text). Extras: ``drop``
     (``unfiltered − accuracy``). ``unfiltered``: accuracy of the unablated model.
     """
@@ -342,7 +342,7 @@ class FourierFilterResult(Result):
     def example(cls) -> FourierFilterResult:
         acc = np.array([[0.98, 0.41], [0.12, 0.97]])
         coords = {
-            "component": ["attn_out L0", "mlp_out L0"],
+            "component": ["ATTN0", "MLP0"],
             "freq": ["low", "high"],
             "layer": ("component", [0, 0]),
             "kind": ("component", ["attn_out", "mlp_out"]),
@@ -420,7 +420,7 @@ def fourier_filter_ablation(
         "low": f"T > {cutoff_period:g}", "high": f"T <= {cutoff_period:g}", "none": "all-pass",
     }
     coords = {
-        "component": [f"{k} L{layer}" for k, layer in modules],
+        "component": [Site(k, layer).label for k, layer in modules],
         "freq": list(bands),
         "layer": ("component", [layer for _, layer in modules]),
         "kind": ("component", [k for k, _ in modules]),

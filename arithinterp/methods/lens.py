@@ -32,6 +32,7 @@ from arithinterp.errors import MethodError, TokenizationError
 from arithinterp.methods._common import make_meta, token_batches
 from arithinterp.methods.registry import MethodSpec, Options, ReportView, RunContext, register
 from arithinterp.models import Model, Site
+from arithinterp.models.site import depth_site
 from arithinterp.results import Result
 from arithinterp.tasks import (
     PromptSet,
@@ -48,17 +49,28 @@ Readout = Callable[[torch.Tensor], torch.Tensor]
 def lens_sites(model: Model) -> list[Site]:
     """The residual-stream sites read at depths ``0..n_layers``."""
     n = model.shape.n_layers
-    return [Site("resid_pre", layer) for layer in range(n)] + [Site("resid_post", n - 1)]
+    return [depth_site(layer, n) for layer in range(n + 1)]
+
+
+def depth_coords(n_layers: int) -> dict:
+    """The coordinates of a lens depth axis: ``layer`` (``0..n_layers``), its residual
+    ``site`` label (``L0 pre`` ... ``L<n-1> post``) and the display ``layer_label``."""
+    return {
+        "layer": np.arange(n_layers + 1),
+        "site": ("layer", np.array([depth_site(k, n_layers).label for k in range(n_layers + 1)])),
+        "layer_label": ("layer", np.array(["embed"] + [f"after L{i}" for i in range(n_layers)])),
+    }
 
 
 class LensResult(Result):
     """Logit-lens probability of the next token.
 
     ``values``: dims ``(prompt, layer, pos)``; ``layer`` is the lens depth
-    (number of blocks applied, ``0..n_layers``), ``pos`` the position whose
-    next-token prediction is read. Coordinates: ``pos_token`` (the token
-    predicted at that position, from the first prompt), ``is_answer``
-    (whether it is an answer token), ``layer_label``. Extras: ``rank`` (0 =
+    (number of blocks applied, ``0..n_layers``; coordinate ``site`` names the
+    residual stream read, ``L0 pre`` ... ``L<n-1> post``, and ``layer_label``
+    is its display name), ``pos`` the position whose next-token prediction is
+    read. Coordinates: ``next_token`` (the token predicted at that position,
+    from the first prompt), ``is_answer`` (whether it is an answer token). Extras: ``rank`` (0 =
     top-1) and ``top_tokens`` (the top-k decoded tokens, space-separated);
     with ``numbers=...`` also ``number_prob`` and ``number_rank``: the same
     read with the softmax restricted to the number tokens (NaN where the next
@@ -78,7 +90,7 @@ class LensResult(Result):
             f"{p}:{t}{'*' if a else ''}"
             for p, t, a in zip(
                 mean.coords["pos"].values,
-                mean.coords["pos_token"].values,
+                mean.coords["next_token"].values,
                 mean.coords["is_answer"].values,
             )
         ]
@@ -124,7 +136,8 @@ class NumberLensResult(Result):
 
     ``values``: dims ``(prompt, layer, token)``, the lens logits of each
     number token (the ``token`` coordinate is the number itself) read at the
-    position that predicts the answer, at lens depth ``layer`` (``0..n_layers``).
+    position that predicts the answer, at lens depth ``layer`` (``0..n_layers``;
+    coordinate ``site`` as in :class:`LensResult`).
     This is the vector over numbers that the Fourier methods take. Coordinates:
     ``layer_label``, ``answer`` (per prompt). Extras over ``(prompt, layer)``:
     ``answer_prob`` (softmax over the number tokens only) and ``answer_rank``
@@ -174,9 +187,8 @@ def _number_result(
 ) -> NumberLensResult:
     coords = {
         "prompt": np.arange(logits.shape[0]),
-        "layer": np.arange(n_layers + 1),
+        **depth_coords(n_layers),
         "token": numbers,
-        "layer_label": ("layer", np.array(["embed"] + [f"after L{i}" for i in range(n_layers)])),
         "answer": ("prompt", answers),
     }
     values = xr.DataArray(logits, dims=("prompt", "layer", "token"), coords=coords)
@@ -243,13 +255,11 @@ def number_lens(
 
 def _coords(*, n_prompts: int, n_layers: int, targets: list[str], answer_len: int) -> dict:
     n_pos = len(targets)
-    labels = ["embed"] + [f"after L{i}" for i in range(n_layers)]
     return {
         "prompt": np.arange(n_prompts),
-        "layer": np.arange(n_layers + 1),
+        **depth_coords(n_layers),
         "pos": np.arange(n_pos),
-        "layer_label": ("layer", np.array(labels)),
-        "pos_token": ("pos", np.array(targets)),
+        "next_token": ("pos", np.array(targets)),
         "is_answer": ("pos", np.arange(n_pos) >= n_pos - answer_len),
     }
 

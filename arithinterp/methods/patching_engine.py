@@ -36,14 +36,9 @@ from arithinterp.methods.metrics import MetricFn, PairBatch
 from arithinterp.methods.sweep import run_literal
 from arithinterp.models import Model, Site
 from arithinterp.models.functional import KV, FunctionalTransformer
+from arithinterp.models.site import SITE_KIND_INFO
 
-_STAGE = {
-    "embed": "pre", "resid_pre": "pre",
-    "resid_mid": "mid", "attn_out": "mid", "attn_head": "mid", "q": "mid", "k": "mid", "v": "mid",
-    "pattern": "mid",
-    "mlp_post": "post", "mlp_out": "post", "resid_post": "post",
-    "final_resid": "final",
-}
+_STAGE = {kind: info.stage for kind, info in SITE_KIND_INFO.items()}
 
 MEMORY_BUDGET = 256 * 2**20
 """Bytes of activations one batched patched pass may hold (roughly)."""
@@ -249,7 +244,7 @@ def run_fast(model: Model, batch: PairBatch, sites: list[Site], direction: str, 
     ap = batch.answer_positions
     ft = functional_for(model)
     grouped = ft is not None and ft.n_kv_heads != ft.n_heads
-    if ft is None or grouped and any(s.kind in ("q", "k", "v", "pattern") for s in sites):
+    if ft is None or grouped and any(not s.info.additive for s in sites):
         warnings.warn(f"the fast patching engine does not support {model.name}; using the literal engine",
                       stacklevel=2)
         return run_literal(model, batch, sites, direction, metric, progress)
@@ -331,8 +326,7 @@ def _sweep(ft, batch, sites, src, tgt, metric, progress, memory_budget) -> torch
     return out
 
 
-_ADDITIVE = {"embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "attn_head",
-             "mlp_post", "final_resid"}
+_ADDITIVE = {kind for kind, info in SITE_KIND_INFO.items() if info.additive}
 
 
 class _Deltas:

@@ -47,6 +47,7 @@ from arithinterp.methods.registry import (
     register,
 )
 from arithinterp.models import Model, Site
+from arithinterp.models.site import site_depth
 from arithinterp.results import Result
 from arithinterp.tasks import PromptSet, tokenize
 from arithinterp.tasks.spec import REVERSED_FORMATS
@@ -70,12 +71,13 @@ _MAX_CLASSES = 20
 class ProbeResult(Result):
     """Held-out probe scores.
 
-    ``values``: dims ``(target, layer, pos)``: accuracy for logistic and circular
+    ``values``: dims ``(target, site, pos)``: accuracy for logistic and circular
     targets, R² for ridge targets (coordinate ``score_kind`` on ``target``).
-    ``layer`` indexes residual-stream sites in depth order, labelled by the
-    coordinate ``layer_label`` (``"L0 pre"`` = embeddings, ``"L0 mid"`` = after
-    layer-0 attention, ..., ``"L1 post"`` = final stream); ``pos_token`` labels
-    ``pos``. Extras: ``ci_low``/``ci_high`` (bootstrap over held-out prompts),
+    ``site`` holds the probed sites' labels in depth order (``"L0 pre"`` =
+    embeddings, ``"L0 mid"`` = after layer-0 attention, ..., ``"L1 post"`` =
+    final stream), with coordinate ``layer``: the depth as on a lens axis
+    (``L1 pre`` and ``L1 mid`` are at 1, ``L1 post`` of a 2-layer model at 2);
+    ``pos_token`` labels ``pos``. Extras: ``ci_low``/``ci_high`` (bootstrap over held-out prompts),
     ``control`` (Hewitt & Liang control-task score), ``selectivity`` (score −
     control), ``majority`` (score of always predicting the most frequent training
     label, or the training mean), ``mae`` (ridge targets, else NaN).
@@ -88,9 +90,9 @@ class ProbeResult(Result):
         fig = make_subplots(rows=len(targets), cols=1, subplot_titles=targets, shared_xaxes=True)
         x = [f"{p}:{t}" for p, t in zip(self.values.coords["pos"].values,
                                          self.values.coords["pos_token"].values)]
-        y = [str(v) for v in self.values.coords["layer_label"].values]
+        y = [str(v) for v in self.values.coords["site"].values]
         for i, target in enumerate(targets, start=1):
-            z = self.values.isel(target=i - 1).transpose("layer", "pos").values
+            z = self.values.isel(target=i - 1).transpose("site", "pos").values
             fig.add_trace(go.Heatmap(
                 z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Viridis", coloraxis="coloraxis",
                 hovertemplate=f"{target}<br>%{{y}} at %{{x}}<br>score %{{z:.3f}}<extra></extra>",
@@ -109,13 +111,13 @@ class ProbeResult(Result):
         shape = (2, 3, 4)
         coords = {
             "target": np.array(["SC_0", "c_hat_1"]),
-            "layer": np.arange(3),
+            "site": np.array(["L0 pre", "L0 mid", "L0 post"]),
             "pos": np.arange(4),
             "score_kind": ("target", np.array(["accuracy", "r2"])),
-            "layer_label": ("layer", np.array(["L0 pre", "L0 mid", "L0 post"])),
+            "layer": ("site", np.array([0, 0, 1])),
             "pos_token": ("pos", np.array(["1", "+", "2", "="])),
         }
-        values = xr.DataArray(rng.random(shape), dims=("target", "layer", "pos"), coords=coords)
+        values = xr.DataArray(rng.random(shape), dims=("target", "site", "pos"), coords=coords)
         extras = {
             name: xr.DataArray(rng.random(shape), dims=values.dims, coords=values.coords)
             for name in ("ci_low", "ci_high", "control", "selectivity", "mae")
@@ -128,11 +130,9 @@ class ProbeResult(Result):
 def resid_sites(model: Model) -> tuple[list[Site], list[str]]:
     """``resid_pre`` and ``resid_mid`` of every layer, then the final ``resid_post``."""
     n = model.shape.n_layers
-    sites, labels = [], []
-    for layer in range(n):
-        sites += [Site("resid_pre", layer), Site("resid_mid", layer)]
-        labels += [f"L{layer} pre", f"L{layer} mid"]
-    return sites + [Site("resid_post", n - 1)], labels + [f"L{n - 1} post"]
+    sites = [Site(kind, layer) for layer in range(n) for kind in ("resid_pre", "resid_mid")]
+    sites.append(Site("resid_post", n - 1))
+    return sites, [s.label for s in sites]
 
 
 def cache_resid(
@@ -347,10 +347,10 @@ def fit_probes(
 
     coords = {
         "target": np.array([name for name, _, _, _ in jobs]),
-        "layer": np.arange(len(site_list)),
+        "site": np.array(labels),
         "pos": np.array(positions),
         "score_kind": ("target", np.array(["r2" if k == "ridge" else "accuracy" for _, _, k, _ in jobs])),
-        "layer_label": ("layer", np.array(labels)),
+        "layer": ("site", np.array([site_depth(s, model.shape.n_layers) for s in site_list])),
         "pos_token": ("pos", np.array([tokenized.str_tokens[p] for p in positions])),
     }
     values, extras = _score_arrays(rows, coords)
@@ -384,11 +384,14 @@ def _resolve_positions(positions: Sequence[int] | None, seq_len: int) -> list[in
 
 
 def _resolve_sites(model: Model, sites: Literal["resid"] | Sequence[Site]) -> tuple[list[Site], list[str]]:
-    """The probed sites and their ``layer_label`` coordinates."""
+    """The probed sites and their labels (the result's ``site`` coordinate)."""
     if sites == "resid":
         return resid_sites(model)
     site_list = model.validate(list(sites))
-    return site_list, [str(s) for s in site_list]
+    labels = [s.label for s in site_list]
+    if len(set(labels)) != len(labels):  # labels index the result's site axis
+        raise ProbeError(f"sites repeat: {labels}")
+    return site_list, labels
 
 
 def _probe_jobs(ys: dict[str, np.ndarray], kind: str, periods: Sequence[int]) -> list[tuple]:
@@ -405,8 +408,8 @@ def _probe_jobs(ys: dict[str, np.ndarray], kind: str, periods: Sequence[int]) ->
 
 
 def _score_arrays(rows: list[dict], coords: dict) -> tuple[xr.DataArray, dict[str, xr.DataArray]]:
-    """The per-target score dicts of :func:`_fit_one` as labelled ``(target, layer, pos)`` arrays."""
-    dims = ("target", "layer", "pos")
+    """The per-target score dicts of :func:`_fit_one` as labelled ``(target, site, pos)`` arrays."""
+    dims = ("target", "site", "pos")
     values = xr.DataArray(np.stack([r["score"] for r in rows]), dims=dims, coords=coords)
     extras = {
         name: xr.DataArray(np.stack([r[name] for r in rows]), dims=dims, coords=coords)
@@ -652,25 +655,25 @@ def _report_probes(ctx: RunContext) -> dict:
 
 
 def _probe_site(kind: str, layer: int, labels: list[str]) -> str | None:
-    """The residual-stream site (``layer_label``) right after a component of ``layer`` writes."""
+    """The residual-stream site (a ``site`` label) right after a component of ``layer`` writes."""
     if kind == "attn_head":
-        wanted = [f"L{layer} mid"]
+        wanted = [Site("resid_mid", layer).label]
     else:
-        wanted = [f"L{layer + 1} pre", f"L{layer} post"]
+        wanted = [Site("resid_pre", layer + 1).label, Site("resid_post", layer).label]
     return next((w for w in wanted if w in labels), None)
 
 
 def probe_evidence(result: ProbeResult, kind: str, layer: int, n_layers: int | None = None) -> tuple[str, float]:
     """Targets decodable at the site after ``kind`` of ``layer`` (at any position), and the best score."""
     v = result.values
-    labels = [str(x) for x in v.coords["layer_label"].values]
+    labels = [str(x) for x in v.coords["site"].values]
     site = _probe_site(kind, layer, labels)
     if site is None:
         return "", float("nan")
-    at = v.isel(layer=labels.index(site))  # (target, pos)
+    at = v.sel(site=site)  # (target, pos)
     if "answer_visible" in result.extras:  # positions where the target is read off the input: not evidence
         at = at.where(~result.extras["answer_visible"].astype(bool))
-    control = result.extras["control"].isel(layer=labels.index(site))
+    control = result.extras["control"].sel(site=site)
     majority = result.extras["majority"]
     score = at.max("pos")
     margin = (at - control).where(at == at.max("pos")).max("pos")

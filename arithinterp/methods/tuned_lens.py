@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from arithinterp.errors import ArithInterpError, ConfigError, MethodError, ResultError
 from arithinterp.methods._common import make_meta, token_batches
-from arithinterp.methods.lens import LensResult, Readout, lens_sites, run_lens
+from arithinterp.methods.lens import LensResult, Readout, depth_coords, lens_sites, run_lens
 from arithinterp.methods.registry import MethodSpec, Options, RunContext, register
 from arithinterp.models import Model
 from arithinterp.results import Result, ResultMeta
@@ -224,7 +224,7 @@ class LensKLResult(Result):
 
     ``values``: dims ``(metric, layer)``; ``metric`` names the lens
     (``logit_lens``, ``tuned_lens``), ``layer`` is the lens depth ``0..n_layers``
-    with coordinate ``layer_label``.
+    with coordinates ``site`` and ``layer_label`` (as in :class:`LensResult`).
     """
 
     metric_name = "kl"
@@ -237,11 +237,7 @@ class LensKLResult(Result):
 
 def _kl_array(kl: np.ndarray, names: list[str]) -> xr.DataArray:
     n_layers = kl.shape[1] - 1
-    coords = {
-        "metric": names,
-        "layer": np.arange(n_layers + 1),
-        "layer_label": ("layer", ["embed"] + [f"after L{i}" for i in range(n_layers)]),
-    }
+    coords = {"metric": names, **depth_coords(n_layers)}
     return xr.DataArray(kl, dims=("metric", "layer"), coords=coords)
 
 

@@ -5,7 +5,9 @@ forward pass at block ``l`` and position ``p`` from cached activations,
 reuse cached keys and values for earlier positions, and stop at the
 positions a metric reads. This module computes a GPT-2-family or
 Llama-family forward pass step by step from the weights of the loaded HF
-module, so both backends share it. Tests check it against the backend's own
+module, so both backends share it. What differs between families (module
+paths, fused or separate q/k/v, norms, positions, gating) comes from the one
+family record in :mod:`arithinterp.models.backends.hf_arch`. Tests check it against the backend's own
 logits and cached activations; models of other families fall back to the
 slow, literal path of the method.
 """
@@ -20,6 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from arithinterp.errors import ModelLoadError
+from arithinterp.models.backends.hf_arch import (
+    HFArchitecture,
+    architecture_for,
+    in_out,
+    model_shape,
+)
 
 _GELU_TANH = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
 
@@ -34,6 +42,11 @@ def _activation(name: str):
     if name in ("silu", "swish"):
         return F.silu
     raise ModelLoadError(f"activation {name!r} is not supported by the functional forward")
+
+
+def _norm_weights(module: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A norm's (weight, bias); RMSNorm has no bias."""
+    return module.weight, getattr(module, "bias", None)
 
 
 @dataclass
@@ -53,88 +66,57 @@ class FunctionalTransformer:
 
     def __init__(self, hf_model: Any):
         cfg = hf_model.config
-        self.model_type = cfg.model_type
-        self.hf_model = hf_model
-        if cfg.model_type == "gpt2":
-            self._init_gpt2(hf_model)
-        elif cfg.model_type in ("llama", "mistral", "qwen2"):
-            self._init_llama(hf_model)
-        else:
-            raise ModelLoadError(
-                f"the functional forward supports gpt2, llama, mistral and qwen2 models, "
-                f"not {cfg.model_type!r}"
-            )
-        self.n_layers = len(self.blocks)
-
-    # -- construction ------------------------------------------------------
-    def _init_gpt2(self, hf: Any) -> None:
-        cfg = hf.config
-        tr = hf.transformer
-        self.n_heads = cfg.n_head
-        self.n_kv_heads = cfg.n_head
-        self.d_model = cfg.n_embd
-        self.d_head = cfg.n_embd // cfg.n_head
-        self.norm = "LN"
-        self.eps = cfg.layer_norm_epsilon
-        self.act = _activation(cfg.activation_function)
-        self.W_E = tr.wte.weight
-        self.W_pos = tr.wpe.weight
-        self.rotary = None
-        self.scale = 1.0 / math.sqrt(self.d_head) if cfg.scale_attn_weights else 1.0
+        arch = architecture_for(cfg, functional=True)
         if getattr(cfg, "scale_attn_by_inverse_layer_idx", False) or getattr(cfg, "reorder_and_upcast_attn", False):
             raise ModelLoadError("GPT-2 variants with per-layer attention scaling are not supported")
-        d = self.d_model
-        self.blocks = []
-        for block in tr.h:
-            a, m = block.attn, block.mlp
-            self.blocks.append({
-                "ln1": (block.ln_1.weight, block.ln_1.bias),
-                "W_Q": a.c_attn.weight[:, :d], "W_K": a.c_attn.weight[:, d:2 * d],
-                "W_V": a.c_attn.weight[:, 2 * d:],
-                "b_Q": a.c_attn.bias[:d], "b_K": a.c_attn.bias[d:2 * d], "b_V": a.c_attn.bias[2 * d:],
-                "W_O": a.c_proj.weight, "b_O": a.c_proj.bias,
-                "ln2": (block.ln_2.weight, block.ln_2.bias),
-                "W_in": m.c_fc.weight, "b_in": m.c_fc.bias, "W_gate": None,
-                "W_out": m.c_proj.weight, "b_out": m.c_proj.bias,
-            })
-        self.ln_final = (tr.ln_f.weight, tr.ln_f.bias)
-        self.W_U = hf.lm_head.weight.T
-        self.b_U = hf.lm_head.bias if getattr(hf.lm_head, "bias", None) is not None else None
+        shape = model_shape(cfg, arch)
+        self.model_type = cfg.model_type
+        self.hf_model = hf_model
+        self.n_heads = shape.n_heads
+        self.n_kv_heads = shape.n_kv_heads
+        self.d_model = shape.d_model
+        self.d_head = shape.d_head
+        self.norm = shape.normalization
+        self.eps = getattr(cfg, arch.eps)
+        self.act = _activation(shape.act_fn)
+        self.W_E = hf_model.get_input_embeddings().weight
+        self.W_pos = None if arch.pos_embed is None else hf_model.get_submodule(arch.pos_embed).weight
+        self.rotary = None if arch.rotary is None else hf_model.get_submodule(arch.rotary)
+        self.scale = 1.0 / math.sqrt(self.d_head) if getattr(cfg, "scale_attn_weights", True) else 1.0
+        layers = hf_model.get_submodule(arch.layers)
+        self.blocks = [self._block(arch, block) for block in layers]
+        self.n_layers = len(self.blocks)
+        self.ln_final = _norm_weights(hf_model.get_submodule(arch.final_norm))
+        unembed = hf_model.get_output_embeddings()
+        self.W_U = unembed.weight.T
+        self.b_U = getattr(unembed, "bias", None)
 
-    def _init_llama(self, hf: Any) -> None:
-        cfg = hf.config
-        base = hf.model
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv_heads = cfg.num_key_value_heads
-        self.d_model = cfg.hidden_size
-        self.d_head = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        self.norm = "RMS"
-        self.eps = cfg.rms_norm_eps
-        self.act = _activation(cfg.hidden_act)
-        self.W_E = base.embed_tokens.weight
-        self.W_pos = None
-        self.rotary = base.rotary_emb
-        self.scale = 1.0 / math.sqrt(self.d_head)
+    def _block(self, arch: HFArchitecture, block: Any) -> dict:
+        """One block's weights as ``[in, out]`` views, named as in TransformerLens."""
 
-        def lin(m):
-            return m.weight.T, (m.bias if m.bias is not None else None)
+        def lin(path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+            m = block.get_submodule(path)
+            return in_out(m.weight, arch.conv1d), getattr(m, "bias", None)
 
-        self.blocks = []
-        for layer in base.layers:
-            a, m = layer.self_attn, layer.mlp
-            (W_Q, b_Q), (W_K, b_K), (W_V, b_V) = lin(a.q_proj), lin(a.k_proj), lin(a.v_proj)
-            W_O, b_O = lin(a.o_proj)
-            self.blocks.append({
-                "ln1": (layer.input_layernorm.weight, None),
-                "W_Q": W_Q, "W_K": W_K, "W_V": W_V, "b_Q": b_Q, "b_K": b_K, "b_V": b_V,
-                "W_O": W_O, "b_O": b_O,
-                "ln2": (layer.post_attention_layernorm.weight, None),
-                "W_in": m.up_proj.weight.T, "b_in": None, "W_gate": m.gate_proj.weight.T,
-                "W_out": m.down_proj.weight.T, "b_out": None,
-            })
-        self.ln_final = (base.norm.weight, None)
-        self.W_U = hf.lm_head.weight.T
-        self.b_U = None
+        if arch.qkv_layout == "separate":
+            (W_Q, b_Q), (W_K, b_K), (W_V, b_V) = (lin(path) for path in arch.qkv)
+        else:  # one fused [q | k | v] projection
+            W, b = lin(arch.qkv[0])
+            sizes = [self.n_heads * self.d_head] + [self.n_kv_heads * self.d_head] * 2
+            W_Q, W_K, W_V = W.split(sizes, dim=-1)
+            b_Q, b_K, b_V = (None,) * 3 if b is None else b.split(sizes)
+        W_O, b_O = lin(arch.attn_proj)
+        W_in, b_in = lin(arch.mlp_in)
+        W_out, b_out = lin(arch.mlp_proj)
+        return {
+            "ln1": _norm_weights(block.get_submodule(arch.ln1)),
+            "W_Q": W_Q, "W_K": W_K, "W_V": W_V, "b_Q": b_Q, "b_K": b_K, "b_V": b_V,
+            "W_O": W_O, "b_O": b_O,
+            "ln2": _norm_weights(block.get_submodule(arch.ln2)),
+            "W_in": W_in, "b_in": b_in,
+            "W_gate": None if arch.mlp_gate is None else lin(arch.mlp_gate)[0],
+            "W_out": W_out, "b_out": b_out,
+        }  # fmt: skip
 
     # -- pieces ------------------------------------------------------------
     def _norm(self, x: torch.Tensor, wb: tuple) -> torch.Tensor:

@@ -25,15 +25,17 @@ Patch = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 function from the selected activation to its replacement."""
 
 
+# Which Site field selects along each activation dim (SiteKindInfo.layout); a pattern's
+# position selects its query position.
+_SELECTED_BY = {"pos": "pos", "q_pos": "pos", "head": "head", "neuron": "neuron"}
+
+
 def _index(site: Site) -> tuple:
     """The index that selects ``site``'s head / neuron / position from its whole activation."""
-    if site.kind == "pattern":
-        return (slice(None), _or_all(site.head), _or_all(site.pos))
-    if site.kind in ("attn_head", "q", "k", "v"):
-        return (slice(None), _or_all(site.pos), _or_all(site.head))
-    if site.kind == "mlp_post":
-        return (slice(None), _or_all(site.pos), _or_all(site.neuron))
-    return (slice(None), _or_all(site.pos))
+    return tuple(
+        _or_all(getattr(site, _SELECTED_BY[dim])) if dim in _SELECTED_BY else slice(None)
+        for dim in site.info.layout
+    )
 
 
 def _or_all(i: int | None) -> int | slice:

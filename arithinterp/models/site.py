@@ -27,10 +27,22 @@ kind            needs                               activation
 projection (TransformerLens' ``hook_z``); the head's contribution to the
 residual stream is ``z @ W_O[head]``. For ``pattern`` the position selects
 the query position.
+
+Every site has one label (:attr:`Site.label`), read back by
+:meth:`Site.from_label`; these are the only builder and parser of component
+labels. The forms, one per kind: ``embed``, ``L<l> pre``, ``L<l> mid``,
+``L<l> post``, ``ATTN<l>`` (attn_out), ``MLP<l>`` (mlp_out), ``L<l>H<h>``
+(attn_head), ``L<l>H<h>.q`` / ``.k`` / ``.v`` / ``.pattern``, ``L<l>N<n>``
+(mlp_post), ``final`` (final_resid); ``*`` for all heads / neurons of a layer
+(``L3H*``) and ``@<pos>`` at the end for a fixed position (``L3H1@-1``).
+
+Facts about each kind live in one :class:`SiteKindInfo` per kind
+(:data:`SITE_KIND_INFO`); every per-kind table is derived from it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -53,9 +65,109 @@ SiteKind = Literal[
 ]
 SITE_KINDS: tuple[str, ...] = get_args(SiteKind)
 
-LAYERLESS_KINDS = frozenset({"embed", "final_resid"})
-HEAD_KINDS = frozenset({"attn_head", "q", "k", "v", "pattern"})
-NEURON_KINDS = frozenset({"mlp_post"})
+Stage = Literal["pre", "mid", "post", "final"]
+
+_RESID = ("batch", "pos", "d_model")
+_HEADS = ("batch", "pos", "head", "d_head")
+
+
+@dataclass(frozen=True)
+class SiteKindInfo:
+    """Everything the library knows about one site kind, in one place.
+
+    Every per-kind table elsewhere (layerless / head / neuron kinds, the
+    execution order backends sort hooks by, the patching engine's stages,
+    which kinds path patching and circuits accept) is derived from
+    :data:`SITE_KIND_INFO`. A new site kind is one entry here plus its hook in
+    each backend.
+
+    Attributes:
+        kind: the kind's name.
+        label: the label template (see :attr:`Site.label`); ``{layer}``,
+            ``{head}`` and ``{neuron}`` are filled in, ``*`` for an unselected head
+            or neuron.
+        layered: whether the kind needs a layer (all but ``embed`` and ``final_resid``).
+        unit: what a site of this kind can select inside a layer: ``"head"``,
+            ``"neuron"`` or ``None``.
+        layout: the dims of the whole site's activation, ``batch`` first.
+        order: when the kind is computed inside its block (backends that visit
+            activations in execution order sort by ``(layer, order)``);
+            ``embed`` comes before every block, ``final_resid`` after.
+        stage: the residual stream of its block that a patch of this kind changes
+            first: ``pre`` (``resid_pre``), ``mid`` (``resid_mid``), ``post``
+            (``resid_post``) or ``final`` (after the final norm).
+        additive: a patch at one position changes the residual stream by a delta
+            computable on its own (``False`` for q/k/v/pattern, which act through
+            attention).
+        path_point: where a path-patching sender writes, in steps of the forward
+            pass (block ``L`` spans ``4L+1 .. 4L+5``; ``None``: not a sender).
+        receiver: whether path patching can route a sender's effect into it.
+        circuit: whether it can be a member of a circuit (ablation).
+    """
+
+    kind: str
+    label: str
+    layered: bool = True
+    unit: Literal["head", "neuron"] | None = None
+    layout: tuple[str, ...] = _RESID
+    order: int = 0
+    stage: Stage = "pre"
+    additive: bool = True
+    path_point: int | None = None
+    receiver: bool = False
+    circuit: bool = False
+
+
+def _info(kind: str, label: str, **kw) -> tuple[str, SiteKindInfo]:
+    return kind, SiteKindInfo(kind, label, **kw)
+
+
+#: The one description of every site kind, in :data:`SITE_KINDS` order.
+SITE_KIND_INFO: dict[str, SiteKindInfo] = dict([
+    _info("embed", "embed", layered=False, order=-1, stage="pre", path_point=0),
+    _info("resid_pre", "L{layer} pre", order=0, stage="pre", path_point=1, receiver=True),
+    _info("resid_mid", "L{layer} mid", order=7, stage="mid", path_point=3, receiver=True),
+    _info("resid_post", "L{layer} post", order=10, stage="post", path_point=5, receiver=True),
+    _info("attn_out", "ATTN{layer}", order=6, stage="mid", path_point=2, circuit=True),
+    _info("mlp_out", "MLP{layer}", order=9, stage="post", path_point=4, circuit=True),
+    _info("attn_head", "L{layer}H{head}", unit="head", layout=_HEADS, order=5, stage="mid",
+          path_point=2, circuit=True),
+    _info("q", "L{layer}H{head}.q", unit="head", layout=_HEADS, order=1, stage="mid",
+          additive=False, receiver=True),
+    _info("k", "L{layer}H{head}.k", unit="head", layout=_HEADS, order=2, stage="mid",
+          additive=False, receiver=True),
+    _info("v", "L{layer}H{head}.v", unit="head", layout=_HEADS, order=3, stage="mid",
+          additive=False, receiver=True),
+    _info("pattern", "L{layer}H{head}.pattern", unit="head",
+          layout=("batch", "head", "q_pos", "k_pos"), order=4, stage="mid", additive=False),
+    _info("mlp_post", "L{layer}N{neuron}", unit="neuron", layout=("batch", "pos", "neuron"),
+          order=8, stage="post", receiver=True, circuit=True),
+    _info("final_resid", "final", layered=False, order=1 << 20, stage="final", receiver=True),
+])  # fmt: skip
+assert tuple(SITE_KIND_INFO) == SITE_KINDS
+
+LAYERLESS_KINDS = frozenset(k for k, i in SITE_KIND_INFO.items() if not i.layered)
+HEAD_KINDS = frozenset(k for k, i in SITE_KIND_INFO.items() if i.unit == "head")
+NEURON_KINDS = frozenset(k for k, i in SITE_KIND_INFO.items() if i.unit == "neuron")
+
+_NUM = r"0|[1-9][0-9]*"
+_POS_SUFFIX = r"(?:@(?P<pos>-?(?:" + _NUM + r")))?"
+
+
+def _label_pattern(template: str) -> re.Pattern[str]:
+    fields = {"layer": f"(?P<layer>{_NUM})", "head": rf"(?P<head>{_NUM}|\*)",
+              "neuron": rf"(?P<neuron>{_NUM}|\*)"}
+    parts = re.split(r"(\{\w+\})", template)
+    body = "".join(fields[p[1:-1]] if p.startswith("{") else re.escape(p) for p in parts)
+    return re.compile(body + _POS_SUFFIX)
+
+
+_LABEL_PATTERNS = {kind: _label_pattern(info.label) for kind, info in SITE_KIND_INFO.items()}
+LABEL_FORMS: dict[str, str] = {
+    kind: info.label.replace("{layer}", "<layer>").replace("{head}", "<head>").replace("{neuron}", "<neuron>")
+    for kind, info in SITE_KIND_INFO.items()
+}
+"""Each kind's label form (``L<layer>H<head>``); every label may end in ``@<pos>``."""
 
 
 @dataclass(frozen=True)
@@ -120,18 +232,45 @@ class Site:
 
     @property
     def label(self) -> str:
-        """A short human-readable name, e.g. ``L3H1@-1`` or ``mlp_post L0N17``."""
-        parts = [self.kind]
-        if self.layer is not None:
-            where = f"L{self.layer}"
-            if self.head is not None:
-                where += f"H{self.head}"
-            if self.neuron is not None:
-                where += f"N{self.neuron}"
-            parts.append(where)
-        if self.pos is not None:
-            parts.append(f"@{self.pos}")
-        return " ".join(parts)
+        """The site's one name, used in every result and report.
+
+        ``L3H1`` (a head), ``MLP0`` (a whole MLP's output), ``ATTN0`` (an
+        attention block's output), ``L0N17`` (a neuron), ``L2 pre`` / ``L2 mid`` /
+        ``L2 post`` (the residual stream), ``embed``, ``final``; q/k/v/pattern
+        are a head's label with ``.q`` / ``.k`` / ``.v`` / ``.pattern``; ``*``
+        stands for every head or neuron of the layer; a fixed position ends the
+        label in ``@<pos>`` (``L3H1@-1``). :meth:`from_label` reads it back.
+        """
+        text = SITE_KIND_INFO[self.kind].label.format(
+            layer=self.layer,
+            head="*" if self.head is None else self.head,
+            neuron="*" if self.neuron is None else self.neuron,
+        )
+        return text if self.pos is None else f"{text}@{self.pos}"
+
+    @classmethod
+    def from_label(cls, text: str) -> Site:
+        """The site a label names: ``Site.from_label(site.label) == site`` for every site.
+
+        Raises :class:`SiteError` listing the valid forms when ``text`` is not a label.
+        """
+        if isinstance(text, str):
+            for kind, pattern in _LABEL_PATTERNS.items():
+                match = pattern.fullmatch(text)
+                if match is None:
+                    continue
+                found = match.groupdict()
+                num = {k: None if v in (None, "*") else int(v) for k, v in found.items()}
+                return cls(kind, num.get("layer"), num.get("head"), num.get("neuron"), num.get("pos"))
+        raise SiteError(
+            f"{text!r} is not a site label; valid forms are {', '.join(LABEL_FORMS.values())} "
+            "(<head> / <neuron> may be '*' for all), each optionally ending in '@<pos>'"
+        )
+
+    @property
+    def info(self) -> SiteKindInfo:
+        """What the library knows about this site's kind."""
+        return SITE_KIND_INFO[self.kind]
 
     def at(self, pos: int | None) -> Site:
         """The same site at another position (``None``: every position)."""
@@ -202,3 +341,30 @@ def all_sites(
         for pos in pos_list
     ]
 
+
+
+def depth_site(layer: int, n_layers: int) -> Site:
+    """The residual-stream site at ``layer`` of a residual-depth axis (lens, probes).
+
+    On such an axis ``layer=k`` is the stream entering block ``k``
+    (``resid_pre``, label ``Lk pre``) and ``layer=n_layers`` the stream after
+    the last block (``resid_post``, label ``L<n-1> post``).
+    """
+    if not 0 <= layer <= n_layers:
+        raise SiteError(f"depth {layer} is out of range; depths are 0..{n_layers}")
+    return Site("resid_post", n_layers - 1) if layer == n_layers else Site("resid_pre", layer)
+
+
+def site_depth(site: Site, n_layers: int) -> int:
+    """The ``layer`` of a residual-depth axis at which ``site`` is read.
+
+    A site of block ``k`` is at ``k`` (``resid_mid`` too: it is inside the
+    block), ``resid_post`` of block ``k`` is the stream entering ``k + 1``;
+    ``embed`` is 0 and ``final_resid`` is ``n_layers``.
+    """
+    if site.kind == "embed":
+        return 0
+    if site.kind == "final_resid":
+        return n_layers
+    assert site.layer is not None
+    return site.layer + (1 if site.kind == "resid_post" else 0)

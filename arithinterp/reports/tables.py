@@ -135,7 +135,7 @@ def _table(model: Model, table: str, results: Mapping[str, Result]) -> pd.DataFr
     sites = _cells(model, table)
     inner = "head" if table == "heads" else "neuron"
     frame = pd.DataFrame({
-        "component": [s.label for s in sites] if hasattr(Site, "from_label") else [_label(s) for s in sites],
+        "component": [s.label for s in sites],
         "kind": inner,
         "layer": [s.layer for s in sites],
         inner: [getattr(s, inner) for s in sites],
@@ -145,12 +145,6 @@ def _table(model: Model, table: str, results: Mapping[str, Result]) -> pd.DataFr
     if "in_circuit" in frame.columns:
         frame["in_circuit"] = frame["in_circuit"].fillna(False).astype(bool)
     return frame[list(table_columns(table))].sort_values("rank", kind="stable").reset_index(drop=True)
-
-
-def _label(site: Site) -> str:
-    from arithinterp.methods.circuits import component_label
-
-    return component_label(site)
 
 
 def head_table(model: Model, results: Mapping[str, Result]) -> pd.DataFrame:

@@ -142,13 +142,12 @@ def test_lens_trajectory_is_the_stored_mean(full):
 
 def test_probe_evidence_reads_the_sites_around_the_component(full):
     probes = Result.load(full.root / "results" / "probes")
-    labels = list(probes.values.coords["layer_label"].values)
     head = component_detail(full, "L0H2")["probes"].data
     neuron = component_detail(full, "L0N5")["probes"].data
     assert head["sites"] == {"in": "L0 pre", "out": "L0 mid"}
     assert neuron["sites"] == {"in": "L0 mid", "out": "L0 post"}
     for row in head["rows"] + neuron["rows"]:
-        scores = probes.values.sel(target=row["target"]).isel(layer=labels.index(row["site"]))
+        scores = probes.values.sel(target=row["target"], site=row["site"])
         assert row["score"] == float(scores.max())
         assert row["pos"] == int(scores.pos[int(scores.argmax())])
 

@@ -207,11 +207,11 @@ def test_fourier_filter_ablation_on_a_model_whose_answer_lives_in_one_band(tmp_p
     assert res.unfiltered == 1.0
     acc = res.values
     # the answer is read from the MLP's low band: removing it leaves the high band's peak at q+1
-    assert float(acc.sel(component="mlp_out L0", freq="low")) == 0.0
-    assert float(acc.sel(component="mlp_out L0", freq="high")) == 1.0
+    assert float(acc.sel(component="MLP0", freq="low")) == 0.0
+    assert float(acc.sel(component="MLP0", freq="high")) == 1.0
     # attention writes nothing, so filtering it changes nothing
-    assert (acc.sel(component="attn_out L0") == 1.0).all()
-    assert float(res.extras["drop"].sel(component="mlp_out L0", freq="low")) == 1.0
+    assert (acc.sel(component="ATTN0") == 1.0).all()
+    assert float(res.extras["drop"].sel(component="MLP0", freq="low")) == 1.0
     assert len(res.plot().data) == 3
 
 
@@ -225,8 +225,8 @@ def test_fourier_filter_ablation_on_zoo_add_2d_tok(add_model, add_grid) -> None:
     """All 10,000 pairs; number tokens 0..198; bands split at period 10 (Zhou et al.).
 
     Measured: unfiltered 0.9999;       remove low   remove high
-                          attn_out L0    0.4455       0.0457
-                          mlp_out L0     0.3407       0.3675
+                          ATTN0          0.4455       0.0457
+                          MLP0           0.3407       0.3675
     Attention's high band carries what the answer needs most (as Zhou et al. find for
     attention), but unlike their pre-trained GPT-2-XL both bands of this from-scratch
     model's MLP matter.
@@ -240,10 +240,10 @@ def test_fourier_filter_ablation_on_zoo_add_2d_tok(add_model, add_grid) -> None:
     acc = res.values
     assert res.unfiltered > 0.999
     assert (acc.sel(freq="none") == res.unfiltered).all()
-    assert float(acc.sel(component="attn_out L0", freq="high")) < 0.1
-    assert 0.3 < float(acc.sel(component="attn_out L0", freq="low")) < 0.6
-    assert float(acc.sel(component="mlp_out L0", freq="low")) < 0.5
-    assert float(acc.sel(component="mlp_out L0", freq="high")) < 0.5
+    assert float(acc.sel(component="ATTN0", freq="high")) < 0.1
+    assert 0.3 < float(acc.sel(component="ATTN0", freq="low")) < 0.6
+    assert float(acc.sel(component="MLP0", freq="low")) < 0.5
+    assert float(acc.sel(component="MLP0", freq="high")) < 0.5
     # the all-pass filter is the identity bit for bit, so the patched run is the clean run
     w = add_model.weights().W_U[:, :199]
     site = Site("mlp_out", 0, pos=-1)

@@ -73,7 +73,7 @@ def test_control_task_gives_low_selectivity_on_a_random_target(add5, add5_prompt
     carry = res.extras["selectivity"].sel(target="SC_2", pos=13)
     print("SC_2 at pos 13: score", res.values.sel(target="SC_2", pos=13).values.round(2),
           "control", res.extras["control"].sel(target="SC_2", pos=13).values.round(2))
-    assert float(carry.isel(layer=1)) > 0.2  # after layer-0 attention: selective
+    assert float(carry.sel(site="L0 mid")) > 0.2  # after layer-0 attention: selective
     # noise is no function of a few digits: its input type is the operand pair, unique per prompt
     assert res.meta.extra["control_columns"] == {"noise": ["operand_a", "operand_b"],
                                                  "SC_2": ["a_digit_2", "b_digit_2"]}
@@ -157,16 +157,17 @@ def test_carry_bits_appear_after_layer0_attention_at_the_digit_they_feed(add5, a
     targets = [f"SC_{4 - k}" for k in range(5)]
     res = fit_probes(add5, add5_prompts, targets, positions=range(11, 16), control=False,
                      n_boot=100, progress=False)
-    assert isinstance(res, ProbeResult) and res.dims == ("target", "layer", "pos")
-    labels = list(res.values.coords["layer_label"].values)
+    assert isinstance(res, ProbeResult) and res.dims == ("target", "site", "pos")
+    labels = list(res.values.coords["site"].values)
     assert labels == ["L0 pre", "L0 mid", "L1 pre", "L1 mid", "L1 post"]
+    assert list(res.values.coords["layer"].values) == [0, 0, 1, 1, 2]
     for k, target in enumerate(targets):
         cell = res.values.sel(target=target, pos=11 + k)
         majority = float(res.extras["majority"].sel(target=target))
         print(target, f"pos {11 + k}", f"majority {majority:.2f}",
               " ".join(f"{lab} {v:.2f}" for lab, v in zip(labels, cell.values)))
-        assert float(cell.isel(layer=slice(1, None)).max()) >= 0.95
-        assert float(cell.isel(layer=0)) <= majority + 0.05
+        assert float(cell.isel(site=slice(1, None)).max()) >= 0.95
+        assert float(cell.sel(site="L0 pre")) <= majority + 0.05
         lo, hi = (float(res.extras[e].sel(target=target, pos=11 + k).max()) for e in ("ci_low", "ci_high"))
         assert lo <= float(cell.max()) <= hi
     frame = res.to_frame()

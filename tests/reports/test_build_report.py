@@ -134,9 +134,8 @@ def test_grid_columns_equal_fourier_heuristics_and_probes(tiny, report):
     probes = report.results["probes"]
     assert row(report.heads, "L1H0")["probe_targets"] == probe_evidence(probes, "attn_head", 1, 2)[0]
     assert row(report.neurons, "L0N0")["probe_best"] == pytest.approx(probe_evidence(probes, "mlp_post", 0, 2)[1])
-    labels = [str(x) for x in probes.values.coords["layer_label"].values]
     assert row(report.neurons, "L0N0")["probe_best"] == pytest.approx(
-        float(probes.values.isel(layer=labels.index("L1 pre")).max()))
+        float(probes.values.sel(site="L1 pre").max()))
     again = fit_probes(tiny, generate(spec.model_copy(update={"n": 256, "seed": 4})),
                        list(probes.values.coords["target"].values), positions=[3], n_boot=100, seed=3,
                        progress=False)

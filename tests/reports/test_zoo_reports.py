@@ -26,7 +26,6 @@ import pandas as pd
 import pytest
 
 from arithinterp.methods import key_frequencies
-from arithinterp.methods.circuits import component_label
 from arithinterp.methods.grid import MAX_GRID_SIDE
 from arithinterp.methods.mediation import MEDIATION_NEURONS
 from arithinterp.models import Site, load_model
@@ -172,7 +171,7 @@ def test_add_2d_tok_heuristics_fill_the_last_layer(reports):
     # add-2d-tok's circuit (docs/report.md): its MLP and operand-reading heads.
     c = report.summary["circuit"]
     assert "MLP0" in c["components"] and c["reached"]
-    assert component_label(Site("mlp_out", 0)) == "MLP0"
+    assert Site("mlp_out", 0).label == "MLP0"
 
 
 def test_mul_3d_report_runs_at_low_accuracy(reports):

@@ -15,37 +15,23 @@ from dataclasses import dataclass
 
 import torch
 
-from arithinterp.models.site import ModelShape, Site
+from arithinterp.models.site import SITE_KIND_INFO, ModelShape, Site
 
 HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 """Receives a whole site's activation (canonical layout) and returns its
 replacement, or ``None`` to leave it unchanged."""
 
-# The order in which sites are computed inside a block. Backends that must
-# visit activations in execution order (nnsight) sort by it.
-_KIND_ORDER = {
-    "resid_pre": 0,
-    "q": 1,
-    "k": 2,
-    "v": 3,
-    "pattern": 4,
-    "attn_head": 5,
-    "attn_out": 6,
-    "resid_mid": 7,
-    "mlp_post": 8,
-    "mlp_out": 9,
-    "resid_post": 10,
-}
-
-
 def execution_order(site: Site) -> tuple[int, int]:
-    """A sort key that puts sites in the order a forward pass computes them."""
-    if site.kind == "embed":
-        return (-1, 0)
-    if site.kind == "final_resid":
-        return (1 << 30, 0)
+    """A sort key that puts sites in the order a forward pass computes them.
+
+    Backends that must visit activations in execution order (nnsight) sort by
+    it; the order inside a block is :attr:`SiteKindInfo.order`.
+    """
+    info = SITE_KIND_INFO[site.kind]
+    if not info.layered:
+        return (-1 if info.stage == "pre" else 1 << 30, 0)
     assert site.layer is not None
-    return (site.layer, _KIND_ORDER[site.kind])
+    return (site.layer, info.order)
 
 
 @dataclass(frozen=True)

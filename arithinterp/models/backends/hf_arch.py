@@ -1,9 +1,12 @@
-"""Where each site lives in a Hugging Face model, per architecture family.
+"""One adapter per Hugging Face architecture family.
 
-Backends that drive HF modules directly (nnsight) need module paths such as
-``transformer.h.3.attn.c_proj``; users never do. This table maps a config's
-``model_type`` to those paths and to the weight layouts, so supporting a new
-family is one entry here. Nothing in this module imports nnsight.
+Code that drives HF modules directly needs module paths such as
+``transformer.h.3.attn.c_proj``; users never do. Each family has exactly one
+:class:`HFArchitecture` record, read by both the nnsight backend (where each
+site lives, how weights are laid out) and the functional forward of
+:mod:`arithinterp.models.functional` (norms, positions, gating), so
+supporting a new family is one entry here. Nothing in this module imports
+nnsight.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ or three separate projections (Llama family)."""
 
 @dataclass(frozen=True)
 class HFArchitecture:
-    """Module paths (dotted, from the HF root module or from one block) of one family.
+    """Everything arithinterp needs to know about one HF family: module paths (dotted,
+    from the HF root module or from one block), weight layouts and config names.
 
     The token embedding and the unembedding are found through HF's own
     ``get_input_embeddings`` / ``get_output_embeddings``, whose names move
@@ -46,6 +50,14 @@ class HFArchitecture:
         rms_norm: whether the family normalises with RMSNorm.
         parallel_residual: the config flag that, when true, makes attention and
             MLP read the same residual (no resid_mid exists).
+        ln1: the norm before attention, from a block.
+        ln2: the norm before the MLP, from a block.
+        mlp_gate: the gate projection of a gated MLP, from a block (``None``: ungated).
+        pos_embed: the learned position embedding, from the root (``None``: none).
+        rotary: the rotary embedding module, from the root (``None``: no rotary).
+        eps: the config attribute holding the norm's epsilon.
+        functional: whether :class:`~arithinterp.models.functional.FunctionalTransformer`
+            runs this family (fast engines fall back to the literal path otherwise).
     """
 
     family: str
@@ -58,9 +70,16 @@ class HFArchitecture:
     mlp: str
     mlp_in: str
     mlp_proj: str
+    ln1: str
+    ln2: str
+    eps: str
     conv1d: bool = False
     rms_norm: bool = False
     parallel_residual: str | None = None
+    mlp_gate: str | None = None
+    pos_embed: str | None = None
+    rotary: str | None = None
+    functional: bool = False
 
 
 _GPT2 = HFArchitecture(
@@ -74,7 +93,12 @@ _GPT2 = HFArchitecture(
     mlp="mlp",
     mlp_in="mlp.c_fc",
     mlp_proj="mlp.c_proj",
+    ln1="ln_1",
+    ln2="ln_2",
+    eps="layer_norm_epsilon",
     conv1d=True,
+    pos_embed="transformer.wpe",
+    functional=True,
 )
 
 _LLAMA = HFArchitecture(
@@ -88,7 +112,13 @@ _LLAMA = HFArchitecture(
     mlp="mlp",
     mlp_in="mlp.up_proj",
     mlp_proj="mlp.down_proj",
+    ln1="input_layernorm",
+    ln2="post_attention_layernorm",
+    eps="rms_norm_eps",
     rms_norm=True,
+    mlp_gate="mlp.gate_proj",
+    rotary="model.rotary_emb",
+    functional=True,
 )
 
 _NEOX = HFArchitecture(
@@ -102,7 +132,11 @@ _NEOX = HFArchitecture(
     mlp="mlp",
     mlp_in="mlp.dense_h_to_4h",
     mlp_proj="mlp.dense_4h_to_h",
+    ln1="input_layernorm",
+    ln2="post_attention_layernorm",
+    eps="layer_norm_eps",
     parallel_residual="use_parallel_residual",
+    rotary="gpt_neox.rotary_emb",
 )
 
 ARCHITECTURES: dict[str, HFArchitecture] = {
@@ -112,19 +146,27 @@ ARCHITECTURES: dict[str, HFArchitecture] = {
     "mistral": _LLAMA,
     "gpt_neox": _NEOX,
 }
-"""Supported ``model_type`` values and their module paths."""
+"""Supported ``model_type`` values and their family records."""
 
 
-def architecture_for(config: Any) -> HFArchitecture:
-    """The table entry for an HF config, or :class:`ModelLoadError` naming the supported types."""
+def architecture_for(config: Any, *, functional: bool = False) -> HFArchitecture:
+    """The family record of an HF config, or :class:`ModelLoadError` naming the supported types.
+
+    With ``functional=True`` only families the functional forward runs are accepted.
+    """
     model_type = getattr(config, "model_type", None)
-    try:
-        return ARCHITECTURES[model_type]
-    except KeyError:
+    arch = ARCHITECTURES.get(model_type)
+    if functional and (arch is None or not arch.functional):
+        supported = sorted(t for t, a in ARCHITECTURES.items() if a.functional)
         raise ModelLoadError(
-            f"the nnsight backend does not know where the sites of model_type {model_type!r} "
+            f"the functional forward supports model types {', '.join(supported)}, not {model_type!r}"
+        )
+    if arch is None:
+        raise ModelLoadError(
+            f"arithinterp does not know where the sites of model_type {model_type!r} "
             f"live; supported model types: {', '.join(sorted(ARCHITECTURES))}"
-        ) from None
+        )
+    return arch
 
 
 def _config_int(config: Any, *names: str) -> int | None:
@@ -158,7 +200,7 @@ def n_kv_heads(config: Any) -> int:
     return _config_int(config, "num_key_value_heads") or int(config.num_attention_heads)
 
 
-def _in_out(weight: torch.Tensor, conv1d: bool) -> torch.Tensor:
+def in_out(weight: torch.Tensor, conv1d: bool) -> torch.Tensor:
     """A projection's weight as ``[in, out]`` (``nn.Linear`` stores ``[out, in]``)."""
     return weight if conv1d else weight.T
 
@@ -169,7 +211,7 @@ def hf_weights(model: torch.nn.Module, arch: HFArchitecture, shape: ModelShape) 
 
     def per_layer(path: str) -> torch.Tensor:
         return torch.stack(
-            [_in_out(b.get_submodule(path).weight, arch.conv1d) for b in blocks]
+            [in_out(b.get_submodule(path).weight, arch.conv1d) for b in blocks]
         )
 
     unembed = model.get_output_embeddings()

@@ -197,7 +197,7 @@ class NNsightBackend(Backend):
         for layer, fns in per_layer.items():
             if "resid_mid" in fns and self._parallel_residual():
                 raise SiteError(
-                    f"resid_mid L{layer}: this {self.arch.family} model uses a parallel "
+                    f"{Site('resid_mid', layer).label}: this {self.arch.family} model uses a parallel "
                     "residual (attention and MLP both read resid_pre, and resid_post = "
                     "resid_pre + attn_out + mlp_out), so there is no point between attention "
                     "and MLP; use resid_pre, attn_out, mlp_out or resid_post"
@@ -205,7 +205,7 @@ class NNsightBackend(Backend):
             if "pattern" in fns:
                 if getattr(self.config, "reorder_and_upcast_attn", False):
                     raise SiteError(
-                        f"pattern L{layer}: this GPT-2 config sets reorder_and_upcast_attn, "
+                        f"{Site('pattern', layer).label}: this GPT-2 config sets reorder_and_upcast_attn, "
                         "whose attention bypasses the function the nnsight backend patches; "
                         "use the transformer_lens backend for pattern sites"
                     )
@@ -289,7 +289,7 @@ class NNsightBackend(Backend):
             ]
             if len(calls) != 1:
                 raise SiteError(
-                    f"pattern L{layer}: the nnsight backend reaches the attention pattern "
+                    f"{Site('pattern', layer).label}: the nnsight backend reaches the attention pattern "
                     f"through the attention_interface call of {self.arch.family} attention, "
                     f"and found {len(calls)} such calls in this transformers version; "
                     "use the transformer_lens backend for pattern sites"
