@@ -22,7 +22,7 @@ from arithinterp.methods._common import make_meta, token_batches
 from arithinterp.methods.registry import MethodSpec, Options, register
 from arithinterp.models import Model
 from arithinterp.results import Result
-from arithinterp.tasks import PromptSet, TokenizedPrompts, tokenize
+from arithinterp.tasks import PromptSet, tokenize
 
 
 class EvalResult(Result):
@@ -109,13 +109,7 @@ def evaluate(model: Model, prompts: PromptSet, *, batch_size: int = 256, progres
         batch_size: prompts per forward pass.
         progress: show a progress bar.
     """
-    return evaluate_tokenized(model, prompts, tokenize(prompts, model.tokenizer, answer="multi"),
-                              batch_size=batch_size, progress=progress)
-
-
-def evaluate_tokenized(model: Model, prompts: PromptSet, tokenized: TokenizedPrompts, *, batch_size: int = 256,
-                       progress: bool = True) -> EvalResult:
-    """:func:`evaluate` on prompts already tokenized with their whole answers (``answer="multi"``)."""
+    tokenized = tokenize(prompts, model.tokenizer, answer="multi")
     positions = tokenized.answer_positions
     correct, logprob = [], []
     for batch, answers in tqdm(

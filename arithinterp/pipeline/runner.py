@@ -43,7 +43,14 @@ from arithinterp.reports import ReportSection, write_html_report
 from arithinterp.results import Result
 from arithinterp.results.io import atomic_dir, atomic_write_text
 from arithinterp.results.meta import library_versions
-from arithinterp.tasks import PromptPairs, PromptSet, generate, make_pairs, tokenize
+from arithinterp.tasks import (
+    PromptPairs,
+    PromptSet,
+    generate,
+    make_pairs,
+    shared_tokenization,
+    tokenize,
+)
 
 STEP_FILE = "step.json"
 
@@ -237,8 +244,15 @@ def run_pipeline(
 
     A step is computed in a temporary directory beside ``runs/<name>/<step>/`` and renamed
     onto it with its ``step.json`` only when complete; a complete step whose fingerprint
-    matches is loaded instead of recomputed (``force=True`` recomputes).
+    matches is loaded instead of recomputed (``force=True`` recomputes). Each task's prompts
+    are tokenized once for the whole run (:func:`~arithinterp.tasks.shared_tokenization`).
     """
+    with shared_tokenization():
+        return _run_pipeline(config, runs_dir=runs_dir, force=force, progress=progress, log=log)
+
+
+def _run_pipeline(config: PipelineConfig, *, runs_dir: str | Path, force: bool, progress: bool,
+                  log: Callable[[str], None]) -> RunSummary:
     model, inputs = preflight(config, progress=progress)
     run_dir = Path(runs_dir) / config.name
     run_dir.mkdir(parents=True, exist_ok=True)

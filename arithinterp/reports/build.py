@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError
 from arithinterp.methods.circuits import CircuitResult
-from arithinterp.methods.evaluate import evaluate_tokenized
+from arithinterp.methods.evaluate import evaluate
 from arithinterp.methods.registry import NotApplicable, RunContext
 from arithinterp.methods.registry import methods as get_methods
 from arithinterp.reports.inputs import report_methods, resolve_inputs
@@ -34,7 +34,7 @@ from arithinterp.reports.tables import head_table, neuron_table
 from arithinterp.results import Result
 from arithinterp.results.io import to_jsonable
 from arithinterp.results.meta import library_versions
-from arithinterp.tasks import PromptPairs, PromptSet, TaskSpec
+from arithinterp.tasks import PromptPairs, PromptSet, TaskSpec, shared_tokenization
 
 __all__ = ["AttributionReport", "build_report"]
 
@@ -151,14 +151,15 @@ def build_report(
     """
     if not 0.0 < float(target) <= 1.5:
         raise ConfigError(f"target is a faithfulness (1 = the full model), in (0, 1.5]; got {target}")
-    inp = resolve_inputs(model, task, pairs=pairs, n=n, methods=methods, seed=seed)
-    ctx = inp.context(seed=seed, progress=progress, target=target)
-    results, ran, skipped, timings = _run_methods(ctx, inp.methods, progress)
+    with shared_tokenization():  # every method reads the same token tensors of each prompt set
+        inp = resolve_inputs(model, task, pairs=pairs, n=n, methods=methods, seed=seed)
+        ctx = inp.context(seed=seed, progress=progress, target=target)
+        results, ran, skipped, timings = _run_methods(ctx, inp.methods, progress)
+        accuracy = evaluate(inp.model, inp.prompts, progress=False)
     for method in report_methods():
         if method not in inp.methods:
             skipped.setdefault(method, "not requested (methods=...)")
 
-    accuracy = evaluate_tokenized(inp.model, inp.prompts, ctx.tokens("multi"), progress=False)
     heads = head_table(inp.model, results)
     neurons, n_neurons = neuron_table(inp.model, results)
     circuit = results.get("circuit")

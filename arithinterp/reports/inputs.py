@@ -84,16 +84,12 @@ class ReportInputs:
     pairs: PromptPairs
     answer: str  # "single" (one-token answers) or "multi" (teacher-forced)
     methods: tuple[str, ...]
-    tokens: Any = None  # the prompts tokenized with their whole answers (TokenizedPrompts)
 
     def context(self, *, seed: int, progress: bool, target: float) -> RunContext:
         """The context every method of the report runs in (tokenization and sweeps shared)."""
-        ctx = RunContext(model=self.model, spec=self.prompts.spec, prompts=self.prompts, pairs=self.pairs,
-                         seed=seed, progress=progress, model_spec=getattr(self.model, "spec", None),
-                         params={"target": float(target)})
-        if self.tokens is not None:
-            ctx.memo(("tokens", self.prompts.hash, "multi"), lambda: self.tokens)
-        return ctx
+        return RunContext(model=self.model, spec=self.prompts.spec, prompts=self.prompts, pairs=self.pairs,
+                          seed=seed, progress=progress, model_spec=getattr(self.model, "spec", None),
+                          params={"target": float(target)})
 
 
 def _model(model: Any) -> Model:
@@ -166,7 +162,6 @@ def resolve_inputs(model: Any, task: Any, *, pairs: Any, n: int | None, methods:
     if len(pair_set) < 2:
         raise TaskError(f"only {len(pair_set)} counterfactual pairs could be made; a report needs at least 2")
     prompts = pair_set.clean  # the clean side of the pairs (prompts with no counterfactual are dropped)
-    tokens = tokenize(prompts, resolved.tokenizer, answer="multi")
-    answer = "single" if tokens.answer_len == 1 else "multi"
-    return ReportInputs(resolved, prompts, pair_set, answer, chosen, tokens)
+    answer = "single" if tokenize(prompts, resolved.tokenizer, answer="multi").answer_len == 1 else "multi"
+    return ReportInputs(resolved, prompts, pair_set, answer, chosen)
 

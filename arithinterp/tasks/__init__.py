@@ -33,6 +33,7 @@ from arithinterp.tasks.tokenization import (
     answer_token_ids,
     detect_number_tokenization,
     group_by_length,
+    shared_tokenization,
     single_token_id,
     tokenize,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "TokenizedPrompts",
     "answer_token_ids",
     "detect_number_tokenization",
+    "shared_tokenization",
     "generate",
     "group_by_length",
     "make_pairs",

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -321,6 +322,37 @@ def _assemble(
     )
 
 
+#: The caches of the active :func:`shared_tokenization` blocks (innermost last).
+_SHARED: list[dict[tuple[str, int, str], tuple[Any, TokenizedPrompts]]] = []
+
+
+@contextmanager
+def shared_tokenization() -> Iterator[None]:
+    """Within the block, :func:`tokenize` tokenizes each prompt set (by content: its
+    :attr:`~PromptSet.hash`) once per tokenizer and answer mode, and hands every later caller
+    the same token tensors (callers must not modify them in place).
+
+    One analysis that runs many methods on the same prompts (an attribution report, a
+    pipeline step) wraps its work in this block; outside it nothing is cached.
+    """
+    _SHARED.append({})
+    try:
+        yield
+    finally:
+        _SHARED.pop()
+
+
+def _shared(prompts: PromptSet, tokenizer: Any, answer: AnswerMode) -> TokenizedPrompts:
+    cache = _SHARED[-1]
+    key = (prompts.hash, id(tokenizer), answer)
+    hit = cache.get(key)
+    if hit is None or hit[0] is not tokenizer:  # the tokenizer is held, so its id is not reused
+        hit = (tokenizer, _tokenize(prompts, tokenizer, answer))
+        cache[key] = hit
+    found = hit[1]
+    return found if found.prompts is prompts else replace(found, prompts=prompts)
+
+
 def tokenize(
     prompts: PromptSet, tokenizer: Any, *, answer: AnswerMode = "multi"
 ) -> TokenizedPrompts:
@@ -334,7 +366,14 @@ def tokenize(
     answer ids except for SentencePiece's dummy prefix space). All prompts must share one
     prompt length and one answer length; otherwise use
     :func:`group_by_length`. ``answer="single"`` requires one-token answers.
+    Inside :func:`shared_tokenization`, a prompt set is tokenized once per tokenizer and mode.
     """
+    if _SHARED:
+        return _shared(prompts, tokenizer, answer)
+    return _tokenize(prompts, tokenizer, answer)
+
+
+def _tokenize(prompts: PromptSet, tokenizer: Any, answer: AnswerMode) -> TokenizedPrompts:
     full, ans = _encode_rows(prompts, tokenizer, answer)
     plens, alens = Counter(len(f) for f in full), Counter(len(a) for a in ans)
     if len(plens) > 1 or len(alens) > 1:

@@ -258,3 +258,14 @@ def test_zoo_model_report_matches_methods():
     assert row(rep.neurons, "L0N10")["dla"] == pytest.approx(float(dla.neurons(0).mean("prompt").sel(neuron=10)))
     assert rep.summary["model"] == "zoo:add-2d-tok" and rep.summary["n_prompts"] == 16
     assert rep.circuit is not None and rep.summary["circuit"]["faithfulness"] >= 0.9
+
+
+def test_each_prompt_set_is_tokenized_once_per_answer_mode(tiny, monkeypatch):
+    import arithinterp.tasks.tokenization as tokenization
+
+    seen = []
+    encode = tokenization._encode_rows
+    monkeypatch.setattr(tokenization, "_encode_rows",
+                        lambda prompts, tok, answer: seen.append((prompts.hash, answer)) or encode(prompts, tok, answer))
+    build_report(tiny, SMALL, n=24, seed=3, progress=False)
+    assert seen and len(seen) == len(set(seen)), sorted(seen)

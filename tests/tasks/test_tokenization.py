@@ -186,3 +186,25 @@ def test_answer_id_helpers(digit_tok, number_tok):
 def test_bad_answer_mode(digit_tok):
     with pytest.raises(TokenizationError, match="'multi' or 'single'"):
         tokenize(generate(TaskSpec(format="fixed", n=2)), digit_tok, answer="all")
+
+
+def test_shared_tokenization_encodes_each_prompt_set_once_inside_the_block(digit_tok, monkeypatch):
+    import arithinterp.tasks.tokenization as tokenization
+    from arithinterp.tasks import shared_tokenization
+
+    calls = []
+    encode = tokenization._encode_rows
+    monkeypatch.setattr(tokenization, "_encode_rows", lambda *a: calls.append(a[2]) or encode(*a))
+    ps = generate(TaskSpec(digits=2, format="fixed", n=6, seed=0))
+    same_content = PromptSet.from_frame(ps.spec, ps.frame.copy())
+    outside = tokenize(ps, digit_tok)
+    with shared_tokenization():
+        first = tokenize(ps, digit_tok)
+        again = tokenize(same_content, digit_tok)  # equal prompts and answers: the same tensors
+        subset = tokenize(ps[:3], digit_tok)
+    after = tokenize(ps, digit_tok)
+    assert calls == ["multi"] * 4  # outside, first, the 3-prompt subset, after: never the repeat
+    assert again.tokens is first.tokens and again.prompts is same_content
+    assert torch.equal(first.tokens, outside.tokens) and torch.equal(after.tokens, outside.tokens)
+    assert after.tokens is not first.tokens and subset.tokens.shape[0] == 3
+    assert not tokenization._SHARED  # the block leaves nothing cached behind
