@@ -11,7 +11,6 @@ absolute paths, symlinks pointing out).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -21,9 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from arithinterp.errors import ArithInterpError, SiteError
+from arithinterp.errors import ArithInterpError, ResultError, SiteError
 from arithinterp.methods.registry import methods
 from arithinterp.models.site import LABEL_FORMS, Site
+from arithinterp.reports.report import read_report_files
 from arithinterp.results import Result
 
 __all__ = [
@@ -108,34 +108,6 @@ def parse_component(label: Any) -> Component:
 # ---- one report -----------------------------------------------------------------------------
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DashboardError(f"{path} is missing ({what})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DashboardError(f"{path} is not valid JSON ({what}): {err}") from err
-
-
-def _read_table(root: Path, stem: str) -> pd.DataFrame:
-    parquet, records = inside(root, f"{stem}.parquet"), inside(root, f"{stem}.json")
-    if parquet.is_file():
-        try:
-            frame = pd.read_parquet(parquet)
-        except Exception as err:  # pyarrow raises several types for a damaged file
-            raise DashboardError(f"{parquet} cannot be read as Parquet: {err}") from err
-    elif records.is_file():
-        rows = _read_json(records, f"the {stem} table")
-        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise DashboardError(f"{records} must be a JSON list of row objects (orient='records')")
-        frame = pd.DataFrame.from_records(rows)
-    else:
-        return pd.DataFrame()
-    if len(frame) and "component" not in frame.columns:
-        raise DashboardError(f"the {stem} table of {root} has no 'component' column")
-    return frame.reset_index(drop=True)
-
-
 @dataclass
 class Report:
     """One report directory: summary, head and neuron tables, top prompts, and its results
@@ -153,26 +125,12 @@ class Report:
     def load(cls, root: str | Path, name: str | None = None) -> Report:
         """Read ``root`` (a report directory); ``DashboardError`` says what is missing or malformed."""
         root = Path(root)
-        summary = _read_json(inside(root, SUMMARY), "the report summary")
-        if not isinstance(summary, dict):
-            raise DashboardError(f"{root / SUMMARY} must hold a JSON object")
-        heads, neurons = _read_table(root, "heads"), _read_table(root, "neurons")
-        if heads.empty and neurons.empty:
-            raise DashboardError(
-                f"{root} has neither a head table nor a neuron table "
-                "(heads.parquet / heads.json, neurons.parquet / neurons.json)"
-            )
-        top_path = inside(root, "top_prompts.json")
-        top = _read_json(top_path, "top prompts") if top_path.is_file() else {}
-        if not isinstance(top, dict):
-            raise DashboardError(f"{top_path} must map component labels to lists of prompts")
-        listed = summary.get("results") or {}
-        if not isinstance(listed, dict):
-            raise DashboardError(f"'results' in {root / SUMMARY} must be an object name -> path")
-        for rel in listed.values():  # a summary naming paths outside the run is refused up front
-            inside(root, str(rel))
-        return cls(root=root, name=name or root.name, summary=summary, heads=heads,
-                   neurons=neurons, top_prompts=top)
+        try:
+            files = read_report_files(root, locate=lambda rel: inside(root, rel))
+        except ResultError as err:
+            raise DashboardError(str(err)) from err
+        return cls(root=root, name=name or root.name, summary=files.summary, heads=files.heads,
+                   neurons=files.neurons, top_prompts=files.top_prompts)
 
     @property
     def title(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,82 @@ from arithinterp.reports.page import render_report, write_report_html
 from arithinterp.results import Result
 from arithinterp.results.io import atomic_dir, to_jsonable
 
-__all__ = ["REPORT_FILES", "AttributionReport"]
+__all__ = ["REPORT_FILES", "AttributionReport", "ReportFiles", "read_report_files"]
 
 #: The files every report directory holds.
 REPORT_FILES = ("summary.json", "heads.parquet", "neurons.parquet", "prompts.parquet")
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What a report directory's files hold, checked: the summary, the head and neuron tables,
+    and the top prompts (results are read separately, by the names the summary lists)."""
+
+    summary: dict[str, Any]
+    heads: pd.DataFrame
+    neurons: pd.DataFrame
+    top_prompts: dict[str, list[dict[str, Any]]]
+
+    @property
+    def result_paths(self) -> dict[str, str]:
+        """``{result name: path relative to the directory}`` as the summary lists them."""
+        return {str(k): str(v) for k, v in (self.summary.get("results") or {}).items()}
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultError(f"{path} is missing ({what})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ResultError(f"{path} is not valid JSON ({what}): {err}") from err
+
+
+def _read_table(locate: Callable[[str], Path], stem: str) -> pd.DataFrame:
+    """``<stem>.parquet``, else ``<stem>.json`` (records), else an empty frame."""
+    parquet, records = locate(f"{stem}.parquet"), locate(f"{stem}.json")
+    if parquet.is_file():
+        try:
+            frame = pd.read_parquet(parquet)
+        except Exception as err:  # pyarrow raises several types for a damaged file
+            raise ResultError(f"{parquet} cannot be read as Parquet: {err}") from err
+    elif records.is_file():
+        rows = _read_json(records, f"the {stem} table")
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ResultError(f"{records} must be a JSON list of row objects (orient='records')")
+        frame = pd.DataFrame.from_records(rows)
+    else:
+        return pd.DataFrame()
+    if len(frame) and "component" not in frame.columns:
+        raise ResultError(f"the {stem} table of {parquet.parent} has no 'component' column")
+    return frame.reset_index(drop=True)
+
+
+def read_report_files(folder: str | os.PathLike[str], *,
+                      locate: Callable[[str], Path] | None = None) -> ReportFiles:
+    """Read and check a report directory's summary, tables and top prompts (``ResultError`` saying
+    what is missing or malformed). ``locate(relative) -> path`` resolves every file read (the
+    dashboard passes one that refuses paths leaving the directory); it also checks each result
+    path the summary lists."""
+    folder = Path(folder)
+    locate = locate or (lambda rel: folder / rel)
+    summary = _read_json(locate("summary.json"), "the report summary")
+    if not isinstance(summary, dict):
+        raise ResultError(f"{folder / 'summary.json'} must hold a JSON object")
+    heads, neurons = _read_table(locate, "heads"), _read_table(locate, "neurons")
+    if heads.empty and neurons.empty:
+        raise ResultError(f"{folder} has neither a head table nor a neuron table "
+                          "(heads.parquet / heads.json, neurons.parquet / neurons.json)")
+    top_path = locate("top_prompts.json")
+    top = _read_json(top_path, "top prompts") if top_path.is_file() else {}
+    if not isinstance(top, dict):
+        raise ResultError(f"{top_path} must map component labels to lists of prompts")
+    listed = summary.get("results") or {}
+    if not isinstance(listed, dict):
+        raise ResultError(f"'results' in {folder / 'summary.json'} must be an object name -> path")
+    for rel in listed.values():  # a summary naming paths the locator refuses fails up front
+        locate(str(rel))
+    return ReportFiles(summary=summary, heads=heads, neurons=neurons, top_prompts=top)
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,21 +151,17 @@ class AttributionReport:
         missing = [f for f in REPORT_FILES if not (folder / f).is_file()]
         if missing:
             raise ResultError(f"{folder} is not a complete report directory: missing {', '.join(missing)}")
-        try:
-            summary = json.loads((folder / "summary.json").read_text())
-        except json.JSONDecodeError as err:
-            raise ResultError(f"{folder / 'summary.json'} is not valid JSON: {err}") from err
-        results = {name: Result.load(folder / rel) for name, rel in summary.get("results", {}).items()}
-        top = folder / "top_prompts.json"
+        files = read_report_files(folder)
+        results = {name: Result.load(folder / rel) for name, rel in files.result_paths.items()}
         circuit = results.get("circuit")
         return cls(
-            heads=pd.read_parquet(folder / "heads.parquet"),
-            neurons=pd.read_parquet(folder / "neurons.parquet"),
+            heads=files.heads,
+            neurons=files.neurons,
             circuit=circuit if isinstance(circuit, CircuitResult) else None,
             results=results,
-            summary=summary,
+            summary=files.summary,
             prompts=pd.read_parquet(folder / "prompts.parquet"),
-            top_prompts=json.loads(top.read_text()) if top.is_file() else {},
+            top_prompts=files.top_prompts,
         )
 
     def write_html(self, path: str | os.PathLike[str]) -> Path:
