@@ -36,8 +36,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, create_model
 
 from arithinterp.errors import ArithInterpError, ConfigError
+from arithinterp.methods.metrics import tokenize_pairs
 from arithinterp.models import Model, Site
-from arithinterp.tasks import PromptPairs, PromptSet, TaskSpec
+from arithinterp.tasks import PromptPairs, PromptSet, TaskSpec, tokenize
 
 __all__ = [
     "CONTEXT_PARAMETERS",
@@ -117,20 +118,14 @@ class RunContext:
 
     def tokens(self, answer: str = "multi", prompts: PromptSet | None = None):
         """The prompts tokenized (:func:`arithinterp.tasks.tokenize`), once per answer mode."""
-        from arithinterp.tasks import tokenize
-
         prompts = self.prompts if prompts is None else prompts
         return self.memo(("tokens", prompts.hash, answer), lambda: tokenize(prompts, self.model.tokenizer,
                                                                               answer=answer))
 
     def batch(self, answer: str = "multi"):
         """The pairs tokenized (:func:`arithinterp.methods.tokenize_pairs`), once per answer mode."""
-        from arithinterp.methods.metrics import tokenize_pairs
-
-        if self.pairs is None:
-            raise ConfigError("this method needs clean/corrupt pairs; give the step `pairs:`")
-        return self.memo(("pairs", answer), lambda: tokenize_pairs(self.pairs, self.model.tokenizer,
-                                                                   answer=answer))
+        pairs = self.require_pairs()
+        return self.memo(("pairs", answer), lambda: tokenize_pairs(pairs, self.model.tokenizer, answer=answer))
 
     @property
     def answer(self) -> str:
