@@ -14,7 +14,7 @@ import arithinterp.methods.attribution
 import arithinterp.methods.edge_attribution
 import arithinterp.methods.mediation
 import arithinterp.methods.components
-import arithinterp.methods.probe_sweep
+import arithinterp.methods.probe_analyses
 import arithinterp.methods.fourier_analyses
 import arithinterp.methods.helix
 import arithinterp.methods.neurons

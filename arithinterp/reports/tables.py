@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from arithinterp.methods.probe_sweep import PROBE_DECODABLE, PROBE_MARGIN, probe_evidence
+from arithinterp.methods.probe_analyses import PROBE_DECODABLE, PROBE_MARGIN, probe_evidence
 from arithinterp.methods.registry import ReportColumn, methods
 from arithinterp.models import Model, Site
 from arithinterp.reports.inputs import report_methods
