@@ -176,11 +176,14 @@ def _read_head_fourier(extra: str | None):
 def _read_neuron_fourier(extra: str | None):
     def read(result: KeyFrequencyResult, sites: list[Site]) -> np.ndarray:
         layer = result.meta.options.get("layer")
-        out = np.full(len(sites), np.nan)
         data = result.values if extra is None else result.extras[extra]
-        for i, s in enumerate(sites):
-            if s.layer == layer and s.neuron in data.coords["neuron"].values:
-                out[i] = float(data.sel(neuron=s.neuron))
+        index = {int(n): i for i, n in enumerate(data.coords["neuron"].values)}
+        values = np.asarray(data.values, dtype=float)
+        rows = [(i, index[s.neuron]) for i, s in enumerate(sites) if s.layer == layer and s.neuron in index]
+        out = np.full(len(sites), np.nan)
+        if rows:
+            at, of = np.array(rows).T
+            out[at] = values[of]
         return out
     return read
 

@@ -101,14 +101,10 @@ def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
 
 def _method_columns(frame: pd.DataFrame, table: str, results: Mapping[str, Result], sites: list[Site]) -> None:
     for column in _columns(table):
-        if column.name in frame.columns and frame[column.name].notna().any():
-            continue  # a column two results can fill: the first present one wins
         values = column.values(results, sites)
         if values is None:
-            if column.name not in frame.columns:
-                frame[column.name] = [column.missing] * len(frame)
-            continue
-        frame[column.name] = list(values) if not isinstance(values, np.ndarray) else values
+            values = [column.missing] * len(frame)
+        frame[column.name] = values if isinstance(values, np.ndarray) else list(values)
 
 
 def _flags(frame: pd.DataFrame) -> None:
