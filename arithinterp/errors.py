@@ -40,3 +40,13 @@ class ResultError(ArithInterpError, ValueError):
 
 class MethodError(ArithInterpError, ValueError):
     """An option or input of an analysis method outside what it accepts."""
+
+
+class OutputError(ArithInterpError, OSError):
+    """An output place that cannot be written without losing data: a directory that is
+    neither empty nor ours, an unwritable or occupied runs directory, a run locked by
+    another process."""
+
+
+class ResourceError(ArithInterpError, MemoryError):
+    """A request larger than the machine or the model allows (memory, context length)."""

@@ -20,7 +20,7 @@ from arithinterp.methods.circuits import CircuitResult
 from arithinterp.reports.export import write_parquet
 from arithinterp.reports.page import render_report, write_report_html
 from arithinterp.results import Result
-from arithinterp.results.io import atomic_dir, to_jsonable
+from arithinterp.results.io import atomic_dir, check_replaceable, to_jsonable
 
 __all__ = ["REPORT_FILES", "AttributionReport", "ReportFiles", "read_report_files"]
 
@@ -127,10 +127,14 @@ class AttributionReport:
 
     # -- disk ------------------------------------------------------------------------------
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the report directory atomically (a temp directory, then one rename)."""
+    def save(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write the report directory atomically (a temp directory, then one rename).
+
+        An existing ``directory`` must be empty or one arithinterp wrote (``OutputError``
+        otherwise, unless ``overwrite=True``): replacing it deletes what it held."""
+        check_replaceable(directory, overwrite=overwrite)  # before the (slow) rendering
         page = render_report(self)  # rendered first: a failing figure leaves nothing half-written
-        with atomic_dir(directory) as tmp:
+        with atomic_dir(directory, overwrite=overwrite) as tmp:
             (tmp / "report.html").write_text(page, encoding="utf-8")
             (tmp / "summary.json").write_text(_json(self.summary))
             for name, frame in (("heads", self.heads), ("neurons", self.neurons)):

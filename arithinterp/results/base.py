@@ -36,12 +36,18 @@ import pandas as pd
 import plotly.graph_objects as go
 import xarray as xr
 
-from arithinterp.errors import ResultError
+from arithinterp.errors import ArithInterpError, ResultError
 from arithinterp.results.frame import dim_labels, tidy_frame
 from arithinterp.results.io import atomic_dir
 from arithinterp.results.meta import ResultMeta
 from arithinterp.results.plotting import frame_figure
-from arithinterp.results.serialize import COORDS_FILE, VALUES_FILE, read_array, write_array
+from arithinterp.results.serialize import (
+    COORDS_FILE,
+    VALUES_FILE,
+    read_array,
+    read_text_file,
+    write_array,
+)
 
 __all__ = [
     "AXES",
@@ -389,8 +395,12 @@ class Result:
             out[f.name] = value
         return out
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write this result into directory ``path`` atomically (replacing what is there).
+
+        An existing ``path`` must be empty or a result or report arithinterp wrote; anything
+        else raises :class:`~arithinterp.errors.OutputError` (its files would be deleted)
+        unless ``overwrite=True``.
 
         Layout: ``result.json`` (class, module, format version, metric, extra
         fields), ``meta.json``, ``values.npy`` + ``coords.json`` and
@@ -411,7 +421,7 @@ class Result:
             "fields": self._field_values(),
         }
         target = Path(path)
-        with atomic_dir(target) as tmp:
+        with atomic_dir(target, overwrite=overwrite) as tmp:
             write_array(self.values, tmp)
             (tmp / META_FILE).write_text(self.meta.to_json() + "\n")
             for name, extra in self.extras.items():
@@ -432,6 +442,18 @@ class Result:
         folder = Path(path)
         if not folder.is_dir():
             raise ResultError(f"no result directory at {folder}")
+        try:
+            return cls._load_checked(folder)
+        except ArithInterpError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError, UnicodeDecodeError, MemoryError,
+                OverflowError, RecursionError, OSError) as err:  # a tampered or damaged file
+            raise ResultError(
+                f"{folder} is damaged and cannot be read as a result: {type(err).__name__}: {err}"
+            ) from err
+
+    @classmethod
+    def _load_checked(cls: type[R], folder: Path) -> R:
         needed = (RESULT_FILE, META_FILE, VALUES_FILE, COORDS_FILE)
         missing = [name for name in needed if not (folder / name).is_file()]
         if missing:
@@ -445,14 +467,17 @@ class Result:
                 f"{folder} holds a {klass.__name__}, not a {cls.__name__}; "
                 f"use {klass.__name__}.load or Result.load"
             )
-        meta = ResultMeta.from_json((folder / META_FILE).read_text())
+        meta = ResultMeta.from_json(read_text_file(folder / META_FILE))
         values = read_array(folder)
         extras = {}
-        for name in header.get("extras", []):
+        extra_names = header.get("extras", [])
+        fields = header.get("fields") or {}
+        if not isinstance(extra_names, list) or not isinstance(fields, dict):
+            raise ResultError(f"{folder / RESULT_FILE}: 'extras' must be a list and 'fields' an object")
+        for name in extra_names:
             if not isinstance(name, str) or not _NAME_RE.match(name):
                 raise ResultError(f"{folder / RESULT_FILE} lists an invalid extra name {name!r}")
             extras[name] = read_array(folder / EXTRAS_DIR / name)
-        fields = header.get("fields") or {}
         try:
             return klass(values=values, meta=meta, extras=extras, **fields)
         except TypeError as err:
@@ -461,10 +486,11 @@ class Result:
 
 def _read_header(folder: Path) -> dict[str, Any]:
     try:
-        header = json.loads((folder / RESULT_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        header = json.loads(read_text_file(folder / RESULT_FILE))
+    except json.JSONDecodeError as err:
         raise ResultError(f"{folder / RESULT_FILE} is not valid JSON: {err}") from err
-    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME or "class" not in header:
+    if (not isinstance(header, dict) or header.get("format") != FORMAT_NAME
+            or not isinstance(header.get("class"), str)):
         raise ResultError(f"{folder / RESULT_FILE} is not an arithinterp result header")
     version = header.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:

@@ -24,11 +24,15 @@ from typing import Any
 
 import numpy as np
 
+from arithinterp.errors import OutputError
+
 __all__ = [
     "atomic_dir",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_replaceable",
+    "is_ours",
     "to_jsonable",
 ]
 
@@ -87,8 +91,50 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
     return atomic_write_text(path, text + "\n")
 
 
+#: Files that mark a directory as one arithinterp wrote (each group: all of its files present):
+#: a result, an attribution report, a pipeline step, a tuned lens.
+OWN_MARKERS: tuple[tuple[str, ...], ...] = (
+    ("result.json", "meta.json"),
+    ("summary.json", "report.html"),
+    ("step.json",),
+    ("tuned_lens.json", "translators.safetensors"),
+)
+
+
+def is_ours(path: str | os.PathLike[str]) -> bool:
+    """Whether directory ``path`` is one arithinterp wrote (see :data:`OWN_MARKERS`)."""
+    folder = Path(path)
+    return any(all((folder / name).is_file() for name in group) for group in OWN_MARKERS)
+
+
+def check_replaceable(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Refuse, with :class:`~arithinterp.errors.OutputError`, to replace ``path`` unless it is
+    absent, an empty directory, a directory arithinterp wrote, or ``overwrite=True``.
+
+    Replacing a directory deletes what it held, so a user's own files (a thesis, raw data)
+    are never replaced by accident. A file (not a directory) is never replaced.
+    """
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{target} exists and is not a directory; refusing to replace it")
+    if not target.exists() or overwrite or is_ours(target):
+        return target
+    try:
+        entries = sorted(p.name for p in target.iterdir())
+    except OSError as err:
+        raise OutputError(f"{target} cannot be listed ({err.strerror}); choose another directory") from None
+    if entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise OutputError(
+            f"{target} is not empty ({len(entries)} entries: {shown}) and is not a result or "
+            "report arithinterp wrote; saving would delete its contents. Choose a new or empty "
+            "directory, or pass overwrite=True to replace it"
+        )
+    return target
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
     """Build a directory in a temporary place and move it onto ``path`` on success.
 
     Yields an empty temporary directory beside ``path``. When the block exits
@@ -96,13 +142,16 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     the new one renamed in, and only then is the old one deleted, so at every
     moment ``path`` holds either the complete old or the complete new content.
     When the block raises, the temporary directory is removed and ``path`` is
-    untouched.
+    untouched. An existing ``path`` is replaced only when it is empty or one
+    arithinterp wrote, or with ``overwrite=True`` (:func:`check_replaceable`),
+    and that is checked before the block runs.
     """
-    target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise NotADirectoryError(f"{target} exists and is not a directory; refusing to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    target = check_replaceable(path, overwrite=overwrite)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as err:
+        raise OutputError(f"cannot write into {target.parent}: {err.strerror or err}") from None
     try:
         yield tmp
         for root, _dirs, files in os.walk(tmp):

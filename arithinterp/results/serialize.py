@@ -32,7 +32,7 @@ import xarray as xr
 from arithinterp.errors import ResultError
 from arithinterp.results.io import to_jsonable
 
-__all__ = ["read_array", "write_array", "VALUES_FILE", "COORDS_FILE"]
+__all__ = ["read_array", "read_text_file", "write_array", "VALUES_FILE", "COORDS_FILE"]
 
 VALUES_FILE = "values.npy"
 COORDS_FILE = "coords.json"
@@ -69,6 +69,49 @@ def _encode_coord(name: str, coord: xr.DataArray) -> dict[str, Any]:
     return {"dims": list(coord.dims), "dtype": dtype, "values": values}
 
 
+def read_text_file(path: Path) -> str:
+    """The UTF-8 text of ``path``; a file that is not UTF-8 raises ``ResultError`` naming it."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ResultError(f"{path} is not UTF-8 text (byte {err.start}); the file is damaged") from None
+    except OSError as err:
+        raise ResultError(f"{path} cannot be read: {err.strerror or err}") from None
+
+
+def _checked_npy_header(path: Path) -> None:
+    """Read the ``.npy`` header and check it against the file before any array is allocated:
+    a plain dtype (no pickle) and a shape whose bytes the file actually holds."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _fortran, dtype = read_header(fh, max_header_size=100_000)
+            offset = fh.tell()
+    except (ValueError, OSError, SyntaxError, TypeError) as err:
+        raise ResultError(f"{path} is not a valid .npy file: {err}") from None
+    if dtype.hasobject or dtype.kind not in "biufU":
+        raise ResultError(f"{path} holds dtype {dtype}; results hold numbers, bools or strings")
+    needed = math.prod(shape) * dtype.itemsize
+    available = path.stat().st_size - offset
+    if needed != available:
+        raise ResultError(
+            f"{path} declares shape {shape} of {dtype} ({needed} bytes) but holds {available} "
+            "bytes of data; the file is damaged"
+        )
+
+
+def _coord_dtype(name: str, dtype: Any) -> np.dtype:
+    try:
+        found = np.dtype(dtype)
+    except (TypeError, ValueError) as err:
+        raise ResultError(f"coordinate {name!r} in {COORDS_FILE} has an invalid dtype {dtype!r}") from err
+    if found.kind not in "biufU":
+        raise ResultError(f"coordinate {name!r} in {COORDS_FILE} has dtype {found}; use numbers, bools or str")
+    return found
+
+
 def _decode_coord(
     name: str, spec: Any, sizes: dict[str, int]
 ) -> tuple[tuple[str, ...], np.ndarray]:
@@ -82,9 +125,11 @@ def _decode_coord(
     if unknown:
         raise ResultError(f"coordinate {name!r} uses dims {unknown} that the array does not have")
     shape = tuple(sizes[d] for d in dims)
+    if not isinstance(values, list):
+        raise ResultError(f"coordinate {name!r} in {COORDS_FILE}: 'values' must be a list")
     if dtype == _STR:
         arr = np.asarray(values, dtype=str) if values else np.zeros(0, dtype="U1")
-    elif np.dtype(dtype).kind == "f":
+    elif _coord_dtype(name, dtype).kind == "f":
         arr = np.asarray([float(v) for v in values], dtype=dtype)
     else:
         arr = np.asarray(values, dtype=dtype)
@@ -126,9 +171,12 @@ def read_array(folder: Path) -> xr.DataArray:
     if missing:
         raise ResultError(f"{folder} is incomplete: missing {', '.join(missing)}")
     try:
-        header = json.loads((folder / COORDS_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        header = json.loads(read_text_file(folder / COORDS_FILE))
+    except json.JSONDecodeError as err:
         raise ResultError(f"{folder / COORDS_FILE} is not valid JSON: {err}") from err
+    if not isinstance(header, dict):
+        raise ResultError(f"{folder / COORDS_FILE} must hold a JSON object")
+    _checked_npy_header(folder / VALUES_FILE)
     try:
         data = np.load(folder / VALUES_FILE, allow_pickle=False)
     except ValueError as err:
@@ -144,7 +192,10 @@ def read_array(folder: Path) -> xr.DataArray:
             f"declares dims {list(dims)} with shape {header.get('shape')}"
         )
     sizes = dict(zip(dims, data.shape))
-    coords = {name: _decode_coord(name, spec, sizes) for name, spec in coord_specs.items()}
+    try:
+        coords = {name: _decode_coord(name, spec, sizes) for name, spec in coord_specs.items()}
+    except ResultError as err:
+        raise ResultError(f"{folder / COORDS_FILE}: {err}") from None
     return xr.DataArray(
         data, dims=dims, coords=coords, name=header.get("name"), attrs=header.get("attrs") or {}
     )

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import arithinterp.results.io as rio
-from arithinterp.errors import ResultError
+from arithinterp.errors import OutputError, ResultError
 from arithinterp.results import (
     ResultMeta,
     atomic_dir,
@@ -60,7 +60,7 @@ def test_atomic_dir_commits_on_success_and_replaces(tmp_path: Path) -> None:
         assert tmp.parent == tmp_path and not target.exists()
         (tmp / "x").write_text("1")
     assert listing(target) == ["x"]
-    with atomic_dir(target) as tmp:
+    with atomic_dir(target, overwrite=True) as tmp:  # "x" alone does not mark it as ours
         (tmp / "y").write_text("2")
     assert listing(target) == ["y"] and listing(tmp_path) == ["step"]
 
@@ -69,7 +69,7 @@ def test_atomic_dir_rolls_back_on_error(tmp_path: Path) -> None:
     target = tmp_path / "step"
     target.mkdir()
     (target / "keep").write_text("old")
-    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+    with pytest.raises(RuntimeError), atomic_dir(target, overwrite=True) as tmp:
         (tmp / "half").write_text("partial")
         raise RuntimeError("interrupted")
     assert listing(target) == ["keep"] and listing(tmp_path) == ["step"]
@@ -87,15 +87,38 @@ def test_atomic_dir_restores_old_dir_when_final_rename_fails(tmp_path: Path, mon
         return real_replace(src, dst)
 
     monkeypatch.setattr(rio.os, "replace", fail_on_new)
-    with pytest.raises(OSError), atomic_dir(target) as tmp:
+    with pytest.raises(OSError, match="rename failed"), atomic_dir(target, overwrite=True) as tmp:
         (tmp / "new").write_text("1")
     assert listing(target) == ["keep"] and listing(tmp_path) == ["step"]
 
 
 def test_atomic_dir_refuses_to_replace_a_file(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
-    with pytest.raises(NotADirectoryError), atomic_dir(tmp_path / "f"):
+    with pytest.raises(OutputError, match="not a directory"), atomic_dir(tmp_path / "f"):
         pass
+    assert (tmp_path / "f").read_text() == "x"
+
+
+def test_atomic_dir_keeps_a_foreign_nonempty_dir(tmp_path: Path) -> None:
+    """Replacing a directory deletes it: a user's own files are refused, before the block
+    runs, and only an empty directory, one of ours, or overwrite=True is replaced."""
+    target = tmp_path / "thesis"
+    (target / "data").mkdir(parents=True)
+    (target / "thesis.tex").write_text("chapter 1")
+    (target / "data" / "raw.csv").write_text("a,b")
+    ran = []
+    refused = pytest.raises(OutputError, match=r"not empty \(2 entries: data, thesis.tex\).*overwrite=True")
+    with refused, atomic_dir(target):
+        ran.append(1)
+    assert not ran and sorted(listing(target)) == ["data", "thesis.tex"]
+    assert listing(tmp_path) == ["thesis"]
+    (tmp_path / "empty").mkdir()
+    with atomic_dir(tmp_path / "empty") as tmp:
+        (tmp / "result.json").write_text("{}")
+        (tmp / "meta.json").write_text("{}")
+    with atomic_dir(tmp_path / "empty") as tmp:  # now one of ours: replaced
+        (tmp / "z").write_text("1")
+    assert listing(tmp_path / "empty") == ["z"]
 
 
 def test_to_jsonable_and_atomic_write_json(tmp_path: Path) -> None:
