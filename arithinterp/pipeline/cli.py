@@ -93,7 +93,7 @@ def _top_components(summary: Any, k: int = 10) -> tuple[str, list[str]]:
 def dashboard(
     run_dir: Annotated[Path, typer.Argument(help="report directory, runs/<name>/, or a directory of runs")],
     host: Annotated[str, typer.Option("--host", help="interface to bind (default: this machine only)")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port")] = 8050,
+    port: Annotated[int, typer.Option("--port", help="TCP port", min=1, max=65535)] = 8050,
 ) -> None:
     """Serve the interactive dashboard over a finished run (http://127.0.0.1:8050 by default)."""
     from arithinterp.dashboard import create_app

@@ -39,6 +39,7 @@ from pydantic import (
 from arithinterp.errors import ConfigError
 from arithinterp.methods.registry import MethodSpec, get_method, methods, registry_version
 from arithinterp.tasks import TaskSpec
+from arithinterp.tasks.spec import MAX_SEED
 
 
 class _Strict(BaseModel):
@@ -51,7 +52,7 @@ class PairsConfig(_Strict):
     kind: Literal["operand_a", "operand_b", "digit", "operator", "same_answer", "random"] = "operand_a"
     column: int | None = None
     operand: Literal["a", "b"] = "a"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     on_impossible: Literal["raise", "drop"] = "raise"
 
 
@@ -143,7 +144,7 @@ class PipelineConfig(_Strict):
     backend: Literal["transformer_lens", "nnsight"] = "transformer_lens"
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "cpu"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     task: TaskSpec | None = None
     tasks: dict[str, TaskSpec] | None = None
     pairs: PairsConfig | None = None
@@ -289,6 +290,8 @@ def parse_config(data: Any, *, source: str = "config", overrides: list[str] | tu
         key, raw = item.split("=", 1)
         try:
             _set_override(data, key.strip(), raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML: {_yaml_problem(err)}") from None
         except (ValueError, IndexError, TypeError, AttributeError, KeyError) as err:
             raise ConfigError(f"override {item!r} does not address the config: {err}") from err
     try:
@@ -307,7 +310,18 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise ConfigError(f"no pipeline config at {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     return parse_config(data, source=str(path), overrides=overrides)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    problem = getattr(err, "problem", None)
+    return f"{problem} (quote the value to pass it as a string)" if problem else str(err)

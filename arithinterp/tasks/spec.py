@@ -88,6 +88,9 @@ REVERSED_FORMATS = frozenset({"reversed", "fixed_reversed"})
 MAX_DIGITS = 18  # a + b of two 18-digit numbers still fits in int64
 MAX_MUL_DIGITS = 9  # a * b of two 9-digit numbers still fits in int64
 MAX_VALUE = 10**MAX_DIGITS - 1
+MAX_PROMPTS = 1_000_000  # prompts of one task; far more than any analysis needs, and fits in memory
+MAX_FEW_SHOT = 64  # solved examples before each prompt; more will not fit any model's context
+MAX_SEED = 2**32 - 1  # what numpy's legacy seeding accepts
 
 
 class TaskSpec(BaseModel):
@@ -157,15 +160,15 @@ class TaskSpec(BaseModel):
     @field_validator("n")
     @classmethod
     def _check_n(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"n (number of prompts) must be at least 1, got {v}")
+        if not 1 <= v <= MAX_PROMPTS:
+            raise ValueError(f"n (number of prompts) must be in 1..{MAX_PROMPTS:_}, got {v:_}")
         return v
 
     @field_validator("seed")
     @classmethod
     def _check_seed(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {v}")
+        if not 0 <= v <= MAX_SEED:
+            raise ValueError(f"seed must be an integer in 0..2**32-1, got {v}")
         return v
 
     @field_validator("p")
@@ -178,8 +181,8 @@ class TaskSpec(BaseModel):
     @field_validator("few_shot")
     @classmethod
     def _check_few_shot(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError(f"few_shot must be 0 or more solved examples, got {v}")
+        if not 0 <= v <= MAX_FEW_SHOT:
+            raise ValueError(f"few_shot must be 0..{MAX_FEW_SHOT} solved examples, got {v}")
         return v
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from arithinterp.errors import ArithInterpError
 from arithinterp.zoo.recipe import load_recipe, recipe_names
 from arithinterp.zoo.registry import ZOO_DIR, list_zoo, zoo_path
 
@@ -42,7 +43,16 @@ def list_cmd() -> None:
 @zoo_app.command("path")
 def path_cmd(name: Annotated[str, typer.Argument(help="zoo model name")]) -> None:
     """Print the directory of a shipped model."""
-    typer.echo(str(zoo_path(name)))
+    try:
+        typer.echo(str(zoo_path(name)))
+    except ArithInterpError as err:
+        _fail(err)
+
+
+def _fail(err: ArithInterpError) -> None:
+    """Report a user error as the other commands do: one line on stderr, exit status 2."""
+    typer.echo(f"error: {err}", err=True)
+    raise typer.Exit(2) from None
 
 
 def train_cmd(
@@ -56,7 +66,10 @@ def train_cmd(
     """Train a zoo model from its recipe and write it as an HF directory."""
     from arithinterp.zoo.train import train
 
-    recipe = load_recipe(name)
-    target = out if out is not None else ZOO_DIR / recipe.name
-    path = train(recipe, target, steps=steps, seed=seed)
+    try:
+        recipe = load_recipe(name)
+        target = out if out is not None else ZOO_DIR / recipe.name
+        path = train(recipe, target, steps=steps, seed=seed)
+    except ArithInterpError as err:
+        _fail(err)
     typer.echo(f"wrote {path}")

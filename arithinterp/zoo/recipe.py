@@ -143,7 +143,7 @@ class Recipe(_Strict):
     schedule: Schedule
     steps: int = Field(ge=1)
     batch_size: int | None = Field(default=None, ge=1, description="None: full batch")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     enrichment: Enrichment | None = None
     eval: EvalSpec = EvalSpec()
     checkpoint_every: int = Field(default=1000, ge=1)
@@ -169,7 +169,12 @@ class Recipe(_Strict):
 
     def with_overrides(self, *, steps: int | None = None, seed: int | None = None) -> Recipe:
         update = {k: v for k, v in (("steps", steps), ("seed", seed)) if v is not None}
-        return self.model_copy(update=update) if update else self
+        if not update:
+            return self
+        try:  # model_copy would skip validation: a negative seed or zero steps would pass
+            return type(self).model_validate({**self.model_dump(), **update})
+        except ValidationError as exc:
+            raise ConfigError(f"recipe {self.name!r} with {update}: {exc}") from None
 
 
 def recipe_names() -> list[str]:
@@ -187,6 +192,8 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
             f"no recipe {str(name_or_path)!r}; shipped recipes: {', '.join(recipe_names())}"
         )
     try:
-        return Recipe.model_validate(yaml.safe_load(path.read_text()))
+        return Recipe.model_validate(yaml.safe_load(path.read_bytes().decode("utf-8")))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"recipe {path} is not UTF-8 YAML: {exc}") from None
     except ValidationError as exc:
         raise ConfigError(f"recipe {path} does not validate:\n{exc}") from exc
