@@ -14,14 +14,18 @@ Weights are loaded only from safetensors; pickled checkpoints are refused.
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import torch
 
 from arithinterp.errors import ModelLoadError
 from arithinterp.models.model import Model
+from arithinterp.models.site import ModelShape
 
 BackendName = Literal["transformer_lens", "nnsight"]
 BACKENDS: tuple[str, ...] = get_args(BackendName)
@@ -55,19 +59,110 @@ def resolve_spec(spec: str) -> tuple[str, str]:
     return spec, spec
 
 
+#: The weight files a model directory must have (one of them): safetensors only, never a pickle.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+#: Files from which transformers builds a tokenizer (one of them must be present).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+#: Config sizes that must be positive integers where the config has them.
+_POSITIVE_SIZES = ("n_layer", "num_hidden_layers", "n_head", "num_attention_heads", "n_embd",
+                   "hidden_size", "vocab_size", "n_positions", "max_position_embeddings",
+                   "n_inner", "intermediate_size", "num_key_value_heads", "head_dim")
+
+
 def _check_hf_dir(path: Path) -> None:
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} has no config.json; it is not a Hugging Face model directory")
-    has_safetensors = any(path.glob("*.safetensors"))
-    if not has_safetensors:
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
         pickled = [p.name for p in path.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt"}]
+        other = sorted(p.name for p in path.glob("*.safetensors"))
         hint = (
             f" It has pickled weights ({', '.join(pickled)}), which arithinterp never loads; "
             "convert them once with transformers' save_pretrained(safe_serialization=True)."
             if pickled
             else ""
         )
-        raise ModelLoadError(f"{path} has no *.safetensors weights.{hint}")
+        if other:
+            hint += f" Other safetensors files ({', '.join(other)}) are not the model's weights."
+        raise ModelLoadError(f"{path} has no model.safetensors (or its index).{hint}")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{path} has no tokenizer ({' / '.join(TOKENIZER_FILES)}); save the tokenizer beside "
+            "the weights with tokenizer.save_pretrained(directory)"
+        )
+    _check_config_sizes(path / "config.json")
+
+
+def _check_config_sizes(config_file: Path) -> None:
+    """Refuse a config whose sizes are not positive integers (``n_layer: -1`` would load a
+    model with no layers)."""
+    try:
+        config = json.loads(config_file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"{config_file} is not valid UTF-8 JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_file} must hold a JSON object")
+    for key in _POSITIVE_SIZES:
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ModelLoadError(f"{config_file}: {key} must be a positive integer, got {value!r}")
+
+
+#: Sizes of a TransformerLens-native config that must be positive integers where given.
+_NATIVE_SIZES = ("n_layers", "d_model", "n_ctx", "d_head", "n_heads", "d_vocab", "d_mlp", "n_key_value_heads")
+
+
+def _check_native_config(config: Mapping[str, Any]) -> None:
+    bad = {k: config[k] for k in _NATIVE_SIZES
+           if config.get(k) is not None
+           and (isinstance(config[k], bool) or not isinstance(config[k], int) or config[k] < 1)}
+    if bad:
+        raise ModelLoadError(f"config dict sizes must be positive integers; got {bad}")
+
+
+def check_shape(shape: ModelShape, name: str) -> None:
+    """Refuse a loaded model without layers, heads, width, vocabulary or context."""
+    sizes = {"n_layers": shape.n_layers, "n_heads": shape.n_heads, "d_model": shape.d_model,
+             "d_vocab": shape.d_vocab, "n_ctx": shape.n_ctx}
+    bad = {k: v for k, v in sizes.items() if v < 1}
+    if bad:
+        raise ModelLoadError(f"{name} is not a usable model: {bad}; every size must be at least 1")
+
+
+def _check_hub(name: str) -> None:
+    """Fail fast for a hub name that cannot load: offline and not cached, or the hub
+    unreachable (instead of a minute of retries)."""
+    local = ("a zoo name (zoo:add-5d) or a local directory saved with save_pretrained "
+             "(config.json, model.safetensors, tokenizer)")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # a name the hub's rules refuse ("a b", "x//y"): not a hub name
+        raise ModelLoadError(f"{name!r} is neither a local directory nor a hub name; give {local}") from None
+    if cached:
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise ModelLoadError(
+            f"{name!r} is not a local directory and the hub is offline (HF_HUB_OFFLINE is set) "
+            f"with no cached copy; give {local}"
+        )
+    if not _reachable(constants.ENDPOINT):
+        raise ModelLoadError(
+            f"{name!r} is not a local directory and the hub ({constants.ENDPOINT}) is unreachable; "
+            f"give {local}, or set HF_ENDPOINT to a reachable mirror"
+        )
+
+
+def _reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -107,6 +202,11 @@ def load_model(
             accelerate, in place of ``device``. Activations are read and patched where each
             layer lives; results come back on the first device.
     """
+    if not isinstance(spec, (str, Mapping)):
+        raise ModelLoadError(
+            f"a model spec is a str ('zoo:<name>', a local directory, a hub name) or a config "
+            f"dict, got {type(spec).__name__} {spec!r:.60}"
+        )
     if backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     torch_dtype = parse_dtype(dtype)
@@ -127,25 +227,27 @@ def load_model(
             )
         from arithinterp.models.backends.tl import TransformerLensBackend
 
+        _check_native_config(spec)
         b = TransformerLensBackend.from_config(spec, tokenizer=tokenizer, device=device, dtype=torch_dtype)
-        return Model(b, name=str(spec.get("model_name", "native")), spec="<config>")
+        return _checked(Model(b, name=str(spec.get("model_name", "native")), spec="<config>"))
     path, name = resolve_spec(spec)
+    if path == spec and not remote and not Path(path).exists():
+        _check_hub(spec)
     if backend == "transformer_lens":
         from arithinterp.models.backends.tl import TransformerLensBackend
 
-        return Model(
-            TransformerLensBackend.from_pretrained(
-                path, device=device, dtype=torch_dtype, device_map=_plain(device_map)
-            ),
-            name=name,
-            spec=spec,
+        loaded = TransformerLensBackend.from_pretrained(
+            path, device=device, dtype=torch_dtype, device_map=_plain(device_map)
         )
-    from arithinterp.models.backends.nnsight_backend import NNsightBackend
+    else:
+        from arithinterp.models.backends.nnsight_backend import NNsightBackend
 
-    return Model(
-        NNsightBackend.from_pretrained(
+        loaded = NNsightBackend.from_pretrained(
             path, device=device, dtype=torch_dtype, remote=remote, device_map=_plain(device_map)
-        ),
-        name=name,
-        spec=spec,
-    )
+        )
+    return _checked(Model(loaded, name=name, spec=spec))
+
+
+def _checked(model: Model) -> Model:
+    check_shape(model.shape, model.name)
+    return model

@@ -18,7 +18,7 @@ import torch
 
 from arithinterp.errors import MethodError, SiteError, TokenizationError
 from arithinterp.models.backends.base import Backend, HookFn, Weights, execution_order
-from arithinterp.models.site import ModelShape, Site, all_sites
+from arithinterp.models.site import ModelShape, Site, all_sites, as_site
 
 Patch = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 """A patch for a site: a tensor (broadcast onto the selected activation) or a
@@ -144,8 +144,11 @@ class Model:
         return all_sites(self.shape, kind, **kwargs)
 
     def validate(self, sites: Iterable[Site], seq_len: int | None = None) -> list[Site]:
-        """Check every site exists in this model (and fits ``seq_len``); return them."""
-        return [site.validate(self.shape, seq_len) for site in sites]
+        """Check every site exists in this model (and fits ``seq_len``); return them.
+
+        A site label string is read as its Site; anything else that is not a Site (a hook
+        name, a tuple) raises :class:`SiteError` saying what to write."""
+        return [as_site(site).validate(self.shape, seq_len) for site in sites]
 
     # -- tokens ----------------------------------------------------------
     def to_tokens(self, texts: str | Sequence[str]) -> torch.Tensor:
@@ -221,6 +224,11 @@ class Model:
         if tokens.ndim != 2:
             raise TokenizationError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
         seq_len = tokens.shape[1]
+        if seq_len > self.shape.n_ctx:  # torch's embedding lookup would fail 28 frames down
+            raise TokenizationError(
+                f"the tokens are {seq_len} positions long but {self.name}'s context holds "
+                f"{self.shape.n_ctx}; use shorter prompts (fewer digits or few-shot examples)"
+            )
         self.validate(list(patches) + list(cache_sites), seq_len)
         per_whole: dict[Site, list[HookFn]] = defaultdict(list)
         for site, patch in patches.items():

@@ -212,6 +212,15 @@ class Site:
     pos: int | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.kind, str):
+            raise SiteError(f"Site kind must be a str, got {self.kind!r}; valid kinds are: {', '.join(SITE_KINDS)}")
+        for name in ("layer", "head", "neuron", "pos"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) and not _is_np_int(value):
+                raise SiteError(f"Site.{name} must be an int or None, got {value!r} ({type(value).__name__})")
+            object.__setattr__(self, name, int(value))  # numpy ints hash and print as ints
         if self.kind not in SITE_KINDS:
             raise SiteError(
                 f"unknown site kind {self.kind!r}; valid kinds are: {', '.join(SITE_KINDS)}"
@@ -305,6 +314,53 @@ class Site:
                 f"tokens; valid positions are {-seq_len}..{seq_len - 1}"
             )
         return self
+
+
+def _is_np_int(value: object) -> bool:
+    return type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "iu"
+
+
+#: TransformerLens hook-name suffixes and the site kind each one is.
+_TL_SUFFIX_KINDS = {
+    "hook_resid_pre": "resid_pre", "hook_resid_mid": "resid_mid", "hook_resid_post": "resid_post",
+    "hook_attn_out": "attn_out", "hook_mlp_out": "mlp_out", "attn.hook_z": "attn_head",
+    "attn.hook_q": "q", "attn.hook_k": "k", "attn.hook_v": "v", "attn.hook_pattern": "pattern",
+    "mlp.hook_post": "mlp_post",
+}
+_TL_HOOK = re.compile(r"blocks\.(?P<layer>\d+)\.(?P<suffix>[\w.]+)")
+
+
+def _site_for_hook_name(text: str) -> Site | None:
+    """The site a TransformerLens hook name (``blocks.0.attn.hook_z``) addresses, if any."""
+    if text in ("hook_embed", "embed.hook_out"):
+        return Site("embed")
+    if text.startswith("ln_final."):
+        return Site("final_resid")
+    match = _TL_HOOK.fullmatch(text)
+    kind = _TL_SUFFIX_KINDS.get(match["suffix"]) if match else None
+    return Site(kind, int(match["layer"])) if kind and match else None
+
+
+def as_site(value: object) -> Site:
+    """``value`` if it is a :class:`Site`, the site a label string names (``"L0H1"``), or a
+    :class:`SiteError` that shows the Site to write (hook names are not accepted: a site is
+    backend-independent)."""
+    if isinstance(value, Site):
+        return value
+    if isinstance(value, str):
+        hooked = _site_for_hook_name(value)
+        if hooked is not None:
+            layer = "" if hooked.layer is None else f", layer={hooked.layer}"
+            raise SiteError(
+                f"{value!r} is a TransformerLens hook name; arithinterp addresses activations by "
+                f"Site: write Site({hooked.kind!r}{layer}) (label {hooked.label!r}), adding "
+                "head=/neuron=/pos= to select part of it"
+            )
+        return Site.from_label(value)
+    raise SiteError(
+        f"expected a Site (e.g. Site('attn_head', layer=0, head=1)) or a site label, got "
+        f"{type(value).__name__} {value!r:.60}"
+    )
 
 
 def all_sites(

@@ -21,6 +21,15 @@ HookFn = Callable[[torch.Tensor], "torch.Tensor | None"]
 """Receives a whole site's activation (canonical layout) and returns its
 replacement, or ``None`` to leave it unchanged."""
 
+def limit_tokenizer_context(tokenizer: object, n_ctx: int) -> None:
+    """Lower a tokenizer the backend loaded itself to the model's context length, so that
+    :func:`arithinterp.tasks.tokenize` refuses prompts the model cannot read (a tokenizer
+    config may claim more positions than the model has)."""
+    current = getattr(tokenizer, "model_max_length", None)
+    if isinstance(current, int) and n_ctx > 0 and n_ctx < current:
+        tokenizer.model_max_length = n_ctx  # type: ignore[attr-defined]
+
+
 def execution_order(site: Site) -> tuple[int, int]:
     """A sort key that puts sites in the order a forward pass computes them.
 

@@ -55,7 +55,7 @@ from typing import Any, Literal
 import torch
 
 from arithinterp.errors import ModelLoadError, SiteError
-from arithinterp.models.backends.base import Backend, HookFn, Weights
+from arithinterp.models.backends.base import Backend, HookFn, Weights, limit_tokenizer_context
 from arithinterp.models.backends.hf_arch import (
     HFArchitecture,
     architecture_for,
@@ -137,7 +137,9 @@ class NNsightBackend(Backend):
             ) from err
         if device_map is not None and remote is not True:  # tokens go where the embedding lives
             device = lm._module.get_input_embeddings().weight.device
-        return cls(lm, config, device=torch.device(device), dtype=dtype, remote=remote)
+        backend = cls(lm, config, device=torch.device(device), dtype=dtype, remote=remote)
+        limit_tokenizer_context(backend.tokenizer, backend.shape.n_ctx)
+        return backend
 
     def module(self) -> torch.nn.Module:
         return self._hf

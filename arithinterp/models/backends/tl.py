@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from arithinterp.errors import ModelLoadError, SiteError
-from arithinterp.models.backends.base import Backend, HookFn, Weights
+from arithinterp.models.backends.base import Backend, HookFn, Weights, limit_tokenizer_context
 from arithinterp.models.site import ModelShape, Site
 
 _HOOK_NAMES = {
@@ -38,6 +38,17 @@ _HOOK_NAMES = {
     "mlp_post": "blocks.{layer}.mlp.hook_post",
     "final_resid": "ln_final.hook_out",
 }
+
+
+class _SafetensorsOnly:
+    """A model class whose ``from_pretrained`` loads safetensors only: without
+    ``use_safetensors=True`` transformers falls back to a pickled ``pytorch_model.bin``."""
+
+    def __init__(self, auto_class: Any):
+        self.auto_class = auto_class
+
+    def from_pretrained(self, name: str, **kwargs: Any) -> Any:
+        return self.auto_class.from_pretrained(name, use_safetensors=True, **kwargs)
 
 
 def _hook_name(site: Site) -> str:
@@ -88,7 +99,7 @@ class TransformerLensBackend(Backend):
         """Load an HF directory or hub name; ``device_map`` (e.g. ``"auto"``) splits the
         model across devices through accelerate, in place of ``device``."""
         from transformer_lens.model_bridge import TransformerBridge
-        from transformers import AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
             # The directory's own tokenizer, as nnsight loads it: the bridge's
@@ -96,7 +107,8 @@ class TransformerLensBackend(Backend):
             tokenizer = AutoTokenizer.from_pretrained(path)
             placement = {"device_map": device_map} if device_map is not None else {"device": device}
             bridge = TransformerBridge.boot_transformers(
-                path, dtype=dtype, tokenizer=tokenizer, **placement
+                path, dtype=dtype, tokenizer=tokenizer,
+                model_class=_SafetensorsOnly(AutoModelForCausalLM), **placement
             )
         except Exception as err:  # the bridge raises many kinds; all mean "cannot load"
             raise ModelLoadError(
@@ -104,7 +116,9 @@ class TransformerLensBackend(Backend):
             ) from err
         if device_map is not None:  # tokens go where the embedding lives
             device = bridge.original_model.get_input_embeddings().weight.device
-        return cls(bridge, tokenizer, device=torch.device(device), dtype=dtype)
+        backend = cls(bridge, tokenizer, device=torch.device(device), dtype=dtype)
+        limit_tokenizer_context(tokenizer, backend.shape.n_ctx)
+        return backend
 
     @classmethod
     def from_config(
@@ -118,7 +132,12 @@ class TransformerLensBackend(Backend):
         """Build a randomly initialised TL-native model from a config dict (``boot_native``)."""
         from transformer_lens.model_bridge import TransformerBridge
 
-        bridge = TransformerBridge.boot_native(dict(config), tokenizer=tokenizer, device=device, dtype=dtype)
+        try:
+            bridge = TransformerBridge.boot_native(dict(config), tokenizer=tokenizer, device=device, dtype=dtype)
+        except Exception as err:  # TransformerLens raises many kinds for a bad config
+            raise ModelLoadError(
+                f"TransformerLens could not build a model from the config dict: {type(err).__name__}: {err}"
+            ) from err
         return cls(bridge, tokenizer, device=torch.device(device), dtype=dtype)
 
     def module(self) -> torch.nn.Module:
