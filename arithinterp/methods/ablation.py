@@ -75,7 +75,7 @@ def ablate(
       uniformly with ``seed`` (the same draw for every site of that prompt). Without
       ``reference_tokens`` the draw is another prompt of ``tokens`` (never itself).
     """
-    sites = [sites] if isinstance(sites, Site) else list(sites)
+    sites = [sites] if isinstance(sites, (Site, str)) else list(sites)
     if kind not in ABLATIONS:
         raise ConfigError(f"unknown ablation {kind!r}; valid: {', '.join(ABLATIONS)}")
     if tokens.ndim != 2:

@@ -128,6 +128,26 @@ def _metric(metric: object, extra: Mapping[str, MetricFn], refused: Mapping[str,
         raise MethodError(f"unknown metric {metric!r}; valid: {', '.join(valid)} or a callable") from None
 
 
+def check_metric_shape(metric_fn: MetricFn, batch: PairBatch, d_vocab: int) -> None:
+    """Call a user's metric once on placeholder logits for two pairs (no forward pass) and
+    raise :class:`MethodError` unless it returns one number per pair."""
+    m = min(2, len(batch))
+    logits = torch.zeros(m, batch.clean_answer.shape[1], d_vocab)
+    try:
+        out = metric_fn(logits, batch.clean_answer[:m], batch.corrupt_answer[:m])
+    except Exception as err:  # the user's code: any failure means it does not fit the contract
+        raise MethodError(
+            f"the metric raised {type(err).__name__}: {err} when called as fn(logits [pair, answer "
+            "token, vocab], clean_answer [pair, answer token], corrupt_answer [pair, answer token])"
+        ) from err
+    shape = tuple(getattr(out, "shape", ()))
+    if not isinstance(out, torch.Tensor) or shape != (m,):
+        raise MethodError(
+            f"a metric must return one value per pair (a tensor of shape [pair]); for {m} pairs "
+            f"it returned {type(out).__name__} of shape {shape}"
+        )
+
+
 def _checked_batch(batch: PairBatch, answer: str) -> PairBatch:
     if batch.answer is not None and batch.answer != answer:
         raise MethodError(
@@ -193,6 +213,8 @@ def contrast(
         )
     if len(batch) == 0:
         raise TokenizationError("no pairs to compare")
+    if callable(metric):
+        check_metric_shape(metric_fn, batch, model.shape.d_vocab)
     return Contrast(batch=batch, answer=answer, metric_name=metric_name, metric_fn=metric_fn,
                     direction=direction, normalize=bool(normalize), dataset_hash=dataset_hash)
 

@@ -74,8 +74,15 @@ class PromptPairs:
     dropped: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        for side in ("clean", "corrupt"):
+            if not isinstance(getattr(self, side), PromptSet):
+                raise TaskError(
+                    f"PromptPairs.{side} must be a PromptSet (arithinterp.tasks.generate), got "
+                    f"{type(getattr(self, side)).__name__}; make pairs with make_pairs(prompts, kind)"
+                )
         if len(self.clean) != len(self.corrupt):
-            raise ValueError(f"{len(self.clean)} clean but {len(self.corrupt)} corrupt prompts")
+            raise TaskError(f"{len(self.clean)} clean but {len(self.corrupt)} corrupt prompts; "
+                            "pair i is row i of each, so both need the same length")
 
     def __len__(self) -> int:
         return len(self.clean)

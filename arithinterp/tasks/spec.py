@@ -129,7 +129,7 @@ class TaskSpec(BaseModel):
         if isinstance(data, TaskSpec):
             return data
         if not isinstance(data, Mapping):
-            raise TaskError(f"a task spec must be a mapping of fields, got {type(data).__name__}")
+            raise TaskError(f"a task spec must be a TaskSpec or a mapping of fields, got {type(data).__name__}")
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:

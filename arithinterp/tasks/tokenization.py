@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import torch
 
-from arithinterp.errors import TokenizationError
+from arithinterp.errors import TaskError, TokenizationError
 from arithinterp.tasks.promptset import PromptSet
 
 NumberTokenization = Literal["digit", "chunked", "number"]
@@ -239,6 +239,11 @@ def _encode_rows(
     """Per row: full prompt ids (with special tokens) and answer ids, after every check."""
     if answer not in ("multi", "single"):
         raise TokenizationError(f"answer must be 'multi' or 'single', got {answer!r}")
+    if not isinstance(prompts, PromptSet):
+        raise TaskError(
+            f"prompts must be a PromptSet (arithinterp.tasks.generate(spec)), got "
+            f"{type(prompts).__name__}; its answers and annotations are what methods score"
+        )
     if len(prompts) == 0:
         raise TokenizationError("no prompts to tokenize")
     texts, answers = list(prompts.prompts), list(prompts.answers)
@@ -286,6 +291,7 @@ def _encode_rows(
         # SentencePiece prefixes a standalone answer with a dummy space ("46" -> "▁", "4",
         # "6") that never occurs after the prompt: score the tokens the model actually sees
         ans[row] = in_context
+    check_context(max(len(f) + len(a) for f, a in zip(full, ans)), _context_limit(tokenizer), spec)
     if answer == "single":
         for row, a in enumerate(ans):
             if len(a) != 1:
@@ -296,6 +302,27 @@ def _encode_rows(
                     "or a task whose answers are single tokens for this tokenizer"
                 )
     return full, ans
+
+
+def _context_limit(tokenizer: Any) -> int | None:
+    """The positions the model reads, as the backend recorded them on its tokenizer
+    (``model_max_length``; transformers' "unlimited" default counts as unknown)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return limit if isinstance(limit, int) and 0 < limit < 10**7 else None
+
+
+def check_context(length: int, n_ctx: int | None, spec: Any = None) -> None:
+    """Raise :class:`TokenizationError` when prompt plus answer (``length`` tokens) exceed the
+    model's context of ``n_ctx`` positions (``None``: unknown, nothing to check)."""
+    if n_ctx is None or length <= n_ctx:
+        return
+    task = ""
+    if spec is not None:
+        task = f" (task: digits={spec.digits}, format={spec.format!r}, few_shot={spec.few_shot})"
+    raise TokenizationError(
+        f"prompt plus answer is {length} tokens but the model's context holds {n_ctx} "
+        f"positions{task}; use fewer digits, fewer few-shot examples or a shorter format"
+    )
 
 
 def _squash(text: str) -> str:
