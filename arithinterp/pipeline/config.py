@@ -39,7 +39,7 @@ from pydantic import (
 from arithinterp.errors import ConfigError
 from arithinterp.methods.registry import MethodSpec, get_method, methods, registry_version
 from arithinterp.tasks import TaskSpec
-from arithinterp.tasks.spec import MAX_SEED
+from arithinterp.tasks.spec import MAX_PROMPTS, MAX_SEED
 
 
 class _Strict(BaseModel):
@@ -80,7 +80,7 @@ class ReportStep(_Step):
 
     kind: Literal["report"]
     pairs: Literal["auto", "operand_a", "operand_b", "digit", "operator", "same_answer", "random"] = "auto"
-    n: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=MAX_PROMPTS)
     methods: Literal["all"] | list[str] = "all"
     target: float = Field(0.9, gt=0)
 

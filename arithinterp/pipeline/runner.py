@@ -21,7 +21,6 @@ global generators first, so a resumed run equals an uninterrupted one.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -34,10 +33,12 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from arithinterp.errors import ArithInterpError, ConfigError
+from arithinterp.errors import ArithInterpError, ResultError
 from arithinterp.models import Model, load_model
 from arithinterp.models.loading import resolve_spec
 from arithinterp.pipeline.config import PipelineConfig, step_name
+from arithinterp.pipeline.limits import check_memory, estimate_run_bytes
+from arithinterp.pipeline.rundir import claimed_run_dir
 from arithinterp.pipeline.steps import RunContext, check_step, run_step, seed_everything
 from arithinterp.reports import ReportSection, write_html_report
 from arithinterp.results import Result
@@ -51,6 +52,7 @@ from arithinterp.tasks import (
     shared_tokenization,
     tokenize,
 )
+from arithinterp.tasks.tokenization import check_context
 
 STEP_FILE = "step.json"
 
@@ -142,11 +144,13 @@ def preflight(config: PipelineConfig, *, progress: bool = False) -> tuple[Model,
         raise _task_name_error(err, "model") from None
     inputs = _Inputs(config)
     used = {config.task_name(s) for s in config.steps}
-    for name in config.task_specs():
+    for name, spec in config.task_specs().items():
         if name not in used:
             continue
         try:
-            tokenize(inputs.task_prompts(name), model.tokenizer, answer="multi")
+            _check_task_fits(spec, model)
+            tokenized = tokenize(inputs.task_prompts(name), model.tokenizer, answer="multi")
+            check_context(tokenized.tokens.shape[1], model.shape.n_ctx, spec)
         except ArithInterpError as err:
             raise _task_name_error(err, _task_where(config, name)) from None
     for index, step in enumerate(config.steps):
@@ -157,6 +161,13 @@ def preflight(config: PipelineConfig, *, progress: bool = False) -> tuple[Model,
         except ArithInterpError as err:
             raise _task_name_error(err, where) from None
     return model, inputs
+
+
+def _check_task_fits(spec: Any, model: Model) -> None:
+    """Refuse a task whose prompts would not fit in memory, before generating them (the
+    prompt length is bounded by the context, which tokenization checks next)."""
+    check_memory(estimate_run_bytes(model.shape, spec.n, model.shape.n_ctx, model.dtype.itemsize),
+                 f"a task of {spec.n:_} prompts on {model.name}")
 
 
 def _is_complete(step_dir: Path, fingerprint: str) -> bool:
@@ -196,6 +207,19 @@ def _load_output(step_dir: Path, parts: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def _load_complete(step_dir: Path) -> dict[str, Any]:
+    """A completed step's outputs; a damaged one raises ``ResultError`` saying how to redo it."""
+    try:
+        record = json.loads((step_dir / STEP_FILE).read_text())
+        return _load_output(step_dir, record.get("parts", {"": "Result"}))
+    except ArithInterpError as err:
+        raise ResultError(f"{err}\nThe completed step {step_dir.name} cannot be reloaded; "
+                          "rerun with --force (force=True) to recompute it") from None
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise ResultError(f"{step_dir / STEP_FILE} is damaged ({type(err).__name__}: {err}); "
+                          "rerun with --force (force=True) to recompute the step") from None
+
+
 def _clean_stale(run_dir: Path) -> list[Path]:
     """Remove the temporary directories an interrupted run left behind."""
     stale = [p for p in run_dir.iterdir()
@@ -206,30 +230,6 @@ def _clean_stale(run_dir: Path) -> list[Path]:
         else:
             path.unlink(missing_ok=True)
     return stale
-
-
-def _acquire(run_dir: Path) -> Path:
-    """A lock file naming this process, so two runs never write one run directory."""
-    lock = run_dir / ".lock"
-    if lock.is_file():
-        try:
-            pid = int(lock.read_text().strip() or 0)
-        except (OSError, ValueError):
-            pid = 0
-        if pid and pid != os.getpid() and _alive(pid):
-            raise ConfigError(f"{run_dir} is being written by process {pid}; wait for it or stop it")
-    atomic_write_text(lock, str(os.getpid()))
-    return lock
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_pipeline(
@@ -253,11 +253,9 @@ def run_pipeline(
 
 def _run_pipeline(config: PipelineConfig, *, runs_dir: str | Path, force: bool, progress: bool,
                   log: Callable[[str], None]) -> RunSummary:
-    model, inputs = preflight(config, progress=progress)
-    run_dir = Path(runs_dir) / config.name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = _acquire(run_dir)
-    try:
+    # the run directory is checked and locked before the model loads
+    with claimed_run_dir(Path(runs_dir) / config.name) as run_dir:
+        model, inputs = preflight(config, progress=progress)
         for stale in _clean_stale(run_dir):
             log(f"removed {stale.name} (left by an interrupted run)")
         atomic_write_text(run_dir / "config.yaml",
@@ -271,8 +269,7 @@ def _run_pipeline(config: PipelineConfig, *, runs_dir: str | Path, force: bool, 
             step_dir = run_dir / name
             fingerprint = config.fingerprint(index)
             if not force and _is_complete(step_dir, fingerprint):
-                record = json.loads((step_dir / STEP_FILE).read_text())
-                summary.add(name, _load_output(step_dir, record.get("parts", {"": "Result"})))
+                summary.add(name, _load_complete(step_dir))
                 summary.skipped.append(name)
                 if step.kind == "report":
                     summary.attribution_report = step_dir
@@ -313,8 +310,6 @@ def _run_pipeline(config: PipelineConfig, *, runs_dir: str | Path, force: bool, 
         bar.close()
         if config.report:
             summary.report = write_run_report(config, summary.results, run_dir / "report.html")
-    finally:
-        lock.unlink(missing_ok=True)
     return summary
 
 

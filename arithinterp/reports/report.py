@@ -164,13 +164,20 @@ class AttributionReport:
             circuit=circuit if isinstance(circuit, CircuitResult) else None,
             results=results,
             summary=files.summary,
-            prompts=pd.read_parquet(folder / "prompts.parquet"),
+            prompts=_read_prompts(folder / "prompts.parquet"),
             top_prompts=files.top_prompts,
         )
 
     def write_html(self, path: str | os.PathLike[str]) -> Path:
         """Write the self-contained ``report.html`` (plotly inlined, works offline) atomically."""
         return write_report_html(self, path)
+
+
+def _read_prompts(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise ResultError(f"{path} cannot be read as Parquet: {err}") from err
 
 
 def _json(obj: Any) -> str:
