@@ -31,6 +31,7 @@ from arithinterp.dashboard.figures import (
     neurons_grid,
     rank_diff,
 )
+from arithinterp.dashboard.hosts import refuse_foreign_hosts
 from arithinterp.errors import ArithInterpError
 
 __all__ = [
@@ -324,13 +325,15 @@ def _layout(runs: RunSet) -> html.Div:
     ], style={"fontFamily": "sans-serif", "padding": "8px 16px", "background": "#fafafa"})
 
 
-def create_app(run_dir: str | Path) -> dash.Dash:
+def create_app(run_dir: str | Path, *, hosts: tuple[str, ...] = ()) -> dash.Dash:
     """A Dash app over ``run_dir`` (a report directory, a run directory with ``report/`` inside,
     or a directory of runs). Every report is loaded and checked here, so a missing or malformed
-    directory raises a ``DashboardError`` before any server starts."""
+    directory raises a ``DashboardError`` before any server starts. Requests must be addressed
+    to this machine's loopback names or one of ``hosts`` (the ``Host`` header check)."""
     runs = RunSet(run_dir)
     app = dash.Dash(__name__, title="arithinterp dashboard", update_title=None,
                     serve_locally=True, assets_folder=str(Path(__file__).parent / "_no_assets"))
+    refuse_foreign_hosts(app.server, hosts)
     app.layout = _layout(runs)
     outs = [("summary", "children"), ("heads-graph", "figure"), ("neurons-graph", "figure"),
             ("heads-table", "data"), ("heads-table", "columns"), ("neurons-table", "data"),

@@ -201,6 +201,7 @@ def find_reports(run_dir: str | Path) -> dict[str, Path]:
                              "directory (runs/<name>/) or a directory of runs (runs/)")
     own = _report_dir(root)
     if own is not None:
+        inside(root, own.relative_to(root))  # a report/ symlinked out of the run is refused
         resolved = root.resolve()
         name = resolved.parent.name if own == root and resolved.name == "report" else resolved.name
         return {name: own}
@@ -210,7 +211,8 @@ def find_reports(run_dir: str | Path) -> dict[str, Path]:
             continue
         report = _report_dir(child)
         if report is not None:
-            inside(root, report.relative_to(root))  # a symlinked run pointing elsewhere is refused
+            inside(root, child.name)  # a symlinked run pointing elsewhere is refused,
+            inside(child, report.relative_to(child))  # and so is a report/ symlinked out of its run
             found[child.name] = report
     if not found:
         raise DashboardError(

@@ -99,7 +99,7 @@ def dashboard(
     from arithinterp.dashboard import create_app
 
     try:
-        dash_app = create_app(run_dir)
+        dash_app = create_app(run_dir, hosts=(host,))
     except ArithInterpError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
