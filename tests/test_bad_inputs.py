@@ -57,12 +57,16 @@ from arithinterp.methods import (
     LensResult,
     PatchingResult,
     attribution_patch,
+    discover_circuit,
+    edge_attribution_patch,
     evaluate,
+    faithfulness,
     logit_lens,
     mediate,
+    neuron_maps,
     patch_activations,
 )
-from arithinterp.methods.ablation import ablate
+from arithinterp.methods.ablation import ablate, path_patch
 from arithinterp.models import Site, load_model
 from arithinterp.models.backends.nnsight_backend import NNsightBackend
 from arithinterp.models.backends.tl import TransformerLensBackend
@@ -576,6 +580,22 @@ ROWS: list[Row] = [
         MethodError, "n_boot must be a positive int"),
     Row("attribution_batch_size_zero", lambda e: attribution_patch(e.tl, e.pairs, batch_size=0, progress=False),
         MethodError, "batch_size must be a positive int"),
+    Row("faithfulness_n_boot_zero", lambda e: faithfulness(e.tl, [Site("attn_head", 0)], e.prompts, n_boot=0,
+                                                            answer="multi"),
+        MethodError, "n_boot must be an int >= 1, got 0"),
+    Row("circuit_batch_size_zero", lambda e: discover_circuit(e.tl, e.pairs, batch_size=0, progress=False),
+        MethodError, "batch_size must be an int >= 1, got 0"),
+    Row("path_patch_n_boot_zero", lambda e: path_patch(e.tl, e.pairs, [Site("attn_head", 0)], [Site("mlp_post", 1)],
+                                                       n_boot=0, progress=False),
+        MethodError, "n_boot must be a positive int"),
+    Row("edge_attribution_n_boot_zero", lambda e: edge_attribution_patch(e.tl, e.pairs, n_boot=0, progress=False),
+        MethodError, "n_boot must be a positive int"),
+    Row("logit_lens_k_str", lambda e: logit_lens(e.tl, e.prompts, k="5", progress=False),
+        MethodError, "k must be an int >= 1, got '5'"),
+    Row("evaluate_batch_size_str", lambda e: evaluate(e.tl, e.prompts, batch_size="8", progress=False),
+        MethodError, "batch_size must be an int >= 1, got '8'"),
+    Row("neuron_maps_promptset", lambda e: neuron_maps(e.tl, e.prompts, layer=0), MethodError,
+        "takes the task's TaskSpec"),
     Row("mediate_n_boot_zero", lambda e: mediate(e.tl, e.pairs, n_boot=0, progress=False),
         MethodError, "n_boot must be a positive int"),
     # -- pipeline configs ---------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 from arithinterp.errors import MethodError
@@ -41,10 +42,17 @@ def make_meta(
     )
 
 
+def check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
+    """``value`` as an int, or :class:`MethodError` unless it is an int of at least ``minimum``
+    (a bool, float or string is refused: ``batch_size="8"`` would fail deep in a loop)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise MethodError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def token_batches(tokenized: Any, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield ``(tokens, answer_tokens)`` in batches of at most ``batch_size`` prompts."""
-    if batch_size < 1:
-        raise MethodError(f"batch_size must be >= 1, got {batch_size}")
+    check_positive_int("batch_size", batch_size)
     n = tokenized.tokens.shape[0]
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)

@@ -28,7 +28,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError, MethodError
-from arithinterp.methods._common import make_meta
+from arithinterp.methods._common import check_positive_int, make_meta
 from arithinterp.methods.attribution import (
     NO_GRADIENT_METRICS,
     AttributionResult,
@@ -461,6 +461,7 @@ def discover_circuit(
     """
     components = list(components)
     _check(components, score, grow, target, metric, max_size)
+    check_positive_int("batch_size", batch_size)
     if prompts is None:
         if not isinstance(pairs, PromptPairs):
             raise ConfigError("pass `prompts` when `pairs` is an already tokenized PairBatch")

@@ -23,7 +23,7 @@ import torch
 import xarray as xr
 
 from arithinterp.errors import ConfigError, SiteError, TokenizationError
-from arithinterp.methods._common import make_meta
+from arithinterp.methods._common import check_positive_int, make_meta
 from arithinterp.methods.contrast import check_answer
 from arithinterp.methods.metrics import AnswerMode
 from arithinterp.models import Model, Patch, Site
@@ -230,6 +230,7 @@ def faithfulness(
     check_answer(answer)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    check_positive_int("n_boot", n_boot)  # used only after every forward pass
     circuit = list(circuit)
     heads, mlps = circuit_parts(model, circuit)
     tok = tokenize(prompts, model.tokenizer, answer=answer)

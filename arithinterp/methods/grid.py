@@ -75,6 +75,11 @@ def operand_grid(spec: TaskSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, li
     Returns ``(a, b, result, queries, answers)``, one entry per pair, ``a`` major (row
     ``i * side + j`` is ``(lo + i, lo + j)``).
     """
+    if not isinstance(spec, TaskSpec):
+        raise MethodError(
+            f"an operand-grid method takes the task's TaskSpec (it builds every (a, b) pair "
+            f"itself), got {type(spec).__name__}; pass prompts.spec or a TaskSpec(...)"
+        )
     if spec.operation == "modadd":
         lo, hi = 0, spec.p - 1
     elif spec.operand_range is not None:

@@ -29,7 +29,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from arithinterp.errors import MethodError, TokenizationError
-from arithinterp.methods._common import make_meta, token_batches
+from arithinterp.methods._common import check_positive_int, make_meta, token_batches
 from arithinterp.methods.registry import MethodSpec, Options, ReportView, RunContext, register
 from arithinterp.models import Model, Site
 from arithinterp.models.site import depth_site
@@ -348,8 +348,7 @@ def run_lens(
 ) -> LensResult:
     """The lens loop shared by the logit lens and the tuned lens: ``readout``
     maps the stacked residual streams to logits."""
-    if k < 1:
-        raise MethodError(f"k must be >= 1, got {k}")
+    check_positive_int("k", k)
     number_ids = None
     if numbers is not False:
         _, ids = number_token_ids(model, prompts, numbers)

@@ -31,7 +31,7 @@ def test_model_methods_reject_bad_options_before_running(tiny_hf_dirs, monkeypat
     prompts = generate(TaskSpec(operation="add", digits=2, format="fixed", n=4, seed=0))
     calls = []
     monkeypatch.setattr(model.backend, "run", lambda *a, **k: calls.append(1))
-    with pytest.raises(MethodError, match="k must be >= 1"):
+    with pytest.raises(MethodError, match="k must be an int >= 1"):
         logit_lens(model, prompts, k=0, progress=False)
     with pytest.raises(MethodError, match="direction must be 'denoise' or 'noise'"):
         patch_activations(model, make_pairs(prompts, "operand_a"), direction="sideways", progress=False)
