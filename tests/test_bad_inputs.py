@@ -114,6 +114,18 @@ class Env:
     report: AttributionReport
 
 
+_HASHES: dict[tuple, str] = {}
+
+
+def _content_hash(path: Path) -> str:
+    """The file's SHA-256, computed again only when its inode, size or mtime changed."""
+    st = path.stat()
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        _HASHES[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _HASHES[key]
+
+
 def snapshot(root: Path) -> dict[str, str]:
     """Every path under ``root`` with its content hash (directories and links marked)."""
     found = {}
@@ -126,7 +138,7 @@ def snapshot(root: Path) -> dict[str, str]:
             elif path.is_dir():
                 found[rel] = "dir"
             else:
-                found[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+                found[rel] = _content_hash(path)
     return found
 
 
