@@ -148,7 +148,7 @@ def preflight(config: PipelineConfig, *, progress: bool = False) -> tuple[Model,
         if name not in used:
             continue
         try:
-            _check_task_fits(spec, model)
+            _check_task_fits(config, name, model)
             tokenized = tokenize(inputs.task_prompts(name), model.tokenizer, answer="multi")
             check_context(tokenized.tokens.shape[1], model.shape.n_ctx, spec)
         except ArithInterpError as err:
@@ -163,11 +163,15 @@ def preflight(config: PipelineConfig, *, progress: bool = False) -> tuple[Model,
     return model, inputs
 
 
-def _check_task_fits(spec: Any, model: Model) -> None:
+def _check_task_fits(config: PipelineConfig, task: str, model: Model) -> None:
     """Refuse a task whose prompts would not fit in memory, before generating them (the
-    prompt length is bounded by the context, which tokenization checks next)."""
-    check_memory(estimate_run_bytes(model.shape, spec.n, model.shape.n_ctx, model.dtype.itemsize),
-                 f"a task of {spec.n:_} prompts on {model.name}")
+    prompt length is bounded by the context, which tokenization checks next). A report step
+    may ask for more prompts than its task has (its ``n``)."""
+    sizes = [config.task_specs()[task].n]
+    sizes += [s.n for s in config.steps if s.kind == "report" and s.n and config.task_name(s) == task]
+    n = max(sizes)
+    check_memory(estimate_run_bytes(model.shape, n, model.shape.n_ctx, model.dtype.itemsize),
+                 f"a task of {n:_} prompts on {model.name}")
 
 
 def _is_complete(step_dir: Path, fingerprint: str) -> bool:
