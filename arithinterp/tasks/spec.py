@@ -161,14 +161,14 @@ class TaskSpec(BaseModel):
     @classmethod
     def _check_n(cls, v: int) -> int:
         if not 1 <= v <= MAX_PROMPTS:
-            raise ValueError(f"n (number of prompts) must be in 1..{MAX_PROMPTS:_}, got {v:_}")
+            raise ValueError(f"n (number of prompts) must be at least 1 and at most {MAX_PROMPTS:_}, got {v:_}")
         return v
 
     @field_validator("seed")
     @classmethod
     def _check_seed(cls, v: int) -> int:
         if not 0 <= v <= MAX_SEED:
-            raise ValueError(f"seed must be an integer in 0..2**32-1, got {v}")
+            raise ValueError(f"seed must be a non-negative integer up to 2**32-1, got {v}")
         return v
 
     @field_validator("p")
