@@ -15,6 +15,7 @@ Weights are loaded only from safetensors; pickled checkpoints are refused.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -156,6 +157,10 @@ def _check_hub(name: str) -> None:
 
 
 def _reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub opens within ``timeout`` (behind a proxy the
+    direct probe says nothing, so the hub is assumed reachable)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
     parts = urlsplit(endpoint)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
