@@ -52,7 +52,6 @@ import torch
 import xarray as xr
 from pydantic import Field
 from scipy import stats
-from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError, MethodError, ResultError
 from arithinterp.methods._common import make_meta
@@ -76,6 +75,7 @@ from arithinterp.methods.registry import (
 from arithinterp.methods.sweep import sweep_sites
 from arithinterp.models import Model, Site
 from arithinterp.models.site import HEAD_KINDS, LAYERLESS_KINDS, NEURON_KINDS
+from arithinterp.progress_bars import tqdm
 from arithinterp.results import Result
 from arithinterp.tasks import PromptPairs
 

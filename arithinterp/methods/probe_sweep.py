@@ -29,12 +29,12 @@ import plotly.graph_objects as go
 import torch
 import xarray as xr
 from plotly.subplots import make_subplots
-from tqdm.auto import tqdm
 
 from arithinterp.methods._common import make_meta
 from arithinterp.methods.probes import LinearProbe, ProbeError, score_predictions
 from arithinterp.models import Model, Site
 from arithinterp.models.site import site_depth
+from arithinterp.progress_bars import tqdm
 from arithinterp.results import Result
 from arithinterp.tasks import PromptSet, tokenize
 from arithinterp.tasks.spec import REVERSED_FORMATS

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from arithinterp.errors import SiteError
 from arithinterp.methods.metrics import MetricFn, PairBatch
 from arithinterp.models import Model, Site
 from arithinterp.models.site import HEAD_KINDS, LAYERLESS_KINDS, NEURON_KINDS, SITE_KINDS
+from arithinterp.progress_bars import tqdm
 
 
 def sweep_sites(model: Model, kind: str, *, per_position: bool, seq_len: int,

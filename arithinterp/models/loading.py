@@ -22,6 +22,7 @@ import torch
 
 from arithinterp.errors import ModelLoadError
 from arithinterp.models.model import Model
+from arithinterp.progress_bars import hf_progress
 
 BackendName = Literal["transformer_lens", "nnsight"]
 BACKENDS: tuple[str, ...] = get_args(BackendName)
@@ -130,22 +131,18 @@ def load_model(
         b = TransformerLensBackend.from_config(spec, tokenizer=tokenizer, device=device, dtype=torch_dtype)
         return Model(b, name=str(spec.get("model_name", "native")), spec="<config>")
     path, name = resolve_spec(spec)
-    if backend == "transformer_lens":
-        from arithinterp.models.backends.tl import TransformerLensBackend
+    # In a log file, transformers' "Loading weights" bars become lines (silent unless slow).
+    with hf_progress():
+        if backend == "transformer_lens":
+            from arithinterp.models.backends.tl import TransformerLensBackend
 
-        return Model(
-            TransformerLensBackend.from_pretrained(
+            backend_obj = TransformerLensBackend.from_pretrained(
                 path, device=device, dtype=torch_dtype, device_map=_plain(device_map)
-            ),
-            name=name,
-            spec=spec,
-        )
-    from arithinterp.models.backends.nnsight_backend import NNsightBackend
+            )
+        else:
+            from arithinterp.models.backends.nnsight_backend import NNsightBackend
 
-    return Model(
-        NNsightBackend.from_pretrained(
-            path, device=device, dtype=torch_dtype, remote=remote, device_map=_plain(device_map)
-        ),
-        name=name,
-        spec=spec,
-    )
+            backend_obj = NNsightBackend.from_pretrained(
+                path, device=device, dtype=torch_dtype, remote=remote, device_map=_plain(device_map)
+            )
+    return Model(backend_obj, name=name, spec=spec)

@@ -32,13 +32,13 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from tqdm.auto import tqdm
 
 from arithinterp.errors import ArithInterpError, ConfigError
 from arithinterp.models import Model, load_model
 from arithinterp.models.loading import resolve_spec
 from arithinterp.pipeline.config import PipelineConfig, step_name
 from arithinterp.pipeline.steps import RunContext, check_step, run_step, seed_everything
+from arithinterp.progress_bars import tqdm
 from arithinterp.reports import ReportSection, write_html_report
 from arithinterp.results import Result
 from arithinterp.results.io import atomic_dir, atomic_write_text

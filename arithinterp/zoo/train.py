@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError
+from arithinterp.progress_bars import tqdm
 from arithinterp.zoo.card import build_card, render_readme
 from arithinterp.zoo.data import TaskFormat, sample_addition_operands, sample_uniform_operands
 from arithinterp.zoo.evaluate import answer_loss, final_metrics, score, task_pairs
