@@ -37,6 +37,13 @@ import plotly.graph_objects as go
 import xarray as xr
 
 from arithinterp.errors import ResultError
+from arithinterp.results.export import (
+    absolute_positions,
+    from_dataset,
+    read_netcdf,
+    to_dataset,
+    write_netcdf,
+)
 from arithinterp.results.frame import dim_labels, tidy_frame
 from arithinterp.results.io import atomic_dir
 from arithinterp.results.meta import ResultMeta
@@ -263,8 +270,6 @@ class Result:
         last position, ``seq_len - 1``, where ``seq_len`` is ``meta.extra["seq_len"]`` (set by
         sweeps over chosen positions) or, for a result over every position ``0 .. n-1``, ``n``.
         """
-        from arithinterp.results.export import absolute_positions
-
         chosen = dict(indexers or {}, **kwargs)
         if "pos" in chosen and "pos" in self.dims:
             chosen["pos"] = absolute_positions(self, chosen["pos"])
@@ -275,30 +280,22 @@ class Result:
     def to_xarray(self) -> xr.Dataset:
         """``values`` (named after the metric) and every extra as one ``xarray.Dataset``; its
         attrs carry the class, meta and fields, so :meth:`from_xarray` rebuilds the result."""
-        from arithinterp.results.export import to_dataset
-
         return to_dataset(self)
 
     @classmethod
     def from_xarray(cls: type[R], dataset: xr.Dataset) -> R:
         """The result :meth:`to_xarray` made ``dataset`` from, as its class."""
-        from arithinterp.results.export import from_dataset
-
-        return from_dataset(dataset, cls)  # type: ignore[return-value]
+        return from_dataset(dataset, cls, result_class)
 
     def to_netcdf(self, path: str | Path, *, engine: str | None = None) -> Path:
         """Write :meth:`to_xarray` to a netCDF file (engine: netCDF4, h5netcdf or scipy,
         the first installed); :meth:`from_netcdf` reads it back."""
-        from arithinterp.results.export import write_netcdf
-
         return write_netcdf(self, path, engine=engine)
 
     @classmethod
     def from_netcdf(cls: type[R], path: str | Path, *, engine: str | None = None) -> R:
         """The result in a netCDF file written by :meth:`to_netcdf`, as its class."""
-        from arithinterp.results.export import read_netcdf
-
-        return read_netcdf(path, cls, engine=engine)
+        return read_netcdf(path, cls, result_class, engine=engine)
 
     def replace(self: R, **changes: Any) -> R:
         """A copy with some fields replaced (results are frozen)."""

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -23,8 +23,9 @@ import xarray as xr
 from arithinterp.errors import ResultError
 from arithinterp.results.meta import ResultMeta
 
-if TYPE_CHECKING:
-    from arithinterp.results.base import Result
+# ``AnyResult`` stands for arithinterp.results.base.Result, which imports this module: the
+# functions take the result (or the class lookup) as an argument instead of importing it.
+AnyResult = Any
 
 __all__ = [
     "absolute_positions",
@@ -55,7 +56,7 @@ def _dtypes(ds: xr.Dataset) -> dict[str, str]:
     return {str(name): str(var.dtype) for name, var in {**ds.coords, **ds.data_vars}.items()}
 
 
-def to_dataset(result: Result) -> xr.Dataset:
+def to_dataset(result: AnyResult) -> xr.Dataset:
     """``values`` (named after the metric) and the extras as one dataset (see the module docs)."""
     variables = {result.metric: result.values, **result.extras}
     ds = xr.Dataset({name: array.variable for name, array in variables.items()})
@@ -98,17 +99,15 @@ def _restore(array: xr.DataArray, dtypes: Mapping[str, str]) -> xr.DataArray:
     return xr.DataArray(data, dims=array.dims, coords=coords, attrs=attrs)
 
 
-def from_dataset(ds: xr.Dataset, cls: type[Result] | None = None) -> Result:
-    """The result :func:`to_dataset` made ``ds`` from, as its class (which must be ``cls`` or
-    a subclass of it when ``cls`` is given)."""
-    from arithinterp.results.base import Result, result_class
-
+def from_dataset(ds: xr.Dataset, cls: type, result_class: Callable[[str], type]) -> AnyResult:
+    """The result :func:`to_dataset` made ``ds`` from, as its class (looked up by name with
+    ``result_class``), which must be ``cls`` or a subclass of it."""
     missing = [key for key in (_CLASS, _METRIC, _META, _FIELDS, _EXTRAS) if key not in ds.attrs]
     if missing:
         raise ResultError(f"this dataset was not written by Result.to_xarray: no attrs {missing}")
     klass = result_class(str(ds.attrs[_CLASS]))
-    if not issubclass(klass, cls or Result):
-        raise ResultError(f"the dataset holds a {klass.__name__}, not a {(cls or Result).__name__}")
+    if not issubclass(klass, cls):
+        raise ResultError(f"the dataset holds a {klass.__name__}, not a {cls.__name__}")
     metric = str(ds.attrs[_METRIC])
     dtypes = json.loads(ds.attrs.get(_DTYPES, "{}"))
     extras = {name: _restore(ds[name], dtypes) for name in json.loads(ds.attrs[_EXTRAS])}
@@ -123,7 +122,7 @@ def from_dataset(ds: xr.Dataset, cls: type[Result] | None = None) -> Result:
         raise ResultError(f"the dataset does not fit {klass.__name__}: {err}") from err
 
 
-def write_netcdf(result: Result, path: str | Path, *, engine: str | None = None) -> Path:
+def write_netcdf(result: AnyResult, path: str | Path, *, engine: str | None = None) -> Path:
     """Write :func:`to_dataset` of ``result`` to the netCDF file ``path``."""
     target = Path(path)
     ds = to_dataset(result)
@@ -136,16 +135,17 @@ def write_netcdf(result: Result, path: str | Path, *, engine: str | None = None)
     return target
 
 
-def read_netcdf(path: str | Path, cls: type[Result] | None = None, *, engine: str | None = None) -> Any:
-    """The result in a netCDF file written by :func:`write_netcdf`."""
+def read_netcdf(path: str | Path, cls: type, result_class: Callable[[str], type], *,
+                engine: str | None = None) -> AnyResult:
+    """The result in a netCDF file written by :func:`write_netcdf` (see :func:`from_dataset`)."""
     source = Path(path)
     if not source.is_file():
         raise ResultError(f"no netCDF file at {source}")
     with xr.open_dataset(source, engine=engine or netcdf_engine()) as ds:
-        return from_dataset(ds.load(), cls)
+        return from_dataset(ds.load(), cls, result_class)
 
 
-def absolute_positions(result: Result, pos: Any) -> Any:
+def absolute_positions(result: AnyResult, pos: Any) -> Any:
     """``pos`` (an int, a list of ints, or anything else ``sel`` takes, passed through) with
     negative positions counted from the end of the sequence ``result`` covers."""
     ints = (int, np.integer)
@@ -175,7 +175,7 @@ def absolute_positions(result: Result, pos: Any) -> Any:
     return items if many else items[0]
 
 
-def sequence_length(result: Result) -> int | None:
+def sequence_length(result: AnyResult) -> int | None:
     """The length of the sequence ``result``'s ``pos`` axis indexes: ``meta.extra["seq_len"]``,
     else ``n`` when the axis is every position ``0 .. n-1``, else unknown (``None``)."""
     seq_len = result.meta.extra.get("seq_len")
