@@ -288,7 +288,8 @@ def fit_probes(
             a dict name -> array of one value per prompt.
         sites: ``"resid"`` (resid_pre and resid_mid of every layer, then the final
             resid_post) or a list of whole-layer sites.
-        positions: positions to probe (default: all).
+        positions: positions to probe (default: all); negative ones count from the end. The
+            result's ``pos`` holds absolute positions (``res.at(pos=-1)`` reads the last).
         kind: ``"auto"`` (logistic for integer/bool targets with <= 20 values, ridge
             otherwise), ``"logistic"``, ``"ridge"`` or ``"circular"`` (one probe per period
             in ``periods``, named ``"<target> mod <T>"``).
@@ -347,7 +348,7 @@ def fit_probes(
                "n_boot": n_boot, "l2": l2, "batch_size": batch_size}
     meta = make_meta("fit_probes", model, prompts, options=options, seed=seed,
                      extra={"n_train": len(train), "n_test": len(test),
-                            "control_columns": control_cols})
+                            "control_columns": control_cols, "seq_len": tokenized.tokens.shape[1]})
     return ProbeResult(values=values, meta=meta, extras=extras)
 
 
