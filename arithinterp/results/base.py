@@ -62,7 +62,7 @@ __all__ = [
 #: The one axis vocabulary: every dim of every result is one of these.
 AXES: tuple[str, ...] = (
     "prompt", "layer", "head", "pos", "neuron", "component", "freq", "digit",
-    "token", "target", "metric", "stat", "site", "class", "checkpoint",
+    "token", "target", "metric", "stat", "site", "class", "checkpoint", "output", "feature",
 )  # fmt: skip
 
 FORMAT_VERSION = 1
@@ -70,6 +70,7 @@ FORMAT_NAME = "arithinterp.result"
 RESULT_FILE = "result.json"
 META_FILE = "meta.json"
 EXTRAS_DIR = "extras"
+PARTS_DIR = "parts"
 _BASE_FIELDS = ("values", "meta", "extras")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -279,7 +280,9 @@ class Result:
 
     def to_xarray(self) -> xr.Dataset:
         """``values`` (named after the metric) and every extra as one ``xarray.Dataset``; its
-        attrs carry the class, meta and fields, so :meth:`from_xarray` rebuilds the result."""
+        attrs carry the class, meta and fields, so :meth:`from_xarray` rebuilds the result.
+        A field that holds a whole result (``ProbeResult.directions``) is left out: export it
+        with its own ``to_xarray()``."""
         return to_dataset(self)
 
     @classmethod
@@ -421,10 +424,16 @@ class Result:
 
     # -- save / load ------------------------------------------------------------------------
 
+    def _parts(self) -> dict[str, Result]:
+        """Extra fields that hold a whole result (saved as ``parts/<name>/``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.init and f.name not in _BASE_FIELDS and isinstance(getattr(self, f.name), Result)}
+
     def _field_values(self) -> dict[str, Any]:
         out = {}
+        parts = self._parts()
         for f in dataclasses.fields(self):
-            if f.name in _BASE_FIELDS or not f.init:
+            if f.name in _BASE_FIELDS or not f.init or f.name in parts:
                 continue
             value = getattr(self, f.name)
             _check_json_native(value, f"{type(self).__name__}.{f.name}")
@@ -436,7 +445,8 @@ class Result:
 
         Layout: ``result.json`` (class, module, format version, metric, extra
         fields), ``meta.json``, ``values.npy`` + ``coords.json`` and
-        ``extras/<name>/{values.npy,coords.json}``. No pickle anywhere.
+        ``extras/<name>/{values.npy,coords.json}``, and ``parts/<name>/`` (a result
+        directory) for an extra field that holds a whole result. No pickle anywhere.
         """
         cls = type(self)
         if _REGISTRY.get(cls.__name__) is not cls:
@@ -452,6 +462,8 @@ class Result:
             "extras": list(self.extras),
             "fields": self._field_values(),
         }
+        if self._parts():  # an extra field that is itself a result: its own directory
+            header["parts"] = list(self._parts())
         target = Path(path)
         with atomic_dir(target) as tmp:
             write_array(self.values, tmp)
@@ -460,6 +472,8 @@ class Result:
                 folder = tmp / EXTRAS_DIR / name
                 folder.mkdir(parents=True)
                 write_array(extra, folder)
+            for name, part in self._parts().items():
+                part.save(tmp / PARTS_DIR / name)
             (tmp / RESULT_FILE).write_text(json.dumps(header, indent=2, allow_nan=False) + "\n")
         return target
 
@@ -495,6 +509,10 @@ class Result:
                 raise ResultError(f"{folder / RESULT_FILE} lists an invalid extra name {name!r}")
             extras[name] = read_array(folder / EXTRAS_DIR / name)
         fields = header.get("fields") or {}
+        for name in header.get("parts", []):
+            if not isinstance(name, str) or not _NAME_RE.match(name):
+                raise ResultError(f"{folder / RESULT_FILE} lists an invalid part name {name!r}")
+            fields[name] = Result.load(folder / PARTS_DIR / name)
         try:
             return klass(values=values, meta=meta, extras=extras, **fields)
         except TypeError as err:
