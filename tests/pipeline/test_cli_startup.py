@@ -16,11 +16,14 @@ HEAVY = ("torch", "transformers", "transformer_lens", "nnsight", "plotly", "dash
 
 
 def _run_cli(*args: str) -> tuple[str, set[str]]:
-    """Run ``python -X importtime -m arithinterp.pipeline.cli ARGS`` (the module behind the
-    ``arithinterp`` console script); return stdout and the top-level packages it imported."""
+    """Run ``arithinterp ARGS`` under ``python -X importtime`` (the installed console script,
+    else ``-m arithinterp.pipeline.cli``, the module behind it); return stdout and the
+    top-level packages it imported."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    script = Path(sys.executable).with_name("arithinterp")  # pip's script beside the interpreter
+    entry = [str(script)] if script.is_file() else ["-m", "arithinterp.pipeline.cli"]
     proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "arithinterp.pipeline.cli", *args],
+        [sys.executable, "-X", "importtime", *entry, *args],
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
