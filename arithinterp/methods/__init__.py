@@ -74,6 +74,7 @@ from arithinterp.methods.neurons import (
     neuron_maps_from_activations,
 )
 from arithinterp.methods.patching import PatchingResult, patch_activations
+from arithinterp.methods.probe_directions import ProbeDirections
 from arithinterp.methods.probe_sweep import ProbeResult, answer_visible, control_columns, fit_probes
 from arithinterp.methods.probes import LinearProbe
 from arithinterp.methods.progress import (
@@ -146,6 +147,7 @@ __all__ = [
     "path_patch",
     "tokenize_pairs",
     "LinearProbe",
+    "ProbeDirections",
     "ProbeResult",
     "answer_visible",
     "control_columns",

@@ -17,7 +17,6 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError, SiteError, TokenizationError
 from arithinterp.methods._common import make_meta
@@ -36,6 +35,7 @@ from arithinterp.methods.patching import PatchingResult
 from arithinterp.methods.sweep import sweep_sites
 from arithinterp.models import Model, Patch, Site
 from arithinterp.models.site import LAYERLESS_KINDS, SITE_KIND_INFO
+from arithinterp.progress_bars import tqdm
 from arithinterp.tasks import PromptPairs
 
 __all__ = [

@@ -52,7 +52,6 @@ import torch
 import xarray as xr
 from pydantic import Field
 from scipy import stats
-from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError, MethodError, ResultError
 from arithinterp.methods._common import make_meta
@@ -73,9 +72,10 @@ from arithinterp.methods.registry import (
     register,
     site_values,
 )
-from arithinterp.methods.sweep import sweep_sites
+from arithinterp.methods.sweep import position_options, sweep_sites
 from arithinterp.models import Model, Site
 from arithinterp.models.site import HEAD_KINDS, LAYERLESS_KINDS, NEURON_KINDS
+from arithinterp.progress_bars import tqdm
 from arithinterp.results import Result
 from arithinterp.tasks import PromptPairs
 
@@ -227,6 +227,7 @@ def attribution_patch(
     *,
     kind: str = "attn_head",
     per_position: bool = True,
+    positions: Sequence[int] | None = None,
     neurons: Sequence[int] | None = None,
     direction: Direction = "denoise",
     metric: str | MetricFn = "logit_diff",
@@ -250,6 +251,8 @@ def attribution_patch(
             ``embed``, ``final_resid``).
         per_position: one cell per position (else the sum over positions, which is
             the first-order estimate of patching all positions at once).
+        positions: with ``per_position``, only these positions (default: all); negative ones
+            count from the end, as in :func:`patch_activations`.
         neurons: for ``mlp_post``, which neurons (default: all).
         direction: ``"denoise"`` (estimate patching clean into corrupt) or ``"noise"``.
         metric: ``logit_diff``, ``logprob``, ``prob`` or a differentiable
@@ -272,7 +275,8 @@ def attribution_patch(
                                answer=answer, method=method, ig_steps=ig_steps, batch_size=batch_size,
                                n_boot=n_boot)
     batch = con.batch
-    _, layout = sweep_sites(model, kind, per_position=per_position, seq_len=batch.seq_len, neurons=neurons)
+    _, layout = sweep_sites(model, kind, per_position=per_position, seq_len=batch.seq_len, neurons=neurons,
+                            positions=positions)
     layers: list[int | None] = [None] if kind in LAYERLESS_KINDS else list(range(model.shape.n_layers))
     wholes = [Site(kind, layer) for layer in layers]
     shape = [len(layout["coords"][d]) for d in layout["dims"]]
@@ -286,6 +290,8 @@ def attribution_patch(
         ], 1)  # [b, layer, inner, pos]
         if not per_position:
             cells = cells.sum(-1)
+        elif positions is not None:
+            cells = cells[..., torch.as_tensor(layout["coords"]["pos"])]
         per_pair.append(cells.reshape(len(part), *shape).double())
         target_scores.append(passes.target_scores)
         source_scores.append(passes.source_scores)
@@ -296,19 +302,22 @@ def attribution_patch(
     clean_mean, corrupt_mean = float(clean.mean()), float(corrupt.mean())
     # The estimate of each patched run's metric, on patching's scale.
     patched = target.reshape(-1, *[1] * len(shape)) + estimate
-    options = {"kind": kind, "per_position": per_position, **con.options, "method": method, "n_boot": n_boot}
+    options = {"kind": kind, "per_position": per_position, **position_options(positions, layout),
+               **con.options, "method": method, "n_boot": n_boot}
     if method == "ig":
         options["ig_steps"] = ig_steps
     if neurons is not None:
         options["neurons"] = [int(n) for n in neurons]
-    extra = {"baseline": baselines(direction, normalize, clean_mean, corrupt_mean)}
+    extra = {"baseline": baselines(direction, normalize, clean_mean, corrupt_mean),
+             **({"seq_len": batch.seq_len} if positions is not None else {})}
     values, extras, meta = package(con, model, "attribution_patch", patched.movedim(0, -1),
                                    dims=layout["dims"], coords=layout["coords"], clean_mean=clean_mean,
                                    corrupt_mean=corrupt_mean, options=options, extra=extra, n_boot=n_boot,
                                    seed=seed)
     result = AttributionResult(values=values, extras=extras, meta=meta)
     if validate:
-        exact = patch_activations(model, batch, kind=kind, per_position=per_position, neurons=neurons,
+        exact = patch_activations(model, batch, kind=kind, per_position=per_position, positions=positions,
+                                  neurons=neurons,
                                   direction=direction, metric=metric, normalize=normalize, answer=answer,
                                   engine="literal", batch_size=batch_size, n_boot=n_boot, seed=seed,
                                   progress=progress)
@@ -319,7 +328,7 @@ def attribution_patch(
 
 # -- validation against exact patching ------------------------------------------------------
 
-_SHARED_OPTIONS = ("kind", "per_position", "direction", "metric", "normalize", "answer")
+_SHARED_OPTIONS = ("kind", "per_position", "positions", "direction", "metric", "normalize", "answer")
 
 
 def _effect(result: Result) -> xr.DataArray:

@@ -25,7 +25,6 @@ import plotly.graph_objects as go
 import torch
 import xarray as xr
 from pydantic import Field
-from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError, MethodError
 from arithinterp.methods._common import check_positive_int, make_meta
@@ -57,6 +56,7 @@ from arithinterp.methods.registry import (
     register,
 )
 from arithinterp.models import Model, Patch, Site
+from arithinterp.progress_bars import tqdm
 from arithinterp.results import Result, resultclass
 from arithinterp.tasks import PromptPairs, PromptSet, tokenize
 

@@ -259,7 +259,7 @@ def package(
     mean, low, high = bootstrap_ci(samples, axis=-1, n_boot=n_boot, seed=seed)
     coords = dict(coords)
     if "pos" in dims and "pos_token" not in coords:
-        coords["pos_token"] = ("pos", np.array(con.batch.str_tokens))
+        coords["pos_token"] = ("pos", np.array(con.batch.str_tokens)[np.asarray(coords["pos"])])
     values = xr.DataArray(np.asarray(mean), dims=dims, coords=coords)
     extras = {"ci_low": values.copy(data=np.asarray(low)), "ci_high": values.copy(data=np.asarray(high))}
     baselines = {} if clean_mean is None else {"clean_mean": clean_mean, "corrupt_mean": corrupt_mean}

@@ -43,7 +43,6 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError
 from arithinterp.methods._common import make_meta
@@ -52,6 +51,7 @@ from arithinterp.methods.contrast import Direction, package
 from arithinterp.methods.metrics import AnswerMode, MetricFn, PairBatch
 from arithinterp.methods.registry import MethodSpec, register
 from arithinterp.models import Model, Site
+from arithinterp.progress_bars import tqdm
 from arithinterp.results import Result
 from arithinterp.tasks import PromptPairs
 

@@ -16,11 +16,11 @@ import torch
 import xarray as xr
 from plotly.subplots import make_subplots
 from pydantic import Field
-from tqdm.auto import tqdm
 
 from arithinterp.methods._common import make_meta, token_batches
 from arithinterp.methods.registry import MethodSpec, Options, register
 from arithinterp.models import Model
+from arithinterp.progress_bars import tqdm
 from arithinterp.results import Result
 from arithinterp.tasks import PromptSet, tokenize
 

@@ -26,13 +26,13 @@ import plotly.graph_objects as go
 import torch
 import xarray as xr
 from pydantic import Field
-from tqdm.auto import tqdm
 
 from arithinterp.errors import MethodError, TokenizationError
 from arithinterp.methods._common import check_positive_int, make_meta, token_batches
 from arithinterp.methods.registry import MethodSpec, Options, ReportView, RunContext, register
 from arithinterp.models import Model, Site
 from arithinterp.models.site import depth_site
+from arithinterp.progress_bars import tqdm
 from arithinterp.results import Result
 from arithinterp.tasks import (
     PromptSet,

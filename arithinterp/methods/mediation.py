@@ -59,7 +59,6 @@ import torch
 import xarray as xr
 from plotly.subplots import make_subplots
 from pydantic import Field
-from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError
 from arithinterp.methods._common import make_meta
@@ -76,6 +75,7 @@ from arithinterp.methods.registry import (
 )
 from arithinterp.methods.sweep import sweep_sites
 from arithinterp.models import Model, Site, select
+from arithinterp.progress_bars import tqdm
 from arithinterp.results import Result, bootstrap_ci
 from arithinterp.tasks import PromptPairs
 

@@ -43,7 +43,7 @@ from arithinterp.methods.registry import (
     read_extra,
     register,
 )
-from arithinterp.methods.sweep import run_literal, sweep_sites
+from arithinterp.methods.sweep import position_options, run_literal, sweep_sites
 from arithinterp.models import Model
 from arithinterp.models.site import SiteKind
 from arithinterp.results import Result
@@ -115,6 +115,7 @@ def patch_activations(
     *,
     kind: str = "attn_head",
     per_position: bool = True,
+    positions: Sequence[int] | None = None,
     neurons: Sequence[int] | None = None,
     direction: Direction = "denoise",
     metric: str | MetricFn = "logit_diff",
@@ -133,6 +134,9 @@ def patch_activations(
         pairs: clean/corrupt pairs (:func:`arithinterp.tasks.make_pairs`) or a tokenized batch.
         kind: the site kind to sweep (``resid_pre``, ``attn_out``, ``attn_head``, ``mlp_post`` …).
         per_position: one cell per position (else all positions at once).
+        positions: with ``per_position``, only these positions (default: all); negative ones
+            count from the end (``[-1]``: the last prompt token). The result's ``pos``
+            coordinate holds them as absolute positions; ``res.at(pos=-1)`` reads the last.
         neurons: for ``mlp_post``, which neurons (default: all).
         direction: ``"denoise"`` (clean into corrupt) or ``"noise"`` (corrupt into clean).
         metric: ``logit_diff``, ``logprob``, ``prob``, ``accuracy``, ``relative_prob`` (Stolfo et
@@ -156,7 +160,8 @@ def patch_activations(
     con = contrast(model, pairs, answer=answer, metric=metric, direction=direction, normalize=normalize,
                    batch_size=batch_size, n_boot=n_boot, extra_metrics={"relative_prob": prob})
     batch, metric_fn = con.batch, con.metric_fn
-    sites, layout = sweep_sites(model, kind, per_position=per_position, seq_len=batch.seq_len, neurons=neurons)
+    sites, layout = sweep_sites(model, kind, per_position=per_position, seq_len=batch.seq_len, neurons=neurons,
+                                positions=positions)
     run = run_literal if engine == "literal" else run_fast
 
     per_pair, clean_scores, corrupt_scores = [], [], []
@@ -174,11 +179,12 @@ def patch_activations(
         scores = (scores - base) / (base + RELATIVE_EPS)
         clean_all = (clean_all - base) / (base + RELATIVE_EPS)
         corrupt_all = (corrupt_all - base) / (base + RELATIVE_EPS)
+    options = {"kind": kind, "per_position": per_position, **con.options, "engine": engine, "n_boot": n_boot}
     values, extras, meta = package(
         con, model, "patch_activations", scores, dims=layout["dims"], coords=layout["coords"],
         clean_mean=float(clean_all.mean()), corrupt_mean=float(corrupt_all.mean()),
-        options={"kind": kind, "per_position": per_position, **con.options, "engine": engine, "n_boot": n_boot},
-        n_boot=n_boot, seed=seed,
+        options={**options, **position_options(positions, layout)}, n_boot=n_boot, seed=seed,
+        extra={"seq_len": batch.seq_len} if positions is not None else None,
     )
     return PatchingResult(values=values, meta=meta, extras=extras)
 
@@ -195,6 +201,7 @@ class SweepOptions(Options):
 
     sites: SiteKind = "attn_head"
     per_position: bool = True
+    positions: list[int] | None = None
     direction: Direction = "denoise"
     normalize: bool = True
     answer: AnswerMode = "multi"

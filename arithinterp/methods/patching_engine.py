@@ -29,7 +29,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from arithinterp.errors import ModelLoadError
 from arithinterp.methods.metrics import MetricFn, PairBatch
@@ -37,6 +36,7 @@ from arithinterp.methods.sweep import run_literal
 from arithinterp.models import Model, Site
 from arithinterp.models.functional import KV, FunctionalTransformer
 from arithinterp.models.site import SITE_KIND_INFO
+from arithinterp.progress_bars import tqdm
 
 _STAGE = {kind: info.stage for kind, info in SITE_KIND_INFO.items()}
 

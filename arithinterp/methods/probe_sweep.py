@@ -29,13 +29,14 @@ import plotly.graph_objects as go
 import torch
 import xarray as xr
 from plotly.subplots import make_subplots
-from tqdm.auto import tqdm
 
 from arithinterp.methods._common import make_meta
+from arithinterp.methods.probe_directions import ProbeDirections, probe_directions
 from arithinterp.methods.probes import LinearProbe, ProbeError, score_predictions
 from arithinterp.models import Model, Site
 from arithinterp.models.site import site_depth
-from arithinterp.results import Result
+from arithinterp.progress_bars import tqdm
+from arithinterp.results import Result, resultclass
 from arithinterp.tasks import PromptSet, tokenize
 from arithinterp.tasks.spec import REVERSED_FORMATS
 
@@ -55,6 +56,7 @@ ControlBy = Literal["auto", "operands", "token"]
 _MAX_CLASSES = 20
 
 
+@resultclass
 class ProbeResult(Result):
     """Held-out probe scores.
 
@@ -67,10 +69,13 @@ class ProbeResult(Result):
     ``pos_token`` labels ``pos``. Extras: ``ci_low``/``ci_high`` (bootstrap over held-out prompts),
     ``control`` (Hewitt & Liang control-task score), ``selectivity`` (score −
     control), ``majority`` (score of always predicting the most frequent training
-    label, or the training mean), ``mae`` (ridge targets, else NaN).
+    label, or the training mean), ``mae`` (ridge targets, else NaN). ``directions``: the
+    fitted probes' directions (a :class:`ProbeDirections`) when ``fit_probes`` was asked to
+    keep them.
     """
 
     metric_name = "score"
+    directions: ProbeDirections | None = None
 
     def plot(self) -> go.Figure:
         targets = [str(t) for t in self.values.coords["target"].values]
@@ -277,6 +282,7 @@ def fit_probes(
     l2: float = 1e-3,
     seed: int = 0,
     batch_size: int = 256,
+    directions: bool = False,
     progress: bool = True,
 ) -> ProbeResult:
     """Fit a linear probe for each (site, position, target) and score it on held-out prompts.
@@ -288,7 +294,8 @@ def fit_probes(
             a dict name -> array of one value per prompt.
         sites: ``"resid"`` (resid_pre and resid_mid of every layer, then the final
             resid_post) or a list of whole-layer sites.
-        positions: positions to probe (default: all).
+        positions: positions to probe (default: all); negative ones count from the end. The
+            result's ``pos`` holds absolute positions (``res.at(pos=-1)`` reads the last).
         kind: ``"auto"`` (logistic for integer/bool targets with <= 20 values, ridge
             otherwise), ``"logistic"``, ``"ridge"`` or ``"circular"`` (one probe per period
             in ``periods``, named ``"<target> mod <T>"``).
@@ -307,6 +314,8 @@ def fit_probes(
         l2: probe penalty (see :class:`LinearProbe`).
         seed: seed of the split, the bootstrap and the control task.
         batch_size: prompts per forward pass.
+        directions: also keep the fitted probes' directions (numpy, in the residual
+            stream's coordinates) as ``result.directions``, a :class:`ProbeDirections`.
         progress: show progress bars.
     """
     _check_options(kind=kind, split=split, test_fraction=test_fraction)
@@ -341,14 +350,18 @@ def fit_probes(
         "pos_token": ("pos", np.array([tokenized.str_tokens[p] for p in positions])),
     }
     values, extras = _score_arrays(rows, coords)
+    probes = {name: row.pop("probe") for (name, _, _, _), row in zip(jobs, rows)}
     options = {"targets": list(ys), "sites": labels, "positions": positions, "kind": kind,
                "periods": list(periods), "test_fraction": test_fraction, "split": split,
                "control": control, "control_by": _control_by_option(control_by),
                "n_boot": n_boot, "l2": l2, "batch_size": batch_size}
     meta = make_meta("fit_probes", model, prompts, options=options, seed=seed,
                      extra={"n_train": len(train), "n_test": len(test),
-                            "control_columns": control_cols})
-    return ProbeResult(values=values, meta=meta, extras=extras)
+                            "control_columns": control_cols, "seq_len": tokenized.tokens.shape[1]})
+    kept = None
+    if directions:
+        kept = probe_directions(probes, {k: coords[k] for k in ("site", "pos", "layer", "pos_token")}, meta)
+    return ProbeResult(values=values, meta=meta, extras=extras, directions=kept)
 
 
 def _check_options(*, kind: str, split: str, test_fraction: float) -> None:
@@ -446,7 +459,7 @@ def _fit_one(X_train, X_test, y, train, test, tokens, *, kind, period, l2, contr
     probe = LinearProbe(kind, l2=l2, period=period).fit(X_train, y[train])
     pred = probe.predict(X_test)
     y_test = y_eval[test]
-    out = {"score": score_predictions(pred, np.broadcast_to(y_test, pred.shape), score_kind)}
+    out = {"score": score_predictions(pred, np.broadcast_to(y_test, pred.shape), score_kind), "probe": probe}
     out["ci_low"], out["ci_high"] = _bootstrap(pred, y_test, score_kind, n_boot, rng)
     nan = np.full(out["score"].shape, np.nan)
     out["mae"] = np.abs(pred - y_test).mean(-1) if kind == "ridge" else nan

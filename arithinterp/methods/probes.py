@@ -32,10 +32,17 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import r2_score
+from sklearn.utils import ClassifierTags, RegressorTags, Tags
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import validate_data
 
 from arithinterp.errors import ArithInterpError
 
-__all__ = ["LinearProbe", "ProbeError", "ProbeKind", "score_predictions"]
+__all__ = ["LinearProbe", "ProbeError", "ProbeKind", "ProbeNotFittedError", "score_predictions"]
 
 ProbeKind = Literal["logistic", "ridge", "circular"]
 
@@ -47,12 +54,13 @@ class ProbeError(ArithInterpError, ValueError):
 def _as_tensor(x, dtype=torch.float64) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.detach().to("cpu", dtype)
-    return torch.as_tensor(np.asarray(x), dtype=dtype)
+    return torch.as_tensor(np.require(np.asarray(x), requirements=["W"]), dtype=dtype)
 
 
 def _as_float_tensor(x) -> torch.Tensor:
     """``x`` as a CPU tensor, keeping float32/float64 (no copy of a large float32 input)."""
-    t = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    t = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(
+        np.require(np.asarray(x), requirements=["W"]))  # a read-only array (memmap) is copied
     return t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float64)
 
 
@@ -127,7 +135,7 @@ def _ridge_chunk(zt: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor) -> torc
 
 def _newton_chunk(
     zt: torch.Tensor, t: torch.Tensor, pen: torch.Tensor, *, tol: float, max_iter: int
-) -> tuple[torch.Tensor, int]:
+) -> tuple[torch.Tensor, int, int]:
     """Minimise ``mean BCE(Z w, t) + 1/2 sum(pen w^2)`` for each problem of a chunk.
 
     ``zt [c, d1, n]`` float64, ``t [c, n]`` in {0, 1}. Damped Newton with an Armijo line
@@ -135,7 +143,7 @@ def _newton_chunk(
     ``tol``. The Hessian (formed in float32: it only steers, the gradient and the loss
     are float64) is refreshed per problem only when the previous one stops giving full
     steps that shrink the decrement tenfold; otherwise it is reused. Returns the weights
-    ``[c, d1]`` and the number of Hessians formed.
+    ``[c, d1]``, the number of Hessians formed and the number of Newton iterations.
     """
     c, d1, n = zt.shape
     z32 = zt.float()
@@ -147,8 +155,8 @@ def _newton_chunk(
     ridge = torch.diag(pen + 1e-10)
     refresh = torch.ones(c, dtype=torch.bool)
     previous = None
-    n_hessians = 0
-    for _ in range(max_iter):
+    n_hessians = iterations = 0
+    for iterations in range(1, max_iter + 1):  # noqa: B007  (the count is returned)
         p = torch.sigmoid(logits)
         resid = p - t
         for i in range(c):  # c matrix-vector products beat one bmm with this layout
@@ -187,11 +195,21 @@ def _newton_chunk(
         if previous is not None:
             refresh |= live & (decrement > 0.1 * previous)
         previous = decrement
-    return w, n_hessians
+    return w, n_hessians, iterations
 
 
-class LinearProbe:
-    """A batched linear probe with scikit-learn conventions.
+class ProbeNotFittedError(ProbeError, NotFittedError):
+    """A probe used before ``fit``: both an ``ArithInterpError`` and scikit-learn's
+    ``NotFittedError``."""
+
+
+def _batched(X) -> bool:
+    """Whether ``X`` takes the batched path: a torch tensor, or more than two dims."""
+    return isinstance(X, torch.Tensor) or (hasattr(X, "ndim") and X.ndim > 2)
+
+
+class LinearProbe(BaseEstimator):
+    """A batched linear probe that is a scikit-learn estimator.
 
     Args:
         kind: ``"logistic"`` (classes), ``"ridge"`` (real values) or ``"circular"``
@@ -204,9 +222,27 @@ class LinearProbe:
         tol: convergence tolerance: the squared Newton decrement ``g' H^-1 g`` of the
             binary logistic loss (``1e-12``: at most ``5e-13`` above the optimum).
 
-    Learned: ``mean_``, ``scale_`` (standardisation, ``[..., d]``), ``coef_``
-    (``[..., d, k]``; ``k`` classes, 1 output for ridge on ``[n]`` targets, 2 for
-    circular), ``intercept_`` (``[..., k]``), ``classes_`` (logistic), ``n_hessians_``
+    Two ways in:
+
+    - **one problem**, ``X [n, d]`` (array-like, a DataFrame...): validated as scikit-learn
+      validates (NaN, shapes, feature counts and names, label types), so the probe works in
+      ``cross_val_score``, pipelines and grid searches and passes
+      ``sklearn.utils.estimator_checks.check_estimator`` (for ``"logistic"`` and ``"ridge"``;
+      see ``tests/methods/test_probe_estimator.py`` for the checks a ``"circular"`` probe
+      cannot meet);
+    - **many problems at once**, ``X [..., n, d]`` with more dims, or any torch tensor (the
+      fast path :func:`~arithinterp.methods.probe_sweep.fit_probes` uses): one problem per
+      leading index, against ``y [n]`` or ``[..., n]``, fitted in one call.
+
+    Learned (numpy arrays; ``...`` is the problems' shape, empty for one problem):
+    ``coef_`` the directions in the input space, so ``X @ coef_.T + intercept_`` is the
+    decision: ``[..., 1, d]`` for two classes (the logit of ``classes_[1]`` over
+    ``classes_[0]``), ``[..., k, d]`` for ``k`` classes, ``[..., d]`` for ridge, ``[..., 2, d]``
+    (cos, sin) for circular; ``intercept_`` the matching ``[..., 1]``, ``[..., k]``, ``[...]``
+    (a float for one ridge problem) or ``[..., 2]``; ``classes_`` (``arange(period)`` for
+    circular); ``mean_`` and ``scale_`` ``[..., d]`` (the standardisation the penalty was
+    applied under, folded into ``coef_``); ``n_features_in_``; ``n_iter_`` (Newton or L-BFGS
+    iterations, the most any problem took; 1 for the closed-form ridge); ``n_hessians_``
     (binary logistic: Hessians formed, over all problems).
     """
 
@@ -228,11 +264,17 @@ class LinearProbe:
         self.period = period
         self.tol = tol
 
-    def get_params(self, deep: bool = True) -> dict:
-        return {k: getattr(self, k) for k in ("kind", "l2", "max_iter", "lr", "seed", "period", "tol")}
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        if self.kind == "ridge":
+            tags.estimator_type, tags.regressor_tags = "regressor", RegressorTags()
+        else:
+            tags.estimator_type, tags.classifier_tags = "classifier", ClassifierTags()
+        return tags
 
-    def __repr__(self) -> str:
-        return f"LinearProbe({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "coef_")
 
     def _check(self) -> None:
         if self.kind not in get_args(ProbeKind):
@@ -244,41 +286,74 @@ class LinearProbe:
         if self.tol <= 0:
             raise ProbeError(f"tol must be > 0, got {self.tol}")
 
-    def _standardise(self, X: torch.Tensor) -> torch.Tensor:
-        return (X - self.mean_.unsqueeze(-2)) / self.scale_.unsqueeze(-2)
+    # -- fitting ---------------------------------------------------------------------------
 
     def fit(self, X, y) -> LinearProbe:
-        """Fit every problem in ``X [..., n, d]`` against ``y [n]`` or ``[..., n]``."""
+        """Fit one problem ``X [n, d]`` or every problem in ``X [..., n, d]`` against ``y``."""
         self._check()
-        X = _as_float_tensor(X)
-        if X.ndim < 2:
-            raise ProbeError(f"X must be [..., n, d], got shape {tuple(X.shape)}")
-        n = X.shape[-2]
-        y_np = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y)
-        if y_np.shape[-1] != n:
-            raise ProbeError(f"y has {y_np.shape[-1]} samples, X has {n}")
+        if _batched(X):
+            X = _as_float_tensor(X)
+            if X.ndim < 2:
+                raise ProbeError(f"X must be [..., n, d], got shape {tuple(X.shape)}")
+            y_np = np.asarray(y.cpu() if isinstance(y, torch.Tensor) else y)
+            if y_np.ndim == 0 or y_np.shape[-1] != X.shape[-2]:
+                raise ProbeError(f"y has shape {y_np.shape}; X has {X.shape[-2]} samples")
+            self.n_features_in_ = int(X.shape[-1])
+        else:
+            X, y_np = validate_data(self, X, y, dtype=[np.float64, np.float32],
+                                    y_numeric=self.kind == "ridge")
+            if self.kind != "ridge":
+                check_classification_targets(y_np)
+            if self.kind == "circular" and y_np.dtype.kind not in "iubf":
+                raise ProbeError(f"a circular probe decodes residues of integer targets; y has "
+                                 f"dtype {y_np.dtype}")
+            X = torch.from_numpy(np.require(X, requirements=["W"]))
         if self.kind == "logistic":
-            self.classes_ = np.unique(y_np)
-            if len(self.classes_) < 2:
-                raise ProbeError(f"a logistic probe needs at least 2 classes, y has {self.classes_}")
-            idx = torch.as_tensor(np.searchsorted(self.classes_, y_np)).expand(X.shape[:-1])
-            if len(self.classes_) == 2:
-                self._fit_chunked(X, idx.to(torch.float64), "binary")
-            else:
-                self._fit_multiclass(X, idx)
+            self._fit_logistic(X, y_np)
             return self
         target = _as_tensor(y_np)
         if self.kind == "circular":
+            self.classes_ = np.arange(self.period)
             angle = 2 * math.pi * target / self.period
             target = torch.stack([angle.cos(), angle.sin()], -1)
         else:
             target = target.unsqueeze(-1)
-        self._fit_chunked(X, target.expand(*X.shape[:-1], target.shape[-1]), "ridge")
+        w, mean, scale = self._fit_chunked(X, target.expand(*X.shape[:-1], target.shape[-1]), "ridge")
+        self._set_weights(w, mean, scale)
         return self
 
-    def _fit_chunked(self, X: torch.Tensor, target: torch.Tensor, how: str) -> None:
+    def _fit_logistic(self, X: torch.Tensor, y: np.ndarray) -> None:
+        self.classes_ = np.unique(y)
+        if len(self.classes_) < 2:
+            raise ProbeError(
+                f"a logistic probe needs at least 2 classes; y has 1 class: {self.classes_.tolist()}"
+            )
+        idx = torch.as_tensor(np.searchsorted(self.classes_, y)).expand(X.shape[:-1])
+        if len(self.classes_) == 2:
+            w, mean, scale = self._fit_chunked(X, idx.to(torch.float64), "binary")
+        else:
+            w, mean, scale = self._fit_multiclass(X, idx)
+        self._set_weights(w, mean, scale)
+
+    def _set_weights(self, w: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> None:
+        """Learned state from weights ``w [..., d + 1, k]`` (the last row the intercept) on
+        standardised features: the directions in the input space, as numpy."""
+        coef = w[..., :-1, :] / scale.unsqueeze(-1)  # [..., d, k]
+        intercept = w[..., -1, :] - (mean.unsqueeze(-2) @ coef).squeeze(-2)
+        self.mean_, self.scale_ = mean.numpy(), scale.numpy()
+        if self.kind == "ridge":
+            self.coef_ = coef[..., 0].contiguous().numpy()
+            self.intercept_ = intercept[..., 0].numpy()
+            if self.intercept_.ndim == 0:
+                self.intercept_ = float(self.intercept_)
+        else:
+            self.coef_ = coef.transpose(-1, -2).contiguous().numpy()
+            self.intercept_ = intercept.numpy()
+
+    def _fit_chunked(self, X: torch.Tensor, target: torch.Tensor, how: str) -> tuple[torch.Tensor, ...]:
         """Binary logistic (``target [..., n]`` in {0, 1}) or ridge (``target [..., n, k]``),
-        problem chunk by problem chunk; each chunk is one batched solve."""
+        problem chunk by problem chunk; each chunk is one batched solve. Returns the weights
+        ``[..., d + 1, k]`` on standardised features, the mean and the scale ``[..., d]``."""
         batch, (n, d) = X.shape[:-2], X.shape[-2:]
         flat_x = X.reshape(-1, n, d)
         flat_t = target.reshape(flat_x.shape[0], n, *target.shape[len(batch) + 1:]).to(torch.float64)
@@ -290,32 +365,27 @@ class LinearProbe:
         pen = torch.full((d + 1,), float(self.l2), dtype=torch.float64)
         pen[d] = 0.0  # the intercept is not penalised
         step = _chunk_size(n, d)
-        self.n_hessians_ = 0
+        self.n_hessians_, self.n_iter_ = 0, 1  # ridge: one solve
         for start in range(0, size, step):
             part = slice(start, start + step)
             zt, mean[part], scale[part] = _standardised_t(flat_x[part])
             if how == "binary":
-                wc, n_hess = _newton_chunk(zt, flat_t[part], pen, tol=self.tol, max_iter=self.max_iter)
+                wc, n_hess, n_iter = _newton_chunk(zt, flat_t[part], pen, tol=self.tol, max_iter=self.max_iter)
                 w[part] = wc.unsqueeze(-1)
                 self.n_hessians_ += n_hess
+                self.n_iter_ = max(self.n_iter_, n_iter)
             else:
                 w[part] = _ridge_chunk(zt, flat_t[part], pen * n)
-        self.mean_, self.scale_ = mean.reshape(*batch, d), scale.reshape(*batch, d)
-        coef, intercept = w[:, :d].reshape(*batch, d, k), w[:, d].reshape(*batch, k)
-        if how == "binary":  # softmax form: logit difference = w.x + b
-            self.coef_ = torch.cat([-coef / 2, coef / 2], -1)
-            self.intercept_ = torch.cat([-intercept / 2, intercept / 2], -1)
-        else:
-            self.coef_, self.intercept_ = coef, intercept
+        return w.reshape(*batch, d + 1, k), mean.reshape(*batch, d), scale.reshape(*batch, d)
 
-    def _fit_multiclass(self, X: torch.Tensor, idx: torch.Tensor) -> None:
+    def _fit_multiclass(self, X: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Softmax regression, full-batch L-BFGS on all problems together (they are
         independent, so minimising the sum minimises each)."""
         X = X.to(torch.float64)
-        self.mean_ = X.mean(-2)
+        mean = X.mean(-2)
         std = X.std(-2, unbiased=False)
-        self.scale_ = torch.where(std > 1e-12, std, torch.ones_like(std))
-        Z = self._standardise(X)
+        scale = torch.where(std > 1e-12, std, torch.ones_like(std))
+        Z = (X - mean.unsqueeze(-2)) / scale.unsqueeze(-2)
         n, d = Z.shape[-2:]
         k = len(self.classes_)
         W = torch.zeros(*Z.shape[:-2], d, k, dtype=Z.dtype)
@@ -338,44 +408,93 @@ class LinearProbe:
             return -(logp * onehot).sum() / n + 0.5 * self.l2 * (W**2).sum()
 
         opt.step(closure)
-        self.coef_, self.intercept_ = W, b
+        self.n_iter_ = max(1, int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", 1)))
+        return torch.cat([W, b.unsqueeze(-2)], -2), mean, scale
 
-    def decision_function(self, X) -> torch.Tensor:
-        """Raw outputs ``[..., m, k]`` (logits, or ridge/circular predictions)."""
-        if not hasattr(self, "coef_"):
-            raise ProbeError("this LinearProbe is not fitted yet; call fit(X, y) first")
-        X = _as_tensor(X)
-        # fold the standardisation into the weights: one pass over X instead of a copy
-        coef = self.coef_ / self.scale_.unsqueeze(-1)
-        intercept = self.intercept_ - (self.mean_.unsqueeze(-2) @ coef).squeeze(-2)
-        if X.ndim < 2 or X.shape[:-2] != coef.shape[:-2] or coef.shape[-1] > 4:
-            return X @ coef + intercept.unsqueeze(-2)
-        m, d = X.shape[-2:]
+    # -- predicting ------------------------------------------------------------------------
+
+    def _input(self, X) -> torch.Tensor:
+        if not self.__sklearn_is_fitted__():
+            raise ProbeNotFittedError("this LinearProbe is not fitted yet; call fit(X, y) first")
+        if _batched(X):
+            X = _as_tensor(X)
+            if X.ndim < 2 or X.shape[-1] != self.n_features_in_:
+                raise ProbeError(f"X must be [..., m, {self.n_features_in_}], got shape {tuple(X.shape)}")
+            return X
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        return torch.from_numpy(np.require(X, dtype=np.float64, requirements=["W"]))
+
+    def _raw(self, X) -> torch.Tensor:
+        """Outputs ``[..., m, k]``: logits (one logit difference for two classes), the ridge
+        prediction, or circular's (cos, sin)."""
+        X = self._input(X)
+        coef = torch.from_numpy(np.ascontiguousarray(self.coef_, dtype=np.float64))
+        intercept = torch.as_tensor(np.asarray(self.intercept_, dtype=np.float64))
+        if self.kind == "ridge":
+            coef, intercept = coef.unsqueeze(-2), intercept.unsqueeze(-1)
+        batch, (k, d) = coef.shape[:-2], coef.shape[-2:]
+        if X.ndim < 2 or X.shape[:-2] != batch or k > 4:
+            return X @ coef.transpose(-1, -2) + intercept.unsqueeze(-2)
+        m = X.shape[-2]
         flat_x = X.reshape(-1, m, d)
-        flat_c = coef.reshape(-1, d, coef.shape[-1]).transpose(1, 2).contiguous()
-        out = torch.empty(flat_x.shape[0], m, flat_c.shape[1], dtype=X.dtype)
+        flat_c = coef.reshape(-1, k, d)
+        out = torch.empty(flat_x.shape[0], m, k, dtype=X.dtype)
         for i in range(flat_x.shape[0]):  # matrix-vector products: much faster than bmm here
-            for j in range(flat_c.shape[1]):
+            for j in range(k):
                 torch.mv(flat_x[i], flat_c[i, j], out=out[i, :, j])
-        return out.reshape(*X.shape[:-1], -1) + intercept.unsqueeze(-2)
+        return out.reshape(*X.shape[:-1], k) + intercept.unsqueeze(-2)
+
+    @available_if(lambda self: self.kind == "logistic")
+    def decision_function(self, X) -> np.ndarray:
+        """Logistic scores: ``[..., m]`` (the logit of ``classes_[1]``) for two classes,
+        ``[..., m, k]`` logits for ``k`` classes."""
+        out = self._raw(X)
+        return (out[..., 0] if out.shape[-1] == 1 else out).numpy()
+
+    @available_if(lambda self: self.kind == "logistic")
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities ``[..., m, k]`` in the order of ``classes_``."""
+        out = self._raw(X)
+        if out.shape[-1] == 1:
+            p = torch.sigmoid(out)
+            return torch.cat([1 - p, p], -1).numpy()
+        return torch.softmax(out, -1).numpy()
+
+    @available_if(lambda self: self.kind == "logistic")
+    def predict_log_proba(self, X) -> np.ndarray:
+        """``log(predict_proba(X))``, computed stably."""
+        out = self._raw(X)
+        if out.shape[-1] == 1:
+            return torch.cat([F.logsigmoid(-out), F.logsigmoid(out)], -1).numpy()
+        return torch.log_softmax(out, -1).numpy()
 
     def predict(self, X) -> np.ndarray:
         """Class labels, real values, or residues mod ``period``: ``[..., m]``."""
-        out = self.decision_function(X)
+        out = self._raw(X)
         if self.kind == "logistic":
-            return self.classes_[out.argmax(-1).numpy()]
+            best = (out[..., 0] > 0).long() if out.shape[-1] == 1 else out.argmax(-1)
+            return self.classes_[best.numpy()]
         if self.kind == "circular":
             angle = torch.atan2(out[..., 1], out[..., 0])
             return (torch.round(angle * self.period / (2 * math.pi)) % self.period).long().numpy()
         return out[..., 0].numpy()
 
-    def score(self, X, y) -> np.ndarray | float:
-        """Accuracy (logistic, circular) or R² (ridge), one per problem."""
+    def score(self, X, y, sample_weight=None) -> np.ndarray | float:
+        """Accuracy (logistic, circular) or R² (ridge), one per problem (a float for one)."""
         pred = self.predict(X)
-        y = np.broadcast_to(np.asarray(y), pred.shape)
+        y = np.asarray(y)
+        if y.ndim == 2 and y.shape[1] == 1 and pred.ndim == 1:
+            y = y[:, 0]
+        y = np.broadcast_to(y, pred.shape)
         if self.kind == "circular":
             y = np.mod(y, self.period)
-        s = score_predictions(pred, y, self.kind)
+        if sample_weight is not None:
+            if pred.ndim != 1:
+                raise ProbeError("sample_weight applies to one problem, not a batch")
+            if self.kind == "ridge":
+                return float(r2_score(y, pred, sample_weight=sample_weight))
+            return float(np.average(pred == y, weights=sample_weight))
+        s = score_predictions(pred, y, "ridge" if self.kind == "ridge" else "accuracy")
         return float(s) if s.ndim == 0 else s
 
 

@@ -26,13 +26,13 @@ import torch
 import xarray as xr
 from pydantic import Field
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from arithinterp.errors import ArithInterpError, ConfigError, MethodError, ResultError
 from arithinterp.methods._common import make_meta, token_batches
 from arithinterp.methods.lens import LensResult, Readout, depth_coords, lens_sites, run_lens
 from arithinterp.methods.registry import MethodSpec, Options, RunContext, register
 from arithinterp.models import Model
+from arithinterp.progress_bars import tqdm
 from arithinterp.results import Result, ResultMeta
 from arithinterp.results.io import atomic_dir
 from arithinterp.tasks import PromptSet, tokenize

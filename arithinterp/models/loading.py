@@ -27,6 +27,7 @@ import torch
 from arithinterp.errors import ModelLoadError
 from arithinterp.models.model import Model
 from arithinterp.models.site import ModelShape
+from arithinterp.progress_bars import hf_progress
 
 BackendName = Literal["transformer_lens", "nnsight"]
 BACKENDS: tuple[str, ...] = get_args(BackendName)
@@ -238,18 +239,20 @@ def load_model(
     path, name = resolve_spec(spec)
     if path == spec and not remote and not Path(path).exists():
         _check_hub(spec)
-    if backend == "transformer_lens":
-        from arithinterp.models.backends.tl import TransformerLensBackend
+    # In a log file, transformers' "Loading weights" bars become lines (silent unless slow).
+    with hf_progress():
+        if backend == "transformer_lens":
+            from arithinterp.models.backends.tl import TransformerLensBackend
 
-        loaded = TransformerLensBackend.from_pretrained(
-            path, device=device, dtype=torch_dtype, device_map=_plain(device_map)
-        )
-    else:
-        from arithinterp.models.backends.nnsight_backend import NNsightBackend
+            loaded = TransformerLensBackend.from_pretrained(
+                path, device=device, dtype=torch_dtype, device_map=_plain(device_map)
+            )
+        else:
+            from arithinterp.models.backends.nnsight_backend import NNsightBackend
 
-        loaded = NNsightBackend.from_pretrained(
-            path, device=device, dtype=torch_dtype, remote=remote, device_map=_plain(device_map)
-        )
+            loaded = NNsightBackend.from_pretrained(
+                path, device=device, dtype=torch_dtype, remote=remote, device_map=_plain(device_map)
+            )
     return _checked(Model(loaded, name=name, spec=spec))
 
 

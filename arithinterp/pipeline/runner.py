@@ -31,7 +31,6 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from tqdm.auto import tqdm
 
 from arithinterp.errors import ArithInterpError, ResultError
 from arithinterp.models import Model, load_model
@@ -40,6 +39,7 @@ from arithinterp.pipeline.config import PipelineConfig, step_name
 from arithinterp.pipeline.limits import check_memory, estimate_run_bytes
 from arithinterp.pipeline.rundir import claimed_run_dir
 from arithinterp.pipeline.steps import RunContext, check_step, run_step, seed_everything
+from arithinterp.progress_bars import tqdm
 from arithinterp.reports import ReportSection, write_html_report
 from arithinterp.results import Result
 from arithinterp.results.io import atomic_dir, atomic_write_text

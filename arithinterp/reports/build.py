@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError
 from arithinterp.methods.circuits import CircuitResult
 from arithinterp.methods.evaluate import evaluate
 from arithinterp.methods.registry import NotApplicable, RunContext
 from arithinterp.methods.registry import methods as get_methods
+from arithinterp.progress_bars import tqdm
 from arithinterp.reports.inputs import report_methods, resolve_inputs
 from arithinterp.reports.report import AttributionReport
 from arithinterp.reports.tables import head_table, neuron_table

@@ -37,6 +37,13 @@ import plotly.graph_objects as go
 import xarray as xr
 
 from arithinterp.errors import ArithInterpError, ResultError
+from arithinterp.results.export import (
+    absolute_positions,
+    from_dataset,
+    read_netcdf,
+    to_dataset,
+    write_netcdf,
+)
 from arithinterp.results.frame import dim_labels, tidy_frame
 from arithinterp.results.io import atomic_dir
 from arithinterp.results.meta import ResultMeta
@@ -61,7 +68,7 @@ __all__ = [
 #: The one axis vocabulary: every dim of every result is one of these.
 AXES: tuple[str, ...] = (
     "prompt", "layer", "head", "pos", "neuron", "component", "freq", "digit",
-    "token", "target", "metric", "stat", "site", "class", "checkpoint",
+    "token", "target", "metric", "stat", "site", "class", "checkpoint", "output", "feature",
 )  # fmt: skip
 
 FORMAT_VERSION = 1
@@ -69,6 +76,7 @@ FORMAT_NAME = "arithinterp.result"
 RESULT_FILE = "result.json"
 META_FILE = "meta.json"
 EXTRAS_DIR = "extras"
+PARTS_DIR = "parts"
 _BASE_FIELDS = ("values", "meta", "extras")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -261,6 +269,43 @@ class Result:
         """``values.sel(...)``; pass ``indexers={"class": ...}`` for dims that are keywords."""
         return self.values.sel(indexers, **kwargs)
 
+    def at(self, indexers: Mapping[str, Any] | None = None, **kwargs: Any) -> xr.DataArray:
+        """:meth:`sel` where positions may count from the end: ``res.at(pos=-1)``.
+
+        ``pos`` coordinates are absolute token positions. A negative ``pos`` (an int or a
+        list of ints) counts from the end of the sequence the result covers: ``-1`` is its
+        last position, ``seq_len - 1``, where ``seq_len`` is ``meta.extra["seq_len"]`` (set by
+        sweeps over chosen positions) or, for a result over every position ``0 .. n-1``, ``n``.
+        """
+        chosen = dict(indexers or {}, **kwargs)
+        if "pos" in chosen and "pos" in self.dims:
+            chosen["pos"] = absolute_positions(self, chosen["pos"])
+        return self.values.sel(chosen)
+
+    # -- export: xarray and netCDF (see arithinterp.results.export) ---------------------------
+
+    def to_xarray(self) -> xr.Dataset:
+        """``values`` (named after the metric) and every extra as one ``xarray.Dataset``; its
+        attrs carry the class, meta and fields, so :meth:`from_xarray` rebuilds the result.
+        A field that holds a whole result (``ProbeResult.directions``) is left out: export it
+        with its own ``to_xarray()``."""
+        return to_dataset(self)
+
+    @classmethod
+    def from_xarray(cls: type[R], dataset: xr.Dataset) -> R:
+        """The result :meth:`to_xarray` made ``dataset`` from, as its class."""
+        return from_dataset(dataset, cls, result_class)
+
+    def to_netcdf(self, path: str | Path, *, engine: str | None = None) -> Path:
+        """Write :meth:`to_xarray` to a netCDF file (engine: netCDF4, h5netcdf or scipy,
+        the first installed); :meth:`from_netcdf` reads it back."""
+        return write_netcdf(self, path, engine=engine)
+
+    @classmethod
+    def from_netcdf(cls: type[R], path: str | Path, *, engine: str | None = None) -> R:
+        """The result in a netCDF file written by :meth:`to_netcdf`, as its class."""
+        return read_netcdf(path, cls, result_class, engine=engine)
+
     def replace(self: R, **changes: Any) -> R:
         """A copy with some fields replaced (results are frozen)."""
         return dataclasses.replace(self, **changes)
@@ -385,10 +430,16 @@ class Result:
 
     # -- save / load ------------------------------------------------------------------------
 
+    def _parts(self) -> dict[str, Result]:
+        """Extra fields that hold a whole result (saved as ``parts/<name>/``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.init and f.name not in _BASE_FIELDS and isinstance(getattr(self, f.name), Result)}
+
     def _field_values(self) -> dict[str, Any]:
         out = {}
+        parts = self._parts()
         for f in dataclasses.fields(self):
-            if f.name in _BASE_FIELDS or not f.init:
+            if f.name in _BASE_FIELDS or not f.init or f.name in parts:
                 continue
             value = getattr(self, f.name)
             _check_json_native(value, f"{type(self).__name__}.{f.name}")
@@ -404,7 +455,8 @@ class Result:
 
         Layout: ``result.json`` (class, module, format version, metric, extra
         fields), ``meta.json``, ``values.npy`` + ``coords.json`` and
-        ``extras/<name>/{values.npy,coords.json}``. No pickle anywhere.
+        ``extras/<name>/{values.npy,coords.json}``, and ``parts/<name>/`` (a result
+        directory) for an extra field that holds a whole result. No pickle anywhere.
         """
         cls = type(self)
         if _REGISTRY.get(cls.__name__) is not cls:
@@ -420,6 +472,8 @@ class Result:
             "extras": list(self.extras),
             "fields": self._field_values(),
         }
+        if self._parts():  # an extra field that is itself a result: its own directory
+            header["parts"] = list(self._parts())
         target = Path(path)
         with atomic_dir(target, overwrite=overwrite) as tmp:
             write_array(self.values, tmp)
@@ -428,6 +482,8 @@ class Result:
                 folder = tmp / EXTRAS_DIR / name
                 folder.mkdir(parents=True)
                 write_array(extra, folder)
+            for name, part in self._parts().items():
+                part.save(tmp / PARTS_DIR / name)
             (tmp / RESULT_FILE).write_text(json.dumps(header, indent=2, allow_nan=False) + "\n")
         return target
 
@@ -478,6 +534,13 @@ class Result:
             if not isinstance(name, str) or not _NAME_RE.match(name):
                 raise ResultError(f"{folder / RESULT_FILE} lists an invalid extra name {name!r}")
             extras[name] = read_array(folder / EXTRAS_DIR / name)
+        parts = header.get("parts", [])
+        if not isinstance(parts, list):
+            raise ResultError(f"{folder / RESULT_FILE}: 'parts' must be a list")
+        for name in parts:
+            if not isinstance(name, str) or not _NAME_RE.match(name):
+                raise ResultError(f"{folder / RESULT_FILE} lists an invalid part name {name!r}")
+            fields[name] = Result.load(folder / PARTS_DIR / name)
         try:
             return klass(values=values, meta=meta, extras=extras, **fields)
         except TypeError as err:

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError
+from arithinterp.progress_bars import hf_progress, tqdm
 from arithinterp.zoo.card import build_card, render_readme
 from arithinterp.zoo.data import TaskFormat, sample_addition_operands, sample_uniform_operands
 from arithinterp.zoo.evaluate import answer_loss, final_metrics, score, task_pairs
@@ -346,7 +346,8 @@ def _train(
     bar.close()
     info["elapsed_s"] = time.perf_counter() - start
     model.eval()
-    return _finish(model, tok, recipe, fmt, out_dir, info, stopped_early)
+    with hf_progress():  # transformers' "Writing model shards" bars, as lines in a log file
+        return _finish(model, tok, recipe, fmt, out_dir, info, stopped_early)
 
 
 def training_history(out_dir: str | Path) -> list[dict[str, Any]]:
