@@ -72,7 +72,7 @@ def test_tables_equal_the_methods_called_directly(tiny, report):
     atp_h = attribution_patch(tiny, pairs, kind="attn_head", **common)
     atp_n = attribution_patch(tiny, pairs, kind="mlp_post", **common)
     med = mediate(tiny, pairs, heads=True, **common)
-    dla = direct_logit_attribution(tiny, pairs.clean)
+    dla = direct_logit_attribution(tiny, pairs.clean, against=pairs.corrupt)  # like patching: logit difference
     for (layer, head) in [(0, 0), (0, 3), (1, 2)]:
         r = row(report.heads, f"L{layer}H{head}")
         assert r["patch_effect"] == pytest.approx(float(patch_h.values.sel(layer=layer, head=head)), abs=1e-9)
@@ -146,7 +146,10 @@ def test_save_load_round_trip_and_contract_layout(report, tmp_path):
     out = report.save(tmp_path / "report")
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["report.html", "summary.json", "heads.parquet", "heads.json", "neurons.parquet",
-                            "neurons.json", "top_prompts.json", "prompts.parquet", "results"])
+                            "neurons.json", "top_prompts.json", "prompts.parquet", "results", "plotly.min.js"])
+    page = (out / "report.html").read_text()
+    # plotly.js is loaded from the one local copy beside the page, not inlined.
+    assert '<script src="plotly.min.js"></script>' in page and len(page) < 2_000_000
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left behind
     summary = json.loads((out / "summary.json").read_text())
     for key in ("model", "task", "n_prompts", "seed", "versions", "methods", "skipped", "circuit",
@@ -254,7 +257,7 @@ def test_zoo_model_report_matches_methods():
     for head in range(4):
         assert row(rep.heads, f"L0H{head}")["patch_effect"] == pytest.approx(
             float(patch.values.sel(layer=0, head=head)), abs=1e-9)
-    dla = direct_logit_attribution(model, prompts)
+    dla = direct_logit_attribution(model, pairs.clean, against=pairs.corrupt)
     assert row(rep.neurons, "L0N10")["dla"] == pytest.approx(float(dla.neurons(0).mean("prompt").sel(neuron=10)))
     assert rep.summary["model"] == "zoo:add-2d-tok" and rep.summary["n_prompts"] == 16
     assert rep.circuit is not None and rep.summary["circuit"]["faithfulness"] >= 0.9
