@@ -18,6 +18,7 @@ import pandas as pd
 from arithinterp.errors import ResultError
 from arithinterp.methods.circuits import CircuitResult
 from arithinterp.reports.export import write_parquet
+from arithinterp.reports.html import PLOTLY_JS, write_plotly_js
 from arithinterp.reports.page import render_report, write_report_html
 from arithinterp.results import Result
 from arithinterp.results.io import atomic_dir, to_jsonable
@@ -128,10 +129,14 @@ class AttributionReport:
     # -- disk ------------------------------------------------------------------------------
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the report directory atomically (a temp directory, then one rename)."""
-        page = render_report(self)  # rendered first: a failing figure leaves nothing half-written
+        """Write the report directory atomically (a temp directory, then one rename): ``report.html``
+        loads ``plotly.min.js`` beside it, so the directory works offline as a whole."""
+        # Rendered first: a failing figure leaves nothing half-written. The page loads plotly.js
+        # from one copy in the directory (offline), which the run's other pages share.
+        page = render_report(self, plotly_js=PLOTLY_JS)
         with atomic_dir(directory) as tmp:
             (tmp / "report.html").write_text(page, encoding="utf-8")
+            write_plotly_js(tmp)
             (tmp / "summary.json").write_text(_json(self.summary))
             for name, frame in (("heads", self.heads), ("neurons", self.neurons)):
                 write_parquet(tmp / f"{name}.parquet", frame)
