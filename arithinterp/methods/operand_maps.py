@@ -63,6 +63,8 @@ MIN_SCORE = 0.3
 TIE = 0.05
 #: Values per operand of the grid window drawn when the task's domain is larger.
 WINDOW = 100
+#: Features drawn by :meth:`OperandMapResult.plot` (all are in ``values`` and :meth:`~OperandMapResult.figure`).
+PLOT_FEATURES = 12
 _OPS = {"add": "+", "sub": "-", "mul": "*", "floordiv": "//", "mod": "%", "modadd": "+"}
 _RESULT = {"add": "sum", "sub": "difference", "mul": "product", "floordiv": "quotient", "mod": "remainder"}
 
@@ -217,7 +219,7 @@ class OperandMapResult(Result):
 
     def plot(self) -> go.Figure:
         v = self.values
-        feats = [str(f) for f in v.coords["component"].values][:12]
+        feats = [str(f) for f in v.coords["component"].values][:PLOT_FEATURES]
         cols = min(4, len(feats)) or 1
         rows = -(-len(feats) // cols) or 1
         classes = self.classes()
@@ -229,7 +231,7 @@ class OperandMapResult(Result):
             z, a, b = self.grid(f)
             scale = float(np.nanmax(np.abs(z))) or 1.0
             fig.add_trace(go.Heatmap(
-                z=z / scale, x=b, y=a, zmin=-1, zmax=1,
+                z=(z / scale).astype(np.float32), x=b, y=a, zmin=-1, zmax=1,  # float32: the page stays small
                 colorscale="RdBu_r", coloraxis="coloraxis", name=f,
                 hovertemplate=f"{f}<br>a %{{y}}, b %{{x}}<br>value / max|value| %{{z:.3f}}<extra></extra>",
             ), i // cols + 1, i % cols + 1)
