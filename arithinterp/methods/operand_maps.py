@@ -140,7 +140,8 @@ def classify_operand_map(values: np.ndarray, a: np.ndarray, b: np.ndarray, resul
 
     Args:
         values: the feature, ``[len(a), len(b)]`` (rows: operand ``a``).
-        a, b: the operand values of the rows and columns.
+        a: the operand values of the rows.
+        b: the operand values of the columns.
         result: the task's result of every cell, ``[len(a), len(b)]``.
         operation: the task's operation (names the result: ``sum``, ``product`` ...).
 
