@@ -235,7 +235,8 @@ def detail_panel(runs: RunSet, key: Any, label: Any) -> list:
         _section("Probe evidence", "detail-probes", detail["probes"],
                  lambda d: html.Div([
                      html.Div(f"residual sites: reads {d['sites'].get('in', 'n/a')}, "
-                              f"writes {d['sites'].get('out', 'n/a')}; best position per target",
+                              f"writes {d['sites'].get('out', 'n/a')}; best unmasked position per target "
+                              "(masked: positions whose teacher-forced input already shows the digit)",
                               style={"fontSize": "12px"}),
                      _records_table(d["rows"], "detail-probes-table")])),
         _section("Fourier spectrum", "detail-fourier", detail["fourier"],

@@ -100,7 +100,9 @@ def probe_sites(comp: Component, labels: list[str]) -> dict[str, str]:
 
 def probe_evidence(report: Report, comp: Component) -> Evidence:
     """For each probe target, the held-out score at the residual sites just before and
-    after the component (best position), with its CI, control and selectivity."""
+    after the component (best position), with its CI, control and selectivity. Positions
+    whose teacher-forced input already shows the target's digit are masked (never the best
+    position; listed in ``masked``), as in the report's tables and figure."""
     probes = report.result("probes")
     if probes is None:
         return _no_result("probe")
@@ -112,16 +114,22 @@ def probe_evidence(report: Report, comp: Component) -> Evidence:
     if not sites:
         return Evidence.missing(f"no probes at layer {comp.layer} (probed: {', '.join(labels)})")
     tokens = v.coords["next_token"].values if "next_token" in v.coords else v.coords["pos"].values
+    masked = probes.masked() if hasattr(probes, "masked") else v.isnull() & False
     rows = []
     for t, target in enumerate(v.coords["target"].values):
         for role, site in sites.items():
-            scores = v.isel(target=t).sel(site=site).transpose("pos").values.astype(float)
+            hidden = masked.isel(target=t).sel(site=site).transpose("pos").values.astype(bool)
+            # A masked position reads the teacher-forced input, not the model: never the best.
+            scores = np.where(hidden, np.nan, v.isel(target=t).sel(site=site).transpose("pos").values.astype(float))
+            shown = ", ".join(str(int(x)) for x in v.coords["pos"].values[hidden])
             if not np.isfinite(scores).any():
+                rows.append(json_row({"target": str(target), "site": site, "role": role, "pos": None,
+                                      "token": "", "score": None, "masked": shown or "none"}))
                 continue
             p = int(np.nanargmax(scores))
             row = {"target": str(target), "site": site, "role": role,
                    "pos": int(v.coords["pos"].values[p]), "token": str(tokens[p]),
-                   "score": float(scores[p])}
+                   "score": float(scores[p]), "masked": shown or "none"}
             for name in ("ci_low", "ci_high", "control", "selectivity"):
                 if name in probes.extras:
                     row[name] = float(probes.extras[name].isel(target=t, pos=p).sel(site=site).values)

@@ -18,9 +18,12 @@ import arithinterp.methods.probe_analyses
 import arithinterp.methods.fourier_analyses
 import arithinterp.methods.helix
 import arithinterp.methods.neurons
-import arithinterp.methods.circuits  # noqa: F401
+import arithinterp.methods.operand_maps
+import arithinterp.methods.circuits
+import arithinterp.methods.attention  # noqa: F401
 # isort: on
 from arithinterp.methods.ablation import PathPatchingResult, ablate, path_patch
+from arithinterp.methods.attention import AttentionResult, attention_patterns
 from arithinterp.methods.attribution import AttributionResult, attribution_patch, compare_with_exact
 from arithinterp.methods.circuits import CircuitResult, circuit_figure, discover_circuit
 from arithinterp.methods.components import (
@@ -73,6 +76,7 @@ from arithinterp.methods.neurons import (
     neuron_maps,
     neuron_maps_from_activations,
 )
+from arithinterp.methods.operand_maps import OperandMapResult, classify_operand_map, operand_maps
 from arithinterp.methods.patching import PatchingResult, patch_activations
 from arithinterp.methods.probe_directions import ProbeDirections
 from arithinterp.methods.probe_sweep import ProbeResult, answer_visible, control_columns, fit_probes
@@ -122,7 +126,9 @@ __all__ = [
     "registered",
     "unregister",
     "METRICS",
+    "AttentionResult",
     "AttributionResult",
+    "attention_patterns",
     "CNAResult",
     "DLAResult",
     "EdgeAttributionResult",
@@ -195,6 +201,10 @@ __all__ = [
     "heuristic_knockout",
     "neuron_maps",
     "neuron_maps_from_activations",
+    # operand maps (any feature over the (a, b) grid, classified)
+    "OperandMapResult",
+    "classify_operand_map",
+    "operand_maps",
     # operand grids
     "grid_activations",
     "operand_grid",

@@ -533,10 +533,15 @@ def _report_circuit(ctx: RunContext) -> dict:
 
 
 def _read_in_circuit(result: CircuitResult, sites: list[Site]) -> np.ndarray:
-    """A head is in the circuit when it is a member; a neuron when it or its whole MLP is."""
+    """Whether each head / neuron is a member. Neurons are marked only when the circuit is at
+    neuron level (it has ``mlp_post`` members); a circuit of whole MLPs says nothing about single
+    neurons, so they get ``None`` (the report names the member MLPs instead)."""
     members = set(result.circuit)
-    return np.array([s.label in members or (s.neuron is not None and Site("mlp_out", s.layer).label in members)
-                     for s in sites])
+    neuron_level = any(Site.from_label(m).kind == "mlp_post" for m in members)
+    out = np.array([s.label in members for s in sites], dtype=object)
+    if not neuron_level:
+        out[[s.neuron is not None for s in sites]] = None
+    return out
 
 
 register(MethodSpec(
@@ -546,7 +551,8 @@ register(MethodSpec(
         run=_report_circuit,
         results=("circuit", "circuit_edges"),
         columns=ReportColumn.pair("in_circuit", "circuit", "circuit", _read_in_circuit,
-                                  "member of the circuit (a neuron: or its whole MLP)"),
+                                  "member of the circuit (neurons: only in a neuron-level circuit)",
+                                  missing=None),
         order=90,
     ),
 ))

@@ -25,6 +25,7 @@ from pydantic import Field
 
 from arithinterp.errors import ArithInterpError, MethodError
 from arithinterp.methods._common import make_meta
+from arithinterp.methods.metrics import AnswerMode
 from arithinterp.methods.registry import (
     MethodSpec,
     NotApplicable,
@@ -49,10 +50,18 @@ class DLAResult(Result):
     difference) minus the unembedding bias. Coordinates on ``component``:
     ``kind`` (one of :data:`ComponentKind`), ``comp_layer``, ``comp_head``,
     ``comp_neuron`` (-1 where not applicable). Extras: ``mean``, ``ci_low``,
-    ``ci_high`` over prompts (bootstrap).
+    ``ci_high`` over prompts (bootstrap), and ``digit_<i>``: the mean over prompts of answer
+    token ``i`` alone (:meth:`per_digit`); ``values`` sum the answer tokens.
     """
 
     metric_name = "dla"
+
+    def per_digit(self) -> xr.DataArray:
+        """Mean DLA of each answer token, ``(digit, component)`` (``digit`` 0 = first written)."""
+        names = sorted((k for k in self.extras if k.startswith("digit_")), key=lambda k: int(k[6:]))
+        if not names:
+            return self.extras["mean"].expand_dims(digit=[0])
+        return xr.concat([self.extras[k] for k in names], dim="digit").assign_coords(digit=np.arange(len(names)))
 
     def _select(self, kind: str) -> xr.DataArray:
         return self.values.isel(component=np.flatnonzero(self.values.coords["kind"].values == kind))
@@ -144,107 +153,130 @@ def norm_parameters(model: Model) -> tuple[torch.Tensor, torch.Tensor, bool]:
 
 
 def _answer_tokens(model: Model, prompts: PromptSet, answer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input tokens (the prompt, then every answer token but the last, teacher-forced) and the
+    answer tokens ``[prompt, answer]``; answer token ``i`` is predicted at ``prompt_len - 1 + i``."""
     tokenized = tokenize(prompts, model.tokenizer, answer=answer)  # type: ignore[arg-type]
-    tokens = tokenized.tokens[:, : tokenized.prompt_len].to(model.device)
-    return tokens, tokenized.answer_tokens[:, 0].to(model.device)
+    keep = tokenized.prompt_len + tokenized.answer_len - 1
+    return tokenized.tokens[:, :keep].to(model.device), tokenized.answer_tokens.to(model.device)
 
 
-def _against_tokens(model: Model, against, n: int, answer: str) -> torch.Tensor | None:
+def _against_tokens(model: Model, against, shape: tuple[int, int], answer: str) -> torch.Tensor | None:
     if against is None:
         return None
+    n, n_ans = shape
     if isinstance(against, PromptSet):
         if len(against) != n:
             raise ArithInterpError(f"against has {len(against)} prompts, prompts has {n}")
-        return _answer_tokens(model, against, answer)[1]
+        other = _answer_tokens(model, against, answer)[1]
+        if other.shape != shape:
+            raise ArithInterpError(f"against's answers have {other.shape[1]} tokens, the prompts' {n_ans}; "
+                                   "use a fixed answer width")
+        return other
     tok = torch.as_tensor(against, dtype=torch.long, device=model.device).reshape(-1)
     if tok.numel() == 1:
         tok = tok.expand(n)
     if tok.numel() != n:
         raise ArithInterpError(f"against must be one token or one per prompt ({n}); got {tok.numel()}")
-    return tok
+    return tok[:, None].expand(n, n_ans)
+
+
+def _dla_at(model: Model, tokens: torch.Tensor, pos: int, u: torch.Tensor, norm: tuple) -> torch.Tensor:
+    """``[batch, component]``: each component's write at ``pos`` along the unembedding directions
+    ``u`` ``[batch, d_model]``, through the final norm with its scale frozen at the real run."""
+    s = model.shape
+    wts = model.weights()
+    w, b, centres = norm
+    W_O, W_out = wts.W_O.detach().double(), wts.W_out.detach().double()
+    sites = [Site("embed", pos=pos), Site("resid_pre", 0, pos=pos),
+             Site("resid_post", s.n_layers - 1, pos=pos), Site("final_resid", pos=pos)]
+    for layer in range(s.n_layers):
+        sites += [Site("attn_head", layer, pos=pos), Site("attn_out", layer, pos=pos),
+                  Site("mlp_post", layer, pos=pos), Site("mlp_out", layer, pos=pos)]
+    _, cache = model.run_with_cache(tokens, sites)
+    c = {site: t.double() for site, t in cache.items()}
+    x = c[Site("resid_post", s.n_layers - 1, pos=pos)]
+    y = c[Site("final_resid", pos=pos)] - b
+    xc = x - x.mean(-1, keepdim=True) if centres else x
+    # The real run's scale: y = xc / scale * w exactly, so it is read off, eps included.
+    scale = (xc * w).norm(dim=-1) / y.norm(dim=-1)
+    direction = w * u
+    if centres:
+        direction = direction - direction.mean(-1, keepdim=True)
+    direction = direction / scale[:, None]  # [b, d]
+
+    def dla(write: torch.Tensor) -> torch.Tensor:
+        return (write * direction).sum(-1)
+
+    embed = c[Site("embed", pos=pos)]
+    cols = [dla(embed), dla(c[Site("resid_pre", 0, pos=pos)] - embed)]
+    for layer in range(s.n_layers):
+        z = c[Site("attn_head", layer, pos=pos)]  # [b, head, d_head]
+        heads = (z * torch.einsum("hem,bm->bhe", W_O[layer], direction)).sum(-1)
+        cols += list(heads.unbind(1))
+        cols.append(dla(c[Site("attn_out", layer, pos=pos)]) - heads.sum(1))
+        neurons = c[Site("mlp_post", layer, pos=pos)] * (direction @ W_out[layer].T)
+        cols += list(neurons.unbind(1))
+        cols.append(dla(c[Site("mlp_out", layer, pos=pos)]) - neurons.sum(1))
+    cols.append((b * u).sum(-1))
+    return torch.stack(cols, 1).cpu()
 
 
 def direct_logit_attribution(
     model: Model,
     prompts: PromptSet,
     *,
-    answer: Literal["single"] = "single",
+    answer: AnswerMode = "multi",
     against: PromptSet | int | Sequence[int] | torch.Tensor | None = None,
     batch_size: int = 256,
 ) -> DLAResult:
-    """Each component's direct contribution to the answer logit at the last prompt position.
+    """Each component's direct contribution to the answer logits, summed over the answer's tokens.
+
+    Answer token ``i`` is read where it is predicted (position ``prompt_len - 1 + i``, the earlier
+    answer tokens teacher-forced), as patching scores it; ``values`` sum the digits and
+    :meth:`DLAResult.per_digit` keeps each one's mean. With one-token answers both modes are the
+    classic DLA at the prompt's last position.
 
     Args:
         model: the model.
-        prompts: a task whose answers are one token each.
-        answer: only ``"single"`` (the answer token itself).
-        against: ``None`` (the answer logit), a token id or one per prompt, or a
-            corrupt :class:`PromptSet` whose answers are subtracted (logit difference).
+        prompts: the task.
+        answer: ``"multi"`` (every answer token; the default of every method) or ``"single"``
+            (one-token answers only: :class:`~arithinterp.errors.TokenizationError` otherwise).
+        against: ``None`` (the answer logits), a token id or one per prompt (subtracted at every
+            answer position), or a corrupt :class:`PromptSet` whose answer tokens are subtracted
+            digit by digit: the logit difference patching's ``logit_diff`` sums.
         batch_size: prompts per forward pass.
     """
-    if answer != "single":
-        raise ArithInterpError(f"answer must be 'single', got {answer!r}")
+    if answer not in ("single", "multi"):
+        raise ArithInterpError(f"answer must be 'multi' or 'single', got {answer!r}")
     if batch_size < 1:
         raise MethodError(f"batch_size must be >= 1, got {batch_size}")
     tokens, ans = _answer_tokens(model, prompts, answer)
-    other = _against_tokens(model, against, len(ans), answer)
-    s = model.shape
-    wts = model.weights()
-    w, b, centres = norm_parameters(model)
-    W_U = wts.W_U.detach().double()
-    W_O = wts.W_O.detach().double()
-    W_out = wts.W_out.detach().double()
-    sites = [Site("embed", pos=-1), Site("resid_pre", 0, pos=-1),
-             Site("resid_post", s.n_layers - 1, pos=-1), Site("final_resid", pos=-1)]
-    for layer in range(s.n_layers):
-        sites += [Site("attn_head", layer, pos=-1), Site("attn_out", layer, pos=-1),
-                  Site("mlp_post", layer, pos=-1), Site("mlp_out", layer, pos=-1)]
-    rows = []
-    for start in range(0, len(ans), batch_size):
-        sl = slice(start, start + batch_size)
-        _, cache = model.run_with_cache(tokens[sl], sites)
-        c = {site: t.double() for site, t in cache.items()}
-        x = c[Site("resid_post", s.n_layers - 1, pos=-1)]
-        y = c[Site("final_resid", pos=-1)] - b
-        xc = x - x.mean(-1, keepdim=True) if centres else x
-        # The real run's scale: y = xc / scale * w exactly, so it is read off, eps included.
-        scale = (xc * w).norm(dim=-1) / y.norm(dim=-1)
-        u = W_U[:, ans[sl]].T
-        if other is not None:
-            u = u - W_U[:, other[sl]].T
-        direction = w * u
-        if centres:
-            direction = direction - direction.mean(-1, keepdim=True)
-        direction = direction / scale[:, None]  # [b, d]
-
-        def dla(write: torch.Tensor, direction=direction) -> torch.Tensor:
-            return (write * direction).sum(-1)
-
-        embed = c[Site("embed", pos=-1)]
-        cols = [dla(embed), dla(c[Site("resid_pre", 0, pos=-1)] - embed)]
-        for layer in range(s.n_layers):
-            z = c[Site("attn_head", layer, pos=-1)]  # [b, head, d_head]
-            head_dirs = torch.einsum("hem,bm->bhe", W_O[layer], direction)
-            heads = (z * head_dirs).sum(-1)
-            cols += list(heads.unbind(1))
-            cols.append(dla(c[Site("attn_out", layer, pos=-1)]) - heads.sum(1))
-            neurons = c[Site("mlp_post", layer, pos=-1)] * (direction @ W_out[layer].T)
-            cols += list(neurons.unbind(1))
-            cols.append(dla(c[Site("mlp_out", layer, pos=-1)]) - neurons.sum(1))
-        cols.append((b * u).sum(-1))
-        rows.append(torch.stack(cols, 1).cpu())
+    other = _against_tokens(model, against, tuple(ans.shape), answer)
+    prompt_len = tokens.shape[1] - ans.shape[1] + 1
+    norm = norm_parameters(model)
+    W_U = model.weights().W_U.detach().double()
+    digits = []
+    for i in range(ans.shape[1]):
+        rows = []
+        for start in range(0, len(ans), batch_size):
+            sl = slice(start, start + batch_size)
+            u = W_U[:, ans[sl, i]].T
+            if other is not None:
+                u = u - W_U[:, other[sl, i]].T
+            rows.append(_dla_at(model, tokens[sl, :prompt_len + i], prompt_len - 1 + i, u, norm))
+        digits.append(torch.cat(rows))
+    per = torch.stack(digits, 1).numpy()  # [prompt, digit, component]
     labels, kinds, layers, heads_c, neurons_c = _component_labels(model)
-    values = xr.DataArray(
-        torch.cat(rows).numpy(),
-        dims=("prompt", "component"),
-        coords={"prompt": np.arange(len(ans)), "component": labels, "kind": ("component", kinds),
-                "comp_layer": ("component", layers), "comp_head": ("component", heads_c),
-                "comp_neuron": ("component", neurons_c)},
-    )
+    comp = {"component": labels, "kind": ("component", kinds), "comp_layer": ("component", layers),
+            "comp_head": ("component", heads_c), "comp_neuron": ("component", neurons_c)}
+    values = xr.DataArray(per.sum(1), dims=("prompt", "component"), coords={"prompt": np.arange(len(ans)), **comp})
+    extras = _aggregate(values)
+    for i in range(per.shape[1]):  # extras share values' dims: one (component,) mean per answer token
+        extras[f"digit_{i}"] = xr.DataArray(per[:, i].mean(0), dims=("component",), coords=comp)
     meta = make_meta("direct_logit_attribution", model, prompts,
                      options={"answer": answer, "against": None if against is None else "given",
-                              "batch_size": batch_size})
-    return DLAResult(values=values, meta=meta, extras=_aggregate(values))
+                              "batch_size": batch_size, "answer_len": int(ans.shape[1])})
+    return DLAResult(values=values, meta=meta, extras=extras)
 
 
 def _component_labels(model: Model) -> tuple[list, list, list, list, list]:
@@ -343,6 +375,7 @@ def comparative_neuron_analysis(
         raise ArithInterpError(f"layer must lie in [0, {s.n_layers}), got {layer}")
     head_site = Site("attn_head", head[0], head=head[1]).validate(s)
     tokens, ans = _answer_tokens(model, prompts, "single")
+    ans = ans[:, 0]
     w, b, centres = norm_parameters(model)
     last = Site("resid_post", s.n_layers - 1, pos=-1)
     final = Site("final_resid", pos=-1)
@@ -371,27 +404,20 @@ def comparative_neuron_analysis(
 
 
 class DLAOptions(Options):
-    """Options of :func:`direct_logit_attribution` from a pipeline (the answer logit alone)."""
+    """Options of :func:`direct_logit_attribution` from a pipeline (the answer logits alone)."""
 
+    answer: AnswerMode = "multi"
     batch_size: int = Field(256, ge=1)
 
 
-def _first_token_answers(prompts: PromptSet, model: Model) -> PromptSet:
-    """The prompts with each answer cut to its first token (DLA reads the prompt's last position)."""
-    tok = model.tokenizer
-    firsts = [tok.decode(tok(a, add_special_tokens=False)["input_ids"][:1]) for a in prompts.answers]
-    frame = prompts.frame.copy()
-    frame["answer_text"] = firsts
-    return PromptSet.from_frame(prompts.spec, frame)
-
-
 def _report_dla(ctx: RunContext) -> dict:
-    if ctx.answer == "single":
-        return {"dla": direct_logit_attribution(ctx.model, ctx.prompts)}
-    try:  # the first answer token only: the logit the prompt's last position writes
-        return {"dla": direct_logit_attribution(ctx.model, _first_token_answers(ctx.prompts, ctx.model))}
+    """Like with like: the logit difference of clean over corrupt answer tokens, read at every answer
+    position under the clean answer's teacher forcing and summed, as the report's patching scores it."""
+    pairs = ctx.require_pairs()
+    try:
+        return {"dla": direct_logit_attribution(ctx.model, pairs.clean, answer=ctx.answer, against=pairs.corrupt)}
     except ArithInterpError as err:
-        raise NotApplicable(f"direct logit attribution needs one answer token: {err}") from err
+        raise NotApplicable(f"direct logit attribution: {err}") from err
 
 
 def _read_dla(result: DLAResult, sites: list[Site]) -> np.ndarray:

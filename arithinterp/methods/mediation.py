@@ -17,10 +17,19 @@ else (no clipping, no log). ``eps=0`` gives the paper's formula exactly, and
 ``inf`` where a denominator is 0. Effects are averaged over pairs; each cell
 gets a percentile-bootstrap interval over pairs.
 
+**A bounded companion.** On a model that is nearly certain of ``r``, ``P*(r)``
+can be ~1e-9 after an intervention and the ratio reaches 1e9, which says more
+about the denominator than the component. Beside the paper's IE every result
+carries the *probability-difference* form of the same two terms,
+``IE_pd = ½ [ (P(r) − P*(r)) + (P*(r') − P(r')) ]`` (extra ``prob_diff``, in
+[-1, 1]), and ``unbounded``: whether ``|IE|`` exceeds :data:`IE_SANITY_BOUND`
+(a ratio that large is the denominator talking; read ``prob_diff`` there).
+
 **Answers.** Stolfo et al. read one answer token. With ``answer="single"``
-(the default) every answer must be one token, or
+every answer must be one token, or
 :class:`~arithinterp.errors.TokenizationError` is raised before any forward
-pass. With ``answer="multi"``, ``P(r)`` is the product over the answer's
+pass. With ``answer="multi"`` (the default, as for every method; with one-token
+answers it is the paper's reading exactly), ``P(r)`` is the product over the answer's
 tokens under teacher forcing of *that* answer
 (``P(r|p) = Π_i P(r_i | p, r_<i)``, and ``P(r'|p)`` teacher-forces ``r'``),
 and only prompt positions are patched: the answer positions of the two
@@ -71,7 +80,9 @@ from arithinterp.methods.registry import (
     ReportColumn,
     ReportView,
     RunContext,
+    read_extra,
     register,
+    site_values,
 )
 from arithinterp.methods.sweep import sweep_sites
 from arithinterp.models import Model, Site, select
@@ -89,6 +100,9 @@ STOLFO_TYPES: dict[str, int] = {
 
 ArrayLike = torch.Tensor | np.ndarray | float
 
+#: ``|IE|`` above this is flagged ``unbounded``: a ratio this large means a near-zero denominator.
+IE_SANITY_BOUND = 100.0
+
 
 def indirect_effect(p_r: ArrayLike, p_star_r: ArrayLike, p_rp: ArrayLike, p_star_rp: ArrayLike,
                     *, eps: float = 1e-10) -> ArrayLike:
@@ -98,6 +112,13 @@ def indirect_effect(p_r: ArrayLike, p_star_r: ArrayLike, p_rp: ArrayLike, p_star
     the intervention.
     """
     return 0.5 * ((p_r - p_star_r) / (p_star_r + eps) + (p_star_rp - p_rp) / (p_rp + eps))
+
+
+def probability_difference(p_r: ArrayLike, p_star_r: ArrayLike, p_rp: ArrayLike,
+                           p_star_rp: ArrayLike) -> ArrayLike:
+    """The bounded companion of :func:`indirect_effect`: its two terms without the denominators,
+    ``½ [(P(r) − P*(r)) + (P*(r') − P(r'))]``, in [-1, 1]."""
+    return 0.5 * ((p_r - p_star_r) + (p_star_rp - p_rp))
 
 
 def total_effect(p_r_base: ArrayLike, p_r_alt: ArrayLike, p_rp_alt: ArrayLike, p_rp_base: ArrayLike,
@@ -112,8 +133,9 @@ class MediationResult(Result):
     ``values``: dims ``(component, layer, pos)`` for whole components,
     ``(layer, head, pos)`` with ``heads=True``, ``(layer, neuron, pos)`` with
     ``neurons=[...]`` (``pos`` absent when ``per_position=False``); ``pos_token``
-    labels positions. Extras: ``ci_low`` / ``ci_high`` (bootstrap over pairs) and
-    ``change_rate``. ``meta.extra``: ``total_effect`` with its interval and the
+    labels positions. Extras: ``ci_low`` / ``ci_high`` (bootstrap over pairs),
+    ``change_rate``, ``prob_diff`` (the bounded companion, mean over pairs) and ``unbounded``
+    (``|IE| >`` :data:`IE_SANITY_BOUND`). ``meta.extra``: ``total_effect`` with its interval and the
     base-run probabilities; ``meta.options``: pair kind, Stolfo type, ``eps`` …
     """
 
@@ -278,7 +300,8 @@ def _stacked_patch(value: torch.Tensor, rows: slice, prompt_len: int | None) -> 
 
 def _batch_effects(model: Model, runs: _Runs, sites: list[Site], *, batch_size: int, eps: float,
                    bar: tqdm) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-pair IE and prediction change for every cell ``[cell, pair]``, and base-run scores."""
+    """Per-pair IE and prediction change for every cell ``[cell, pair]``, and base-run scores
+    (``base["prob_diff"]``: the bounded companion per cell and pair)."""
     b = runs.r.shape[0]
     wholes = list(dict.fromkeys(s.whole() for s in sites))
     base_r_logits = model.logits(runs.base_r)
@@ -292,6 +315,7 @@ def _batch_effects(model: Model, runs: _Runs, sites: list[Site], *, batch_size: 
     p_rp_alt, _ = _score(alt_rp_logits, runs.positions, runs.rp)
 
     ie = torch.empty(len(sites), b, dtype=torch.float64)
+    pd_ = torch.empty(len(sites), b, dtype=torch.float64)
     changed = torch.empty(len(sites), b, dtype=torch.float64)
     per_pass = max(1, batch_size // b)
     for start in range(0, len(sites), per_pass):
@@ -308,10 +332,11 @@ def _batch_effects(model: Model, runs: _Runs, sites: list[Site], *, batch_size: 
         star_rp, hit_after = _score(logits_rp, runs.positions, runs.rp.repeat(g, 1))
         star_r, star_rp, hit_after = star_r.view(g, b), star_rp.view(g, b), hit_after.view(g, b)
         ie[start:start + g] = indirect_effect(p_r, star_r, p_rp, star_rp, eps=eps)
+        pd_[start:start + g] = probability_difference(p_r, star_r, p_rp, star_rp)
         changed[start:start + g] = (hit_after & ~hit_rp).double()
         bar.update(g)
     base = {"p_r_base": p_r, "p_rp_base": p_rp, "p_r_alt": p_r_alt, "p_rp_alt": p_rp_alt,
-            "correct_base": _score(base_r_logits, runs.positions, runs.r)[1].double()}
+            "correct_base": _score(base_r_logits, runs.positions, runs.r)[1].double(), "prob_diff": pd_}
     return ie, changed, base
 
 
@@ -323,7 +348,7 @@ def mediate(
     per_position: bool = True,
     heads: bool = False,
     neurons: Sequence[int] | None = None,
-    answer: AnswerMode = "single",
+    answer: AnswerMode = "multi",
     eps: float = 1e-10,
     batch_size: int = 64,
     n_boot: int = 1000,
@@ -340,8 +365,9 @@ def mediate(
         per_position: one cell per prompt position (else all prompt positions at once).
         heads: sweep each attention head (``attn_head``) instead of ``components``.
         neurons: sweep these MLP neurons of every layer (``mlp_post``) instead of ``components``.
-        answer: ``"single"`` (one-token answers, as the paper) or ``"multi"`` (product over
-            teacher-forced answer tokens; see the module docstring).
+        answer: ``"multi"`` (product over teacher-forced answer tokens; see the module
+            docstring; the paper's reading for one-token answers) or ``"single"`` (one-token
+            answers only, else an error before any forward pass).
         eps: added to every IE/TE denominator (the paper's ratios are unbounded).
         batch_size: rows per forward pass; with few pairs several cells share a pass.
         n_boot: bootstrap resamples over pairs for ``ci_low`` / ``ci_high``.
@@ -369,6 +395,7 @@ def mediate(
             changes.append(changed)
             bases.append(base)
     change = torch.cat(changes, 1).numpy()
+    prob_diff = torch.cat([b.pop("prob_diff") for b in bases], 1).numpy()
     base = {k: torch.cat([b[k] for b in bases]).numpy() for k in bases[0]}
 
     te = total_effect(base["p_r_base"], base["p_r_alt"], base["p_rp_alt"], base["p_rp_base"], eps=eps)
@@ -391,6 +418,8 @@ def mediate(
                "base_accuracy": float(base["correct_base"].mean())},
     )
     extras["change_rate"] = values.copy(data=change.mean(-1).reshape(values.shape))
+    extras["prob_diff"] = values.copy(data=prob_diff.mean(-1).reshape(values.shape))
+    extras["unbounded"] = values.copy(data=np.abs(values.values) > IE_SANITY_BOUND)
     return MediationResult(values=values, meta=meta, extras=extras)
 
 
@@ -406,7 +435,7 @@ class MediationOptions(Options):
     components: tuple[Component, ...] = ("mlp_out", "attn_out")
     per_position: bool = True
     heads: bool = False
-    answer: AnswerMode = "single"
+    answer: AnswerMode = "multi"
     eps: float = Field(1e-10, ge=0)
     batch_size: int = Field(64, ge=1)
     n_boot: int = Field(1000, ge=1)
@@ -432,14 +461,26 @@ def _report_mediation(ctx: RunContext) -> dict:
     }
 
 
+def _read_unbounded(result: MediationResult, sites: list[Site]) -> np.ndarray:
+    """Whether each site's mean IE exceeds :data:`IE_SANITY_BOUND` (``None`` where not measured)."""
+    ie = site_values(result.values, sites)
+    out = np.array(np.abs(ie) > IE_SANITY_BOUND, dtype=object)
+    out[~np.isfinite(ie)] = None
+    return out
+
+
 register(MethodSpec(
     name="mediation", function=mediate, inputs="pairs", result=MediationResult, options=MediationOptions,
     check=check_pairs,
     report=ReportView(
         run=_report_mediation,
         results=("mediation", "mediation_neurons"),
-        columns=ReportColumn.pair("mediation_ie", "mediation", "mediation_neurons",
-                                  description="Stolfo et al.'s indirect effect"),
+        columns=(*ReportColumn.pair("mediation_ie", "mediation", "mediation_neurons",
+                                    description="Stolfo et al.'s indirect effect (an unbounded ratio)"),
+                 *ReportColumn.pair("mediation_pd", "mediation", "mediation_neurons", read_extra("prob_diff"),
+                                    "the IE's probability-difference form, in [-1, 1]"),
+                 *ReportColumn.pair("ie_unbounded", "mediation", "mediation_neurons", _read_unbounded,
+                                    f"|mediation_ie| > {IE_SANITY_BOUND:g}: read mediation_pd", missing=None)),
         figures={"mediation": "Causal mediation (Stolfo et al.): heads"},
         order=30,
     ),

@@ -11,11 +11,9 @@ whose teacher-forced input does not already show it (:func:`~arithinterp.methods
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal
 
 import numpy as np
-import xarray as xr
 from pydantic import Field
 
 from arithinterp.errors import ConfigError
@@ -23,7 +21,6 @@ from arithinterp.methods.probe_sweep import (
     FitKind,
     ProbeResult,
     Split,
-    answer_visible,
     fit_probes,
 )
 from arithinterp.methods.registry import (
@@ -141,11 +138,9 @@ def _report_probes(ctx: RunContext) -> dict:
     # answer's): where the answer is computed, and a fraction of the cost of every position.
     tok = ctx.tokens("multi", prompts)
     positions = [tok.prompt_len - 1 + i for i in range(tok.answer_len)]
-    result = fit_probes(ctx.model, prompts, targets, positions=positions, n_boot=100, seed=ctx.seed,
-                        progress=ctx.progress)
-    visible = answer_visible(prompts, ctx.model.tokenizer, targets, tok.answer_len)
-    mask = xr.DataArray(visible, dims=("target", "pos"), coords={"target": list(targets), "pos": positions})
-    return {"probes": dataclasses.replace(result, extras={**result.extras, "answer_visible": mask})}
+    # fit_probes marks the positions whose input shows the target (extras["answer_visible"]).
+    return {"probes": fit_probes(ctx.model, prompts, targets, positions=positions, n_boot=100, seed=ctx.seed,
+                                 progress=ctx.progress)}
 
 
 def _probe_site(kind: str, layer: int, labels: list[str]) -> str | None:

@@ -69,9 +69,11 @@ class ProbeResult(Result):
     ``pos_token`` labels ``pos``. Extras: ``ci_low``/``ci_high`` (bootstrap over held-out prompts),
     ``control`` (Hewitt & Liang control-task score), ``selectivity`` (score −
     control), ``majority`` (score of always predicting the most frequent training
-    label, or the training mean), ``mae`` (ridge targets, else NaN). ``directions``: the
-    fitted probes' directions (a :class:`ProbeDirections`) when ``fit_probes`` was asked to
-    keep them.
+    label, or the training mean), ``mae`` (ridge targets, else NaN), ``answer_visible``
+    (``(target, pos)``: the teacher-forced input already shows the target's digit there, so a
+    score of 1 reads the input; :meth:`masked`, :meth:`scores` and the figure mask these cells).
+    ``directions``: the fitted probes' directions (a :class:`ProbeDirections`) when
+    ``fit_probes`` was asked to keep them.
     """
 
     metric_name = "score"
@@ -83,12 +85,23 @@ class ProbeResult(Result):
         x = [f"{p}:{t}" for p, t in zip(self.values.coords["pos"].values,
                                          self.values.coords["pos_token"].values)]
         y = [str(v) for v in self.values.coords["site"].values]
+        masked = self.masked()
         for i, target in enumerate(targets, start=1):
             z = self.values.isel(target=i - 1).transpose("site", "pos").values
+            hidden = masked.isel(target=i - 1).transpose("site", "pos").values
             fig.add_trace(go.Heatmap(
-                z=z, x=x, y=y, zmin=0, zmax=1, colorscale="Viridis", coloraxis="coloraxis",
+                z=np.where(hidden, np.nan, z), x=x, y=y, zmin=0, zmax=1, colorscale="Viridis",
+                coloraxis="coloraxis", name=target,
                 hovertemplate=f"{target}<br>%{{y}} at %{{x}}<br>score %{{z:.3f}}<extra></extra>",
             ), i, 1)
+            if hidden.any():  # grey cells saying why: the input already shows the digit
+                fig.add_trace(go.Heatmap(
+                    z=np.where(hidden, 1.0, np.nan), x=x, y=y, colorscale=[[0, "#d0d0d0"], [1, "#d0d0d0"]],
+                    showscale=False, name="masked", text=np.where(hidden, "masked", ""),
+                    texttemplate="%{text}", textfont={"color": "#555", "size": 10},
+                    hovertemplate=(f"{target}<br>%{{y}} at %{{x}}<br>masked: the teacher-forced input "
+                                   "already shows this digit<extra></extra>"),
+                ), i, 1)
         fig.update_layout(
             title=f"linear probes: {self.meta.model} (held-out accuracy / R²)",
             coloraxis={"colorscale": "Viridis", "cmin": 0, "cmax": 1},
@@ -96,6 +109,19 @@ class ProbeResult(Result):
         )
         fig.update_xaxes(title_text="position: token", row=len(targets), col=1)
         return fig
+
+    def masked(self) -> xr.DataArray:
+        """``(target, site, pos)``: cells whose score is not evidence because the teacher-forced
+        input already shows the target's digit (``extras["answer_visible"]``; none when absent)."""
+        out = xr.zeros_like(self.values, dtype=bool)
+        if "answer_visible" in self.extras:
+            out = out | self.extras["answer_visible"].astype(bool)
+        return out.transpose(*self.values.dims)
+
+    def scores(self) -> xr.DataArray:
+        """``values`` with the masked cells (:meth:`masked`) set to NaN: what figures, tables and
+        the dashboard read."""
+        return self.values.where(~self.masked())
 
     @classmethod
     def example(cls) -> ProbeResult:
@@ -351,6 +377,8 @@ def fit_probes(
     }
     values, extras = _score_arrays(rows, coords)
     probes = {name: row.pop("probe") for (name, _, _, _), row in zip(jobs, rows)}
+    extras["answer_visible"] = _visible_at(prompts, model.tokenizer, [j[0].split(" mod ")[0] for j in jobs],
+                                           positions, tokenized.prompt_len, tokenized.answer_len, coords)
     options = {"targets": list(ys), "sites": labels, "positions": positions, "kind": kind,
                "periods": list(periods), "test_fraction": test_fraction, "split": split,
                "control": control, "control_by": _control_by_option(control_by),
@@ -514,6 +542,17 @@ def _fit_control(X_train, X_test, y_ctrl, train, test, *, kind, period, l2) -> n
 
 
 _PLACE = re.compile(r"_(\d+)$")
+
+
+def _visible_at(prompts: PromptSet, tokenizer, bases: list[str], positions: list[int], prompt_len: int,
+                answer_len: int, coords: dict) -> xr.DataArray:
+    """:func:`answer_visible` at the probed positions, as a ``(target, pos)`` mask: position ``p``'s
+    input holds the first ``p - prompt_len + 1`` answer tokens (none before the answer)."""
+    vis = answer_visible(prompts, tokenizer, bases, answer_len + 1) if answer_len else \
+        np.zeros((len(bases), 1), dtype=bool)
+    shown = np.clip(np.asarray(positions) - prompt_len + 1, 0, vis.shape[1] - 1)
+    return xr.DataArray(vis[:, shown], dims=("target", "pos"),
+                        coords={"target": coords["target"], "pos": coords["pos"]})
 
 
 def answer_visible(

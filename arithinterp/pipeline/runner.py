@@ -7,8 +7,11 @@ Layout of a run::
       <step>/              the step's saved Result, or <step>/<part>/ for a step with parts
       <step>/step.json     config, fingerprint, seed, versions, timing; the step is complete
                            when it exists
-      report/              the attribution report directory (the `report` step)
-      report.html          self-contained, with every step's figures
+      report/              the attribution report directory (the `report` step), with the
+                           run's one copy of plotly.min.js
+      report.html          the run's first page: a link to report/report.html and the circuit,
+                           then every step's figures (offline: plotly.js from that local copy,
+                           or plotly.min.js beside it in a run without a report step)
 
 Each step is built in a temporary directory ``.<step>.tmp-*`` beside its final
 place and renamed onto it only when complete, so a killed run never leaves a
@@ -41,6 +44,7 @@ from arithinterp.pipeline.rundir import claimed_run_dir
 from arithinterp.pipeline.steps import RunContext, check_step, run_step, seed_everything
 from arithinterp.progress_bars import tqdm
 from arithinterp.reports import ReportSection, write_html_report
+from arithinterp.reports.html import PLOTLY_JS, write_plotly_js
 from arithinterp.results import Result
 from arithinterp.results.io import atomic_dir, atomic_write_text
 from arithinterp.results.meta import library_versions
@@ -313,7 +317,8 @@ def _run_pipeline(config: PipelineConfig, *, runs_dir: str | Path, force: bool, 
                 summary.attribution_report = step_dir
         bar.close()
         if config.report:
-            summary.report = write_run_report(config, summary.results, run_dir / "report.html")
+            summary.report = write_run_report(config, summary.results, run_dir / "report.html",
+                                              attribution=_attribution(summary, run_dir))
     return summary
 
 
@@ -329,9 +334,42 @@ def _summary_table(result: Result) -> pd.DataFrame:
     return result.top(10)
 
 
-def write_run_report(config: PipelineConfig, results: dict[str, Result], path: Path) -> Path:
-    """Write the self-contained HTML report of a run: one section per step result."""
-    sections = [
+def _attribution(summary: RunSummary, run_dir: Path) -> tuple[str, Any] | None:
+    """The run's attribution report: its directory relative to the run, and the report object."""
+    if summary.attribution_report is None:
+        return None
+    rel = summary.attribution_report.relative_to(run_dir).as_posix()
+    return rel, summary.artifacts.get(rel)
+
+
+def _attribution_section(rel: str, report: Any) -> ReportSection:
+    """The run page's first section: where the analysis is (link), the circuit and the head chart."""
+    from arithinterp.methods.circuits import circuit_figure
+    from arithinterp.reports.page import effect_figure
+
+    text = [f"The head/neuron attribution report of this run is {rel}/report.html: every method's evidence "
+            "per component, ranks, agreement flags and the circuit."]
+    figures = []
+    if report is not None:
+        c = report.summary.get("circuit") or {}
+        if c:
+            f = c.get("faithfulness")
+            text.append(f"Circuit ({c.get('granularity', 'components')}): {', '.join(c.get('components', []))}; "
+                        f"faithfulness {'undefined' if f is None else f'{f:.3f}'} (target {c.get('target')}).")
+        if report.circuit is not None:
+            figures.append(circuit_figure(report.circuit, edges=report.results.get("circuit_edges")))
+        figures.append(effect_figure(report.heads, "heads"))
+    return ReportSection(title="Attribution report and circuit", figures=figures, text="\n\n".join(text),
+                         links=[(f"{rel}/report.html", "Open the attribution report")])
+
+
+def write_run_report(config: PipelineConfig, results: dict[str, Result], path: Path, *,
+                     attribution: tuple[str, Any] | None = None) -> Path:
+    """Write the HTML report of a run: a link to the attribution report with its circuit (when the run
+    has a ``report`` step), then one section per step result. plotly.js is loaded from one local copy
+    per run directory (the attribution report's, else ``plotly.min.js`` beside the page)."""
+    sections = [] if attribution is None else [_attribution_section(*attribution)]
+    sections += [
         ReportSection(
             title="Run",
             figures=[],
@@ -353,4 +391,8 @@ def write_run_report(config: PipelineConfig, results: dict[str, Result], path: P
                 text=repr(result),
             )
         )
-    return write_html_report(path, title=f"arithinterp: {config.name}", sections=sections)
+    shared = path.parent / attribution[0] / PLOTLY_JS if attribution is not None else None
+    if shared is None or not shared.is_file():
+        shared = write_plotly_js(path.parent)
+    return write_html_report(path, title=f"arithinterp: {config.name}", sections=sections,
+                             plotly_js=shared.relative_to(path.parent).as_posix())

@@ -27,6 +27,7 @@ from arithinterp.methods.circuits import CircuitResult
 from arithinterp.methods.evaluate import evaluate
 from arithinterp.methods.registry import NotApplicable, RunContext
 from arithinterp.methods.registry import methods as get_methods
+from arithinterp.models import Site
 from arithinterp.progress_bars import tqdm
 from arithinterp.reports.inputs import report_methods, resolve_inputs
 from arithinterp.reports.report import AttributionReport
@@ -36,7 +37,7 @@ from arithinterp.results.io import to_jsonable
 from arithinterp.results.meta import library_versions
 from arithinterp.tasks import PromptPairs, PromptSet, TaskSpec, shared_tokenization
 
-__all__ = ["AttributionReport", "build_report"]
+__all__ = ["AttributionReport", "build_report", "circuit_granularity"]
 
 #: Components whose top prompts are kept in ``top_prompts.json`` (per table), and prompts per component.
 TOP_PROMPT_COMPONENTS = 20
@@ -57,6 +58,17 @@ def _top_prompts(results: dict[str, Result], prompts: PromptSet, labels: list[st
         order = np.argsort(-np.abs(col), kind="stable")[:TOP_PROMPTS]
         out[label] = [{"prompt": prompts.prompts[i] + prompts.answers[i], "value": float(col[i])} for i in order]
     return out
+
+
+#: How the report names the unit of each circuit member kind.
+_UNITS = {"attn_head": "heads", "mlp_out": "whole MLPs", "mlp_post": "neurons", "attn_out": "whole attention layers"}
+
+
+def circuit_granularity(components: Sequence[str]) -> str:
+    """The units a circuit is made of, in words (``"heads + whole MLPs"``): a circuit of whole MLPs
+    marks no single neuron, so the neuron table's ``in_circuit`` is empty then."""
+    kinds = dict.fromkeys(Site.from_label(c).kind for c in components)
+    return " + ".join(_UNITS.get(k, k) for k in kinds) or "empty"
 
 
 def _summary(inp, accuracy, heads: pd.DataFrame, neurons: pd.DataFrame, n_neurons: int,
@@ -83,6 +95,7 @@ def _summary(inp, accuracy, heads: pd.DataFrame, neurons: pd.DataFrame, n_neuron
         "timings_s": timings,
         "circuit": None if circuit is None else {
             "components": list(circuit.circuit),
+            "granularity": circuit_granularity(circuit.circuit),
             "faithfulness": circuit.circuit_faithfulness,
             "target": circuit.target,
             "size": len(circuit.circuit),

@@ -1,9 +1,13 @@
 """Self-contained HTML reports: plotly figures and tables in one offline file.
 
-The page inlines plotly.js once (when it has any figure), renders each figure
-as a div that calls it, escapes all text and table content, and is written
+The page inlines plotly.js once (when it has any figure), or, for pages that live
+together in one run directory, loads it from one shared local file
+(``plotly_js="plotly.min.js"``, written by :func:`write_plotly_js`): still offline,
+and ~5 MB once per run instead of once per page. Each figure is a div that calls
+plotly, all text and table content is escaped, and the page is written
 atomically: the whole page is rendered in memory before anything touches
 the disk, so a figure that fails to render leaves the previous file intact.
+Long interactive tables are paginated in the page (``page_size``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,11 @@ from arithinterp.results.meta import package_version
 if TYPE_CHECKING:
     from arithinterp.results.base import Result
 
-__all__ = ["MAX_TABLE_ROWS", "ReportSection", "render_html_report", "write_html_report"]
+__all__ = ["MAX_TABLE_ROWS", "PLOTLY_JS", "ReportSection", "render_html_report", "write_html_report",
+           "write_plotly_js"]
+
+#: The file name of the shared plotly.js copy beside pages that load it (:func:`write_plotly_js`).
+PLOTLY_JS = "plotly.min.js"
 
 #: Tables longer than this show their first rows only, and say so.
 MAX_TABLE_ROWS = 200
@@ -53,7 +61,10 @@ table.interactive thead th { cursor: pointer; user-select: none; white-space: no
 table.interactive thead th[aria-sort="ascending"]::after { content: " \\25B2"; }
 table.interactive thead th[aria-sort="descending"]::after { content: " \\25BC"; }
 input.table-filter { font: inherit; padding: 4px 8px; margin: 4px 0; width: 360px; max-width: 100%; }
-.table-count { color: var(--muted); font-size: 0.85em; margin-left: 8px; }
+.table-count, .table-page { color: var(--muted); font-size: 0.85em; margin-left: 8px; }
+.table-pager button { font: inherit; font-size: 0.85em; margin-left: 6px; }
+td.masked, .masked { color: var(--muted); font-style: italic; }
+p.links a { font-weight: 600; }
 """
 
 # Sorting (click a header; again to reverse) and filtering (every space-separated term must
@@ -91,11 +102,37 @@ _TABLE_JS = """
           return asc ? c : -c;
         });
         rows.forEach(function (r) { body.appendChild(r); });
+        if (table.arithRender) table.arithRender();
       });
     });
     var wrap = table.closest(".table-wrap");
     var input = wrap && wrap.querySelector("input.table-filter");
     var count = wrap && wrap.querySelector(".table-count");
+    var size = parseInt(table.getAttribute("data-page-size") || "0", 10);
+    var pageLabel = wrap && wrap.querySelector(".table-page");
+    var page = 0;
+    var matching = function (row) { return true; };
+    function render() {
+      var rows = Array.prototype.slice.call(body.rows).filter(function (r) { return matching(r); });
+      var pages = size > 0 ? Math.max(1, Math.ceil(rows.length / size)) : 1;
+      page = Math.min(Math.max(page, 0), pages - 1);
+      Array.prototype.forEach.call(body.rows, function (r) { r.style.display = "none"; });
+      rows.forEach(function (r, i) {
+        if (size <= 0 || (i >= page * size && i < (page + 1) * size)) r.style.display = "";
+      });
+      if (count) count.textContent = rows.length + " of " + body.rows.length + " rows";
+      if (pageLabel) pageLabel.textContent = "page " + (page + 1) + " of " + pages;
+    }
+    table.arithRender = render;
+    if (wrap) {
+      Array.prototype.forEach.call(wrap.querySelectorAll("button[data-page]"), function (b) {
+        b.addEventListener("click", function () {
+          page += b.getAttribute("data-page") === "next" ? 1 : -1;
+          render();
+        });
+      });
+    }
+    render();
     if (!input) return;
     function matches(row, term) {
       var m = term.match(/^([a-z_0-9]+)(=|>|<)(.*)$/);
@@ -110,13 +147,9 @@ _TABLE_JS = """
     }
     input.addEventListener("input", function () {
       var terms = input.value.toLowerCase().split(/\\s+/).filter(Boolean);
-      var shown = 0;
-      Array.prototype.forEach.call(body.rows, function (row) {
-        var ok = terms.every(function (t) { return matches(row, t); });
-        row.style.display = ok ? "" : "none";
-        if (ok) shown += 1;
-      });
-      if (count) count.textContent = shown + " of " + body.rows.length + " rows";
+      matching = function (row) { return terms.every(function (t) { return matches(row, t); }); };
+      page = 0;
+      render();
     });
   }
   document.addEventListener("DOMContentLoaded", function () {
@@ -134,7 +167,9 @@ class ReportSection:
     table's ``frame.attrs["title"]``, when set, becomes its caption.
     ``interactive`` tables get sortable headers and a filter box (a small
     inline script, no external files); ``max_rows``, when set, overrides the
-    report's row limit for this section's tables.
+    report's row limit for this section's tables; ``page_size``, when set, shows
+    an interactive table that many rows at a time (prev / next). ``links`` are
+    ``(href, text)`` pairs shown under the title (relative paths to pages beside it).
     """
 
     title: str
@@ -143,6 +178,8 @@ class ReportSection:
     text: str = ""
     interactive: bool = False
     max_rows: int | None = None
+    page_size: int | None = None
+    links: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_result(
@@ -177,7 +214,14 @@ def _format_cell(value: object) -> str:
     return f"{value:.4g}"
 
 
-def _table_html(frame: pd.DataFrame, max_rows: int, interactive: bool = False) -> str:
+def _links_html(links: Sequence[tuple[str, str]]) -> str:
+    if not links:
+        return ""
+    items = " · ".join(f'<a href="{html.escape(href, quote=True)}">{html.escape(text)}</a>' for href, text in links)
+    return f'<p class="links">{items}</p>\n'
+
+
+def _table_html(frame: pd.DataFrame, max_rows: int, interactive: bool = False, page_size: int | None = None) -> str:
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"report tables must be pandas DataFrames, got {type(frame).__name__}")
     shown = frame.head(max_rows)
@@ -201,13 +245,21 @@ def _table_html(frame: pd.DataFrame, max_rows: int, interactive: bool = False) -
             '<input class="table-filter" type="search" placeholder="filter: terms, col=value, col&gt;x" '
             f'aria-label="filter rows"><span class="table-count">{len(shown)} of {len(shown)} rows</span>\n'
         )
+        if page_size:
+            pages = max(1, -(-len(shown) // page_size))
+            controls += ('<span class="table-pager"><button type="button" data-page="prev">&lsaquo; prev</button>'
+                         '<button type="button" data-page="next">next &rsaquo;</button>'
+                         f'<span class="table-page">page 1 of {pages}</span></span>\n')
+            body = body.replace("<table ", f'<table data-page-size="{int(page_size)}" ', 1)
     return f'<div class="table-wrap">\n{caption_html}{controls}{body}\n{note}</div>\n'
 
 
 def render_html_report(
-    *, title: str, sections: Sequence[ReportSection], max_rows: int = MAX_TABLE_ROWS
+    *, title: str, sections: Sequence[ReportSection], max_rows: int = MAX_TABLE_ROWS,
+    plotly_js: str | None = None,
 ) -> str:
-    """The report page as a string (see :func:`write_html_report`)."""
+    """The report page as a string (see :func:`write_html_report`); ``plotly_js``: ``None``
+    inlines plotly.js, a relative path loads that local copy instead (:func:`write_plotly_js`)."""
     esc = html.escape
     toc = []
     parts = []
@@ -217,16 +269,21 @@ def render_html_report(
         anchor = f"section-{i}"
         toc.append(f'<li><a href="#{anchor}">{esc(section.title)}</a></li>')
         parts.append(f'<section id="{anchor}">\n<h2>{esc(section.title)}</h2>\n')
+        parts.append(_links_html(section.links))
         parts.append(_paragraphs(section.text))
         parts.extend(
             _figure_html(fig, f"figure-{i}-{j}") for j, fig in enumerate(section.figures, 1)
         )
         rows = max_rows if section.max_rows is None else section.max_rows
-        parts.extend(_table_html(frame, rows, section.interactive) for frame in section.tables)
+        parts.extend(_table_html(frame, rows, section.interactive, section.page_size) for frame in section.tables)
         parts.append("</section>\n")
     has_figures = any(s.figures for s in sections)
     # Inlined once, in the head, so every figure's newPlot call finds it: no CDN, no server.
-    script = f"<script>{plotly.offline.get_plotlyjs()}</script>\n" if has_figures else ""
+    script = ""
+    if has_figures and plotly_js is None:
+        script = f"<script>{plotly.offline.get_plotlyjs()}</script>\n"
+    elif has_figures:
+        script = f'<script src="{html.escape(plotly_js, quote=True)}"></script>\n'
     if any(s.interactive and s.tables for s in sections):
         script += f"<script>{_TABLE_JS}</script>\n"
     toc_html = (
@@ -251,13 +308,25 @@ def write_html_report(
     title: str,
     sections: Sequence[ReportSection],
     max_rows: int = MAX_TABLE_ROWS,
+    plotly_js: str | None = None,
 ) -> Path:
     """Write a self-contained, offline HTML report to ``path`` atomically.
 
     One file: inline CSS, a table of contents, plotly.js inlined once, one
     div per figure, tables escaped (the first ``max_rows`` rows of long ones,
     with a note). Everything is rendered before the file is replaced, so an
-    error leaves any previous report at ``path`` untouched.
+    error leaves any previous report at ``path`` untouched. ``plotly_js``: see
+    :func:`render_html_report`.
     """
-    page = render_html_report(title=title, sections=sections, max_rows=max_rows)
+    page = render_html_report(title=title, sections=sections, max_rows=max_rows, plotly_js=plotly_js)
     return atomic_write_text(path, page)
+
+
+def write_plotly_js(directory: str | os.PathLike[str]) -> Path:
+    """Write plotly.js (the installed plotly's bundle) to ``directory/plotly.min.js`` once, for
+    the pages of one run to share offline; an existing identical copy is left alone."""
+    path = Path(directory) / PLOTLY_JS
+    code = plotly.offline.get_plotlyjs()
+    if path.is_file() and path.stat().st_size == len(code.encode("utf-8")):
+        return path
+    return atomic_write_text(path, code)

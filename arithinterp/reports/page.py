@@ -15,9 +15,11 @@ from arithinterp.reports.html import ReportSection, render_html_report
 from arithinterp.reports.inputs import report_methods
 from arithinterp.results.io import atomic_write_text
 
-__all__ = ["figure_titles", "render_report", "report_sections", "write_report_html"]
+__all__ = ["EFFECT_PANELS", "effect_figure", "figure_titles", "render_report", "report_sections", "write_report_html"]
 
+#: Neuron rows written into the page, and rows shown per page of its table.
 NEURON_ROWS = 1000
+NEURON_PAGE = 50
 
 # ``report`` below is an :class:`~arithinterp.reports.report.AttributionReport` (not imported:
 # the report imports this module to render itself).
@@ -56,6 +58,16 @@ def _summary_text(report: Any) -> str:
             f"components, faithfulness {'undefined' if f is None else f'{f:.3f}'}"
             f"{'' if c.get('reached') else ' (target not reached)'}: {', '.join(c['components'])}."
         )
+    if c:
+        lines.append(
+            f"The circuit is made of {c.get('granularity', 'components')}. "
+            + ("Neurons are not marked in_circuit: a whole MLP in the circuit says nothing about "
+               "which of its neurons matter (see patch_effect)." if "neurons" not in str(c.get("granularity"))
+               else "Neurons in the circuit are marked in_circuit."))
+    lines.append(
+        "Each method is drawn on its own scale in the effect charts. Mediation: mediation_ie is Stolfo "
+        "et al.'s ratio, unbounded on a confident model; mediation_pd is its probability-difference "
+        "form in [-1, 1]; ie_unbounded marks |IE| above the sanity bound.")
     lines.append(
         "Rank: 1 = largest |exact patching effect| (else |AtP|). agree_* flags: the method puts the "
         "component in its top-k exactly when patching does (AtP: with the same sign). Filter a table "
@@ -75,22 +87,44 @@ def _skipped_table(report: Any) -> pd.DataFrame:
     return frame
 
 
-def _effect_figure(frame: pd.DataFrame, what: str, k: int = 20) -> go.Figure:
+#: The methods of the effect chart, each on its own y axis: ``column -> (name, what its axis measures)``.
+EFFECT_PANELS = {
+    "patch_effect": ("exact patching", "normalised: 1 = the whole clean-vs-corrupt effect"),
+    "atp": ("AtP", "normalised like patching (first-order estimate)"),
+    "mediation_pd": ("mediation, probability difference", "½[ΔP(r) + ΔP(r')], bounded in [-1, 1]"),
+    "mediation_ie": ("mediation IE (Stolfo's ratio)", "unbounded ratio; red: |IE| > sanity bound"),
+    "dla": ("DLA", "direct logit-difference attribution, summed over answer tokens"),
+}
+
+
+def effect_figure(frame: pd.DataFrame, what: str, k: int = 20) -> go.Figure:
+    """The top ``k`` components by rank, one row per method, each on its own y axis (the methods'
+    scales differ by orders of magnitude: one axis hides all but the largest)."""
+    from plotly.subplots import make_subplots
+
     top = frame.head(k)
-    fig = go.Figure()
-    if "patch_effect" in top and top["patch_effect"].notna().any():
-        fig.add_trace(go.Bar(
-            x=top["component"], y=top["patch_effect"], name="exact patching",
-            error_y={"type": "data", "symmetric": False,
-                     "array": (top["patch_ci_high"] - top["patch_effect"]).tolist(),
-                     "arrayminus": (top["patch_effect"] - top["patch_ci_low"]).tolist()},
-        ))
-    for col, name in (("atp", "AtP"), ("mediation_ie", "mediation IE"), ("dla", "DLA")):
-        if col in top and top[col].notna().any():
-            fig.add_trace(go.Scatter(x=top["component"], y=top[col], mode="markers", name=name,
-                                     marker={"size": 9}))
-    fig.update_layout(title=f"top {len(top)} {what} by rank: effect of each method",
-                      xaxis_title="component", yaxis_title="effect (normalised patching scale; IE, DLA raw)")
+    shown = [c for c in EFFECT_PANELS if c in top and pd.to_numeric(top[c], errors="coerce").notna().any()]
+    if not shown:
+        return go.Figure(layout={"title": f"top {len(top)} {what}: no method effects"})
+    titles = [f"{EFFECT_PANELS[c][0]}: {EFFECT_PANELS[c][1]}" for c in shown]
+    fig = make_subplots(rows=len(shown), cols=1, shared_xaxes=True, subplot_titles=titles, vertical_spacing=0.08)
+    x = top["component"].astype(str).tolist()
+    for row, col in enumerate(shown, start=1):
+        y = pd.to_numeric(top[col], errors="coerce")
+        bar: dict = {"x": x, "y": y.tolist(), "name": EFFECT_PANELS[col][0]}
+        if col == "patch_effect" and {"patch_ci_low", "patch_ci_high"} <= set(top):
+            bar["error_y"] = {"type": "data", "symmetric": False,
+                              "array": (top["patch_ci_high"] - top["patch_effect"]).tolist(),
+                              "arrayminus": (top["patch_effect"] - top["patch_ci_low"]).tolist()}
+        if col == "mediation_ie" and "ie_unbounded" in top:
+            flagged = top["ie_unbounded"].map(lambda v: bool(v) if v is not None else False).tolist()
+            bar["marker"] = {"color": ["#d62728" if f else "#1f77b4" for f in flagged]}
+            bar["text"] = ["unbounded" if f else "" for f in flagged]
+        fig.add_trace(go.Bar(**bar), row=row, col=1)
+        fig.update_yaxes(title_text=col, row=row, col=1)
+    fig.update_layout(title=f"top {len(top)} {what} by rank: each method on its own scale", showlegend=False,
+                      height=max(360, 200 * len(shown)))
+    fig.update_annotations(font_size=12)
     return fig
 
 
@@ -119,15 +153,15 @@ def report_sections(report: Any) -> list[ReportSection]:
             max_rows=60,
         ))
     sections.append(ReportSection(
-        "Head table", figures=[_effect_figure(report.heads, "heads")],
+        "Head table", figures=[effect_figure(report.heads, "heads")],
         tables=[_table_for_page(report.heads, f"{len(report.heads)} attention heads")],
         interactive=True, max_rows=len(report.heads),
     ))
     n = len(report.neurons)
     sections.append(ReportSection(
-        "Neuron table", figures=[_effect_figure(report.neurons, "neurons")],
+        "Neuron table", figures=[effect_figure(report.neurons, "neurons")],
         tables=[_table_for_page(report.neurons, f"{n} MLP neurons (of {report.summary.get('n_neurons', n)})")],
-        interactive=True, max_rows=NEURON_ROWS,
+        interactive=True, max_rows=NEURON_ROWS, page_size=NEURON_PAGE,
     ))
     for name, title in figure_titles().items():
         result = report.results.get(name)
@@ -136,12 +170,12 @@ def report_sections(report: Any) -> list[ReportSection]:
     return sections
 
 
-def render_report(report: Any) -> str:
-    """The report page as a string."""
+def render_report(report: Any, *, plotly_js: str | None = None) -> str:
+    """The report page as a string (``plotly_js``: see :func:`~arithinterp.reports.html.render_html_report`)."""
     return render_html_report(title=f"Attribution report: {report.summary.get('model')}",
-                              sections=report_sections(report))
+                              sections=report_sections(report), plotly_js=plotly_js)
 
 
 def write_report_html(report: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``report.html`` atomically."""
+    """Write ``report.html`` atomically, plotly.js inlined (one self-contained file)."""
     return atomic_write_text(path, render_report(report))

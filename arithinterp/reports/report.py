@@ -18,6 +18,7 @@ import pandas as pd
 from arithinterp.errors import ResultError
 from arithinterp.methods.circuits import CircuitResult
 from arithinterp.reports.export import write_parquet
+from arithinterp.reports.html import PLOTLY_JS, write_plotly_js
 from arithinterp.reports.page import render_report, write_report_html
 from arithinterp.results import Result
 from arithinterp.results.io import atomic_dir, check_replaceable, to_jsonable
@@ -128,14 +129,18 @@ class AttributionReport:
     # -- disk ------------------------------------------------------------------------------
 
     def save(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-        """Write the report directory atomically (a temp directory, then one rename).
+        """Write the report directory atomically (a temp directory, then one rename): ``report.html``
+        loads ``plotly.min.js`` beside it, so the directory works offline as a whole.
 
         An existing ``directory`` must be empty or one arithinterp wrote (``OutputError``
         otherwise, unless ``overwrite=True``): replacing it deletes what it held."""
         check_replaceable(directory, overwrite=overwrite)  # before the (slow) rendering
-        page = render_report(self)  # rendered first: a failing figure leaves nothing half-written
+        # Rendered first: a failing figure leaves nothing half-written. The page loads plotly.js
+        # from one copy in the directory (offline), which the run's other pages share.
+        page = render_report(self, plotly_js=PLOTLY_JS)
         with atomic_dir(directory, overwrite=overwrite) as tmp:
             (tmp / "report.html").write_text(page, encoding="utf-8")
+            write_plotly_js(tmp)
             (tmp / "summary.json").write_text(_json(self.summary))
             for name, frame in (("heads", self.heads), ("neurons", self.neurons)):
                 write_parquet(tmp / f"{name}.parquet", frame)

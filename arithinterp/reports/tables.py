@@ -138,8 +138,8 @@ def _table(model: Model, table: str, results: Mapping[str, Result]) -> pd.DataFr
     })
     _method_columns(frame, table, results, sites)
     _flags(frame)
-    if "in_circuit" in frame.columns:
-        frame["in_circuit"] = frame["in_circuit"].fillna(False).astype(bool)
+    if "in_circuit" in frame.columns:  # True / False, or None where the circuit's granularity says nothing
+        frame["in_circuit"] = frame["in_circuit"].astype(object).where(frame["in_circuit"].notna(), None)
     return frame[list(table_columns(table))].sort_values("rank", kind="stable").reset_index(drop=True)
 
 

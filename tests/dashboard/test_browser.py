@@ -36,7 +36,7 @@ def _free_port() -> int:
 def _built_report(root: Path) -> Path:
     """A report written by ``build_report`` on zoo:add-2d-tok (the methods that take seconds)."""
     report = build_report("zoo:add-2d-tok", None, n=24, progress=False,
-                          methods=["patching", "dla", "logit_lens", "circuit"])
+                          methods=["patching", "dla", "logit_lens", "operand_maps", "circuit", "attention"])
     return report.save(root / "add-2d-tok" / "report")
 
 
@@ -80,5 +80,22 @@ def test_click_heatmap_cell_updates_detail_panel(served):
         assert f"L0H{head}" in row and f"{stored['patch_effect']:.4g}" in row
         page.locator("#detail-lens .js-plotly-plot").wait_for(timeout=20_000)
         assert "Not available for this component" in page.locator("#detail-neuron-map").inner_text()
+        # The selected head's operand map (classified) and its clean-vs-corrupt attention pattern.
+        operand = _panel(page, "Operand map")
+        operand.locator(".js-plotly-plot .heatmaplayer image").first.wait_for(timeout=20_000)
+        assert f"L0H{head}:" in operand.inner_text()
+        attention = _panel(page, "Attention pattern (clean vs corrupt)")
+        attention.locator(".js-plotly-plot").wait_for(timeout=20_000)
+        traces = page.evaluate(
+            """(id) => document.getElementById(id).querySelector('.js-plotly-plot')._fullData
+                        .map(t => [t.name, t.type, t.x.length])""", attention.get_attribute("id"))
+        assert [t[:2] for t in traces] == [["clean", "heatmap"], ["corrupt", "heatmap"]] and traces[0][2] >= 4
         page.screenshot(path=str(_artifacts() / "dashboard.png"), full_page=True)
     assert errors == []
+
+
+def _panel(page, title: str):
+    """The detail panel section whose heading is ``title``."""
+    section = page.locator("#detail > div", has=page.locator("h4", has_text=title))
+    section.first.wait_for(timeout=20_000)
+    return section.first

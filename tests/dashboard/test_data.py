@@ -152,6 +152,28 @@ def test_probe_evidence_reads_the_sites_around_the_component(full):
         assert row["pos"] == int(scores.pos[int(scores.argmax())])
 
 
+def test_probe_evidence_never_reports_a_masked_position(runs_dir, tmp_path):
+    """Where the teacher-forced input shows the target, the score reads the input: the panel skips
+    that position (as the report's tables and figure do) and names it under ``masked``."""
+    import dataclasses
+
+    import xarray as xr
+
+    root = _copy(runs_dir, tmp_path)
+    probes = Result.load(root / "results" / "probes")
+    at = probes.values.sel(target="SC_0", site="L0 mid")
+    best = int(at.pos[int(at.argmax())])
+    mask = xr.zeros_like(probes.values.isel(site=0, drop=True), dtype=bool)
+    mask.loc[{"target": "SC_0", "pos": best}] = True
+    dataclasses.replace(probes, extras={**probes.extras, "answer_visible": mask}).save(root / "results" / "probes")
+    runs = RunSet(root)
+    report = runs.get(runs.names[0])
+    rows = component_detail(report, "L0H2")["probes"].data["rows"]
+    row = next(r for r in rows if r["target"] == "SC_0" and r["site"] == "L0 mid")
+    others = at.where(at.pos != best)
+    assert row["pos"] != best and row["score"] == float(others.max()) and row["masked"] == str(best)
+
+
 def test_fourier_and_neuron_maps_of_a_neuron_are_the_stored_ones(full):
     freqs = Result.load(full.root / "results" / "key_frequencies")
     maps = Result.load(full.root / "results" / "neuron_maps")

@@ -15,10 +15,12 @@ from arithinterp.errors import (
     TokenizationError,
 )
 from arithinterp.methods.mediation import (
+    IE_SANITY_BOUND,
     STOLFO_TYPES,
     MediationResult,
     indirect_effect,
     mediate,
+    probability_difference,
     total_effect,
 )
 from arithinterp.models import Site, load_model
@@ -86,6 +88,26 @@ def test_ie_te_and_change_rate_equal_a_literal_computation(model, pairs):
         assert res.extras["ci_low"].sel(cell).item() <= ie.mean() + 1e-12 <= res.extras["ci_high"].sel(cell).item() + 2e-12
     np.testing.assert_allclose(res.total_effect, te.mean(), rtol=1e-5, atol=1e-7)
     assert res.meta.options["pair_kind"] == "operand_a" and res.meta.options["stolfo_type"] == 1
+
+
+def test_bounded_companion_is_the_probability_difference_and_flags_huge_ratios(model, pairs):
+    res = mediate(model, pairs, components=("mlp_out",), progress=False)
+    site = Site("mlp_out", 1, pos=-1)
+    clean = model.to_tokens(list(pairs.clean.prompts))
+    _, cache = model.run_with_cache(model.to_tokens(list(pairs.corrupt.prompts)), [site])
+    r, rp = _ids(model, pairs.clean.answers)[:, 0], _ids(model, pairs.corrupt.answers)[:, 0]
+    rows = torch.arange(len(r))
+    base = _probs(model.logits(clean), -1)
+    star = _probs(model.run_with_patches(clean, {site: cache[site]}), -1)
+    by_hand = 0.5 * ((base[rows, r] - star[rows, r]) + (star[rows, rp] - base[rows, rp]))
+    cell = dict(component="mlp_out", layer=1)
+    got = res.extras["prob_diff"].sel(cell).isel(pos=-1).item()
+    np.testing.assert_allclose(got, by_hand.mean().item(), rtol=1e-5, atol=1e-9)
+    assert (np.abs(res.extras["prob_diff"].values) <= 1).all()
+    np.testing.assert_array_equal(res.extras["unbounded"].values, np.abs(res.values.values) > IE_SANITY_BOUND)
+    # A near-certain model: P*(r) = 1e-9 after the intervention makes the ratio ~5e8, the companion 0.5.
+    assert indirect_effect(1.0, 1e-9, 0.0, 0.0) > 1e8 > IE_SANITY_BOUND
+    assert probability_difference(1.0, 1e-9, 0.0, 0.0) == pytest.approx(0.5)
 
 
 def test_heads_and_neurons_equal_a_literal_computation(model, pairs):
@@ -226,7 +248,7 @@ def test_bad_options_raise_before_any_forward_pass(model, pairs, counted, kwargs
 def test_multi_token_answers_need_answer_multi(model, counted):
     ps = generate(TaskSpec(operation="add", digits=2, format="fixed", n=4, seed=1))
     with pytest.raises(TokenizationError, match="answer='single'"):
-        mediate(model, make_pairs(ps, "operand_a"), progress=False)
+        mediate(model, make_pairs(ps, "operand_a"), answer="single", progress=False)
     assert counted.calls == 0
 
 

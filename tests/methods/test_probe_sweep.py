@@ -171,7 +171,15 @@ def test_carry_bits_appear_after_layer0_attention_at_the_digit_they_feed(add5, a
         assert lo <= float(cell.max()) <= hi
     frame = res.to_frame()
     assert {"score", "ci_low", "ci_high", "majority", "selectivity"} <= set(frame.columns)
-    assert len(res.plot().data) == len(targets)
+    fig = res.plot()
+    scores = [t for t in fig.data if t.name != "masked"]
+    assert [t.name for t in scores] == list(targets)
+    # Cells whose teacher-forced input shows the target's digit are grey "masked" cells, not scores.
+    masked = res.masked()
+    assert sum(t.name == "masked" for t in fig.data) == int(masked.any(("site", "pos")).sum())
+    for t, target in zip(scores, targets):
+        hidden = masked.sel(target=target).transpose("site", "pos").values
+        assert np.isnan(np.array(t.z, dtype=float)[hidden]).all()
 
 
 def test_fit_probes_rejects_bad_requests_before_running(add5, add5_prompts):

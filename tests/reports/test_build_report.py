@@ -26,8 +26,11 @@ from arithinterp.methods import (
 )
 from arithinterp.methods.fourier import key_frequencies_from_activations
 from arithinterp.methods.grid import operand_grid
+from arithinterp.methods.mediation import IE_SANITY_BOUND
+from arithinterp.methods.operand_maps import REPORT_MAP_HEADS, operand_maps
 from arithinterp.models import load_model
 from arithinterp.reports import AttributionReport, build_report
+from arithinterp.reports.build import circuit_granularity
 from arithinterp.reports.inputs import default_task
 from arithinterp.reports.tables import HEAD_COLUMNS, NEURON_COLUMNS, probe_evidence
 from arithinterp.tasks import TaskSpec, generate, make_pairs
@@ -57,7 +60,7 @@ def row(frame: pd.DataFrame, label: str) -> pd.Series:
 
 def test_tables_equal_the_methods_called_directly(tiny, report):
     assert report.summary["methods"] == ["patching", "attribution", "mediation", "dla", "probes", "fourier",
-                                         "heuristics", "logit_lens", "circuit"]
+                                         "heuristics", "logit_lens", "operand_maps", "circuit", "attention"]
     assert report.summary["skipped"] == {}
     assert list(report.heads.columns) == list(HEAD_COLUMNS)
     assert list(report.neurons.columns) == list(NEURON_COLUMNS)
@@ -72,7 +75,7 @@ def test_tables_equal_the_methods_called_directly(tiny, report):
     atp_h = attribution_patch(tiny, pairs, kind="attn_head", **common)
     atp_n = attribution_patch(tiny, pairs, kind="mlp_post", **common)
     med = mediate(tiny, pairs, heads=True, **common)
-    dla = direct_logit_attribution(tiny, pairs.clean)
+    dla = direct_logit_attribution(tiny, pairs.clean, against=pairs.corrupt)  # like patching: logit difference
     for (layer, head) in [(0, 0), (0, 3), (1, 2)]:
         r = row(report.heads, f"L{layer}H{head}")
         assert r["patch_effect"] == pytest.approx(float(patch_h.values.sel(layer=layer, head=head)), abs=1e-9)
@@ -80,6 +83,9 @@ def test_tables_equal_the_methods_called_directly(tiny, report):
         assert r["patch_ci_high"] == pytest.approx(float(patch_h.extras["ci_high"].sel(layer=layer, head=head)))
         assert r["atp"] == pytest.approx(float(atp_h.effect.sel(layer=layer, head=head)), abs=1e-9)
         assert r["mediation_ie"] == pytest.approx(float(med.values.sel(layer=layer, head=head)), rel=1e-6)
+        assert r["mediation_pd"] == pytest.approx(float(med.extras["prob_diff"].sel(layer=layer, head=head)),
+                                                  rel=1e-6)
+        assert r["ie_unbounded"] == (abs(r["mediation_ie"]) > IE_SANITY_BOUND)
         assert r["dla"] == pytest.approx(float(dla.heads().mean("prompt").sel(layer=layer, head=head)), abs=1e-9)
     for (layer, neuron) in [(0, 5), (1, 100)]:
         r = row(report.neurons, f"L{layer}N{neuron}")
@@ -103,7 +109,26 @@ def test_tables_equal_the_methods_called_directly(tiny, report):
     assert report.circuit.circuit == circuit.circuit
     assert report.summary["circuit"]["faithfulness"] == pytest.approx(circuit.circuit_faithfulness)
     members = set(circuit.circuit)
-    assert {c for c in heads["component"] if c in members} == set(heads.loc[heads["in_circuit"], "component"])
+    assert {c for c in heads["component"] if c in members} == set(heads.loc[heads["in_circuit"] == True,  # noqa: E712
+                                                                               "component"])
+    # Neurons are marked only by a neuron-level circuit; this one holds heads and whole MLPs.
+    assert report.summary["circuit"]["granularity"] == circuit_granularity(circuit.circuit)
+    assert "neurons" not in report.summary["circuit"]["granularity"]
+    assert report.neurons["in_circuit"].isna().all()
+
+    # Operand maps: the top heads and neurons by |patching|, as operand_maps computes them.
+    maps = report.results["operand_maps"]
+    mapped = [str(c) for c in maps.values.coords["component"].values]
+    assert mapped[:REPORT_MAP_HEADS] == list(heads["component"][:REPORT_MAP_HEADS])
+    direct_maps = operand_maps(tiny, pairs.clean.spec, features=mapped)
+    np.testing.assert_allclose(maps.values.values, direct_maps.values.values)
+    for label, c in direct_maps.classes().items():
+        table = heads if "H" in label else report.neurons
+        r = row(table, label)
+        assert r["operand_feature"] == f"{c['kind']}: {c['description']}"
+        assert r["operand_score"] == pytest.approx(c["score"])
+    unmapped = heads.loc[~heads["component"].isin(mapped), "operand_feature"]
+    assert unmapped.isna().all()
 
 
 def test_grid_columns_equal_fourier_heuristics_and_probes(tiny, report):
@@ -146,7 +171,10 @@ def test_save_load_round_trip_and_contract_layout(report, tmp_path):
     out = report.save(tmp_path / "report")
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["report.html", "summary.json", "heads.parquet", "heads.json", "neurons.parquet",
-                            "neurons.json", "top_prompts.json", "prompts.parquet", "results"])
+                            "neurons.json", "top_prompts.json", "prompts.parquet", "results", "plotly.min.js"])
+    page = (out / "report.html").read_text()
+    # plotly.js is loaded from the one local copy beside the page, not inlined.
+    assert '<script src="plotly.min.js"></script>' in page and len(page) < 2_000_000
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left behind
     summary = json.loads((out / "summary.json").read_text())
     for key in ("model", "task", "n_prompts", "seed", "versions", "methods", "skipped", "circuit",
@@ -254,7 +282,7 @@ def test_zoo_model_report_matches_methods():
     for head in range(4):
         assert row(rep.heads, f"L0H{head}")["patch_effect"] == pytest.approx(
             float(patch.values.sel(layer=0, head=head)), abs=1e-9)
-    dla = direct_logit_attribution(model, prompts)
+    dla = direct_logit_attribution(model, pairs.clean, against=pairs.corrupt)
     assert row(rep.neurons, "L0N10")["dla"] == pytest.approx(float(dla.neurons(0).mean("prompt").sel(neuron=10)))
     assert rep.summary["model"] == "zoo:add-2d-tok" and rep.summary["n_prompts"] == 16
     assert rep.circuit is not None and rep.summary["circuit"]["faithfulness"] >= 0.9

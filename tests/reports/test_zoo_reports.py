@@ -55,14 +55,17 @@ def test_every_method_ran_or_was_skipped_for_a_true_reason(reports, name):
     s = report.summary
     grid = ["fourier", "heuristics"]
     if name in NO_GRID:
-        assert s["methods"] == ["patching", "attribution", "mediation", "dla", "probes", "logit_lens", "circuit"]
+        assert s["methods"] == ["patching", "attribution", "mediation", "dla", "probes", "logit_lens",
+                                "operand_maps", "circuit", "attention"]
+        # Operand maps draw a 100 x 100 window of the operands instead.
+        assert report.results["operand_maps"].meta.options["window"] is True
         assert set(s["skipped"]) == set(grid)
         side = 900 if name == "mul-3d" else 90000
         for m in grid:
             assert f"take {side} values each (more than {MAX_GRID_SIDE})" in s["skipped"][m]
     else:
         assert s["skipped"] == {}
-        assert len(s["methods"]) == 9
+        assert len(s["methods"]) == 11
     assert set(s["timings_s"]) == set(s["methods"]) | set(s["skipped"])
     assert s["n_prompts"] == 64 and s["n_pairs"] == 64
 
@@ -93,9 +96,9 @@ def test_tables_are_complete_and_ranked(reports, name):
     assert c["components"] == list(report.circuit.circuit)
     assert c["reached"] == (c["faithfulness"] >= c["target"])
     members = set(c["components"])
-    assert set(heads.loc[heads["in_circuit"], "component"]) == {x for x in members if "H" in x}
-    mlps = {int(x[3:]) for x in members if x.startswith("MLP")}
-    assert (neurons["in_circuit"] == neurons["layer"].isin(mlps)).all()
+    assert set(heads.loc[heads["in_circuit"] == True, "component"]) == {x for x in members if "H" in x}  # noqa: E712
+    # Whole MLPs say nothing about single neurons: those are not marked.
+    assert "neurons" not in c["granularity"] and neurons["in_circuit"].isna().all()
     # Ablating the circuit alone hurts (completeness), the circuit alone is faithful.
     assert c["circuit_ablated_score"] < c["full_score"] - 0.3
 
@@ -105,6 +108,7 @@ def test_report_directory_round_trip(reports, name):
     report, folder = reports[name]
     html = (folder / "report.html").read_text()
     assert html.count("Plotly.newPlot") >= 3 and "<script src=\"http" not in html
+    assert '<script src="plotly.min.js"></script>' in html and (folder / "plotly.min.js").is_file()
     again = AttributionReport.load(folder)
     pd.testing.assert_frame_equal(again.heads, report.heads, check_dtype=False)
     pd.testing.assert_frame_equal(again.neurons, report.neurons, check_dtype=False)
