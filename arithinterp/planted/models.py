@@ -8,7 +8,9 @@ numbers, so the answer is one token and DLA / mediation apply). Positions: 0 = `
 1 = ``+``, 2 = ``b``, 3 = ``=`` (the answer is read there).
 
 Lookup MLPs: neuron ``(a, b)`` reads the one-hot operand features and fires only when
-both match, writing the one-hot sum into ``OUT``; the unembedding reads ``OUT``.
+both match, writing the one-hot sum into ``OUT``; the unembedding reads ``OUT`` (a written
+sum has logit 10) and gives token 19, never a sum, logit 3 at every position: the answer
+when no sum is written.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ LOGIT_GAIN = 10.0
 
 def _planter(*, n_layer: int, d_model: int = 256, d_mlp: int = 128) -> Planter:
     tokenizer = number_tokenizer(N_NUMBERS)
-    index = [min(t, 10) if t < N_NUMBERS else 10 for t in range(len(tokenizer))]  # digits 0..9, then "other"
+    index = [min(t, 10) for t in range(len(tokenizer))]  # digits 0..9, then "other"
     return Planter(vocab=len(tokenizer), n_layer=n_layer, token_index=index, d_model=d_model, d_mlp=d_mlp,
                    bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id)
 
@@ -41,9 +43,16 @@ def _lookup(p: Planter, layer: int, a_feat: Feature, b_feat: Feature, out: Featu
                      writes=[(out, a + b, 1.0)], units=units, activation=0.5 * K)
 
 
+#: The token a model answers when no sum is written (never a sum here), and its logit.
+DEFAULT_TOKEN, DEFAULT_LOGIT = N_NUMBERS - 1, 0.3 * LOGIT_GAIN
+
+
 def _unembed(p: Planter, out: Feature) -> None:
     for s in range(out.width):
-        p.unembed(s, out, s, gain=LOGIT_GAIN, bonus=0.1)  # sums beat other tokens when OUT is empty
+        p.unembed(s, out, s, gain=LOGIT_GAIN)
+    # With no sum written the model answers a wrong token confidently rather than tying every
+    # sum at 0 (a tie would score as right under a correct / max logit metric).
+    p.logit_bias(DEFAULT_TOKEN, DEFAULT_LOGIT)
 
 
 def _save(p: Planter, path: Path) -> Path:

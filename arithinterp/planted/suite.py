@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 from arithinterp.errors import ConfigError
+from arithinterp.methods.circuits import CircuitResult, discover_circuit
 from arithinterp.models import Model, Site, load_model
 from arithinterp.models.loading import BackendName
 from arithinterp.planted import and_model, models, weights
@@ -48,6 +49,11 @@ class PlantedSpec:
     components: tuple[str, ...] = ("attn_head", "mlp_out")
     answer: Literal["single", "multi"] = "single"
     pairs: str = "random"
+    #: Faithfulness metric and target of discovery: these circuits are exact, so the target is
+    #: near 1, and ``logit_diff`` (correct logit − largest other) sees a tie as a loss, where a
+    #: correct / max ratio would score it as right.
+    metric: str = "logit_diff"
+    target: float = 0.99
 
     @property
     def truth(self) -> frozenset[str]:
@@ -100,6 +106,13 @@ class Planted:
         tok = tokenize(self.prompts, self.model.tokenizer, answer=self.answer)
         seqs = tok.prompt_tokens if self.answer == "single" else tok.tokens[:, :-1]
         return seqs, tok.answer_tokens, torch.as_tensor(tok.answer_positions)
+
+    def discover(self, **options: Any) -> CircuitResult:
+        """:func:`~arithinterp.methods.circuits.discover_circuit` on this model's pairs and prompts,
+        with its components, answer mode, metric and target (``options`` override them)."""
+        kw = {"components": self.components, "answer": self.answer, "metric": self.spec.metric,
+              "target": self.spec.target, "progress": False, **options}
+        return discover_circuit(self.model, self.pairs, self.prompts, **kw)
 
     @property
     def sites(self) -> list[Site]:

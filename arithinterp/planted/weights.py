@@ -147,12 +147,15 @@ class Planter:
         for feat, i, value in writes:
             self.write(w_out[n], feat, i, value / activation)
 
-    def unembed(self, token: int, feat: Feature, i: int, *, gain: float = 1.0, bonus: float = 0.0) -> None:
-        """The logit of ``token`` reads ``feat[i]`` (and ``bonus`` times the ballast)."""
+    def unembed(self, token: int, feat: Feature, i: int, *, gain: float = 1.0) -> None:
+        """The logit of ``token`` reads ``feat[i]``."""
         w = self.sd["lm_head.weight"]
         w[token, feat.plus(i)] = gain
         w[token, feat.minus(i)] = -gain
-        w[token, self.const.plus(0)] = bonus / self.ballast
+
+    def logit_bias(self, token: int, value: float) -> None:
+        """``token``'s logit gets ``value`` (times the final LayerNorm's factor) everywhere."""
+        self.sd["lm_head.weight"][token, self.const.plus(0)] = value / self.ballast
 
     # ---- output ---------------------------------------------------------------------------
 
