@@ -64,6 +64,7 @@ from arithinterp.methods.lens import (
 )
 from arithinterp.methods.mediation import MediationResult, mediate
 from arithinterp.methods.metrics import METRICS, PairBatch, tokenize_pairs
+from arithinterp.methods.mib import MIB_FRACTIONS, MIBCurveResult, area_under_curve, mib_curve
 from arithinterp.methods.neurons import (
     HeuristicResult,
     NeuronMaps,
@@ -175,6 +176,10 @@ __all__ = [
     "CircuitResult",
     "circuit_figure",
     "discover_circuit",
+    "MIB_FRACTIONS",
+    "MIBCurveResult",
+    "area_under_curve",
+    "mib_curve",
     # helix
     "FourierFilterResult",
     "HelixFit",
