@@ -34,17 +34,21 @@ from arithinterp.methods.attribution import (
     AttributionResult,
     attribution_patch,
 )
+from arithinterp.methods.circuit_ablation import (
+    AnswerData,
+    CircuitAblation,
+    ablation_values,
+    check_ablation,
+    check_reference,
+)
 from arithinterp.methods.circuit_plot import circuit_figure
 from arithinterp.methods.contrast import Direction, contrast
 from arithinterp.methods.faithfulness import (
     FAITHFULNESS_METRICS,
     FaithfulnessMetric,
-    ablation_patches,
-    check_reference,
     circuit_parts,
+    circuit_scores,
     faithfulness_ratio,
-    faithfulness_scores,
-    site_means,
 )
 from arithinterp.methods.metrics import AnswerMode, PairBatch
 from arithinterp.methods.patching import PatchingResult, check_pairs, patch_activations
@@ -56,7 +60,7 @@ from arithinterp.methods.registry import (
     RunContext,
     register,
 )
-from arithinterp.models import Model, Patch, Site
+from arithinterp.models import Model, Site
 from arithinterp.results import Result, resultclass
 from arithinterp.tasks import PromptPairs, PromptSet, tokenize
 
@@ -246,42 +250,48 @@ def _check_given(model: Model, res: Result, kind: str, *, direction: str, score_
 
 
 class _Ablator:
-    """Scores prompts with chosen components mean-ablated (means over the reference, once)."""
+    """Scores prompts with chosen components ablated (replacements built once, before any circuit)."""
 
     def __init__(self, model: Model, prompts: PromptSet, reference: PromptSet | None, *,
-                 metric: str, answer: AnswerMode, batch_size: int, answer_index: int | None = None) -> None:
+                 metric: str, answer: AnswerMode, batch_size: int, answer_index: int | None = None,
+                 ablation: str = "mean", n_draws: int = 1, seed: int = 0, corrupt: torch.Tensor | None = None,
+                 neurons: bool = True) -> None:
         self.model, self.metric, self.batch_size = model, metric, batch_size
         tok = tokenize(prompts, model.tokenizer, answer=answer)
-        self.answers, self.positions = tok.answer_tokens, tok.answer_positions
+        answers, positions = tok.answer_tokens, tok.answer_positions
         if answer_index is not None:
-            self.answers = self.answers[:, answer_index:answer_index + 1]
-            self.positions = self.positions[answer_index:answer_index + 1]
-        self.seqs = tok.prompt_tokens if answer == "single" else tok.tokens[:, :-1]
+            answers = answers[:, answer_index:answer_index + 1]
+            positions = positions[answer_index:answer_index + 1]
+        seqs = tok.prompt_tokens if answer == "single" else tok.tokens[:, :-1]
+        self.seqs = seqs
+        self.data = AnswerData(seqs, answers, positions)
+        ref_data = self.data
         if reference is None:
-            ref = self.seqs
-        elif answer == "single":
+            ref = seqs
+        elif answer == "single" and ablation != "optimal":
             ref = model.to_tokens(list(reference.prompts)).cpu()
         else:
-            ref = tokenize(reference, model.tokenizer, answer="multi").tokens[:, :-1]
-        check_reference(self.seqs, ref)
-        n_layers = model.shape.n_layers
-        needed = [Site(k, layer) for layer in range(n_layers)
-                  for k in ("attn_out", "mlp_out", "attn_head", "mlp_post")]
-        self.means = site_means(model, needed, ref.to(model.device), batch_size=batch_size)
+            rtok = tokenize(reference, model.tokenizer, answer=answer)
+            ref = rtok.prompt_tokens if answer == "single" else rtok.tokens[:, :-1]
+            r_answers, r_positions = rtok.answer_tokens, rtok.answer_positions
+            if answer_index is not None:
+                r_answers = r_answers[:, answer_index:answer_index + 1]
+                r_positions = r_positions[answer_index:answer_index + 1]
+            ref_data = AnswerData(ref, r_answers, r_positions)
+        check_reference(seqs, ref)
+        self.values = ablation_values(model, ablation, seqs, reference=ref, self_reference=reference is None,
+                                      corrupt=corrupt, neurons=neurons, n_draws=n_draws, seed=seed,
+                                      batch_size=batch_size, answers=ref_data)
 
-    def run(self, patches: dict[Site, Patch]) -> float:
-        out = []
-        for start in range(0, self.seqs.shape[0], self.batch_size):
-            logits = self.model.run_with_patches(self.seqs[start:start + self.batch_size].to(self.model.device),
-                                                 patches)
-            answers = self.answers[start:start + self.batch_size].to(self.model.device)
-            out.append(faithfulness_scores(logits[:, self.positions], answers, self.metric).cpu())
-        return float(torch.cat(out).mean())
+    def run_parts(self, heads: list[set[int]] | None, mlps: list[set[int] | None] | None) -> float:
+        """The mean score with everything outside ``heads`` / ``mlps`` ablated (``None``: nothing)."""
+        return float(circuit_scores(self.model, self.data, self.metric, self.values, heads, mlps,
+                                    batch_size=self.batch_size).mean())
 
     def keep(self, circuit: Sequence[Site]) -> float:
         """The score with everything outside ``circuit`` mean-ablated."""
         heads, mlps = circuit_parts(self.model, circuit)
-        return self.run(ablation_patches(self.model, heads, mlps, self.means))
+        return self.run_parts(heads, mlps)
 
     def remove(self, circuit: Sequence[Site]) -> float:
         """The score with only ``circuit`` mean-ablated (the completeness check)."""
@@ -299,7 +309,7 @@ class _Ablator:
                 keep_mlps.append(set(range(shape.d_mlp)) - kept)
         # A layer whose every head is in the circuit keeps none: ablation_patches then
         # ablates the whole attention output, which is the same thing.
-        return self.run(ablation_patches(self.model, keep_heads, keep_mlps, self.means))
+        return self.run_parts(keep_heads, keep_mlps)
 
 
 # ---- discovery ----------------------------------------------------------------------------
@@ -398,13 +408,22 @@ def _circuit_result(model: Model, prompts: PromptSet, ablator: _Ablator, sites: 
     in_circuit = np.zeros(values.sizes["component"], dtype=np.int64)
     in_circuit[:size] = 1
     return CircuitResult(
-        values=values, meta=make_meta("discover_circuit", model, prompts, options=options),
+        values=values, meta=make_meta("discover_circuit", model, prompts, options=options,
+                                            seed=options.get("seed")),
         extras={"faithfulness": values.copy(data=faith), "in_circuit": values.copy(data=in_circuit)},
         circuit=[str(x) for x in values.coords["component"].values[:size]], target=target,
         reached=reached_at is not None,
         circuit_faithfulness=None if not curve or np.isnan(curve[size - 1]) else float(curve[size - 1]),
         full_score=full, circuit_ablated_score=ablator.remove([sites[i] for i in order[:size]]), empty_score=empty,
     )
+
+
+def _counterfactual_tokens(batch: PairBatch, prompts: PromptSet) -> torch.Tensor:
+    """The corrupt sequences of ``batch``, row for row the scored prompts (counterfactual ablation)."""
+    if batch.dataset_hash is not None and batch.dataset_hash != prompts.hash:
+        raise MethodError("ablation='counterfactual' takes each prompt's activations from its pair's corrupt "
+                          "prompt, so the scored prompts must be the pairs' clean prompts (pass prompts=None)")
+    return batch.corrupt
 
 
 def discover_circuit(
@@ -423,7 +442,10 @@ def discover_circuit(
     direction: Direction = "denoise",
     answer: AnswerMode = "multi",
     answer_index: int | None = None,
+    ablation: CircuitAblation = "mean",
+    n_draws: int = 3,
     batch_size: int = 64,
+    seed: int = 0,
     progress: bool = True,
     scores: ComponentScores | None = None,
 ) -> CircuitResult:
@@ -442,13 +464,21 @@ def discover_circuit(
         metric: faithfulness metric: ``"nl"`` (Nikankin's correct / max logit),
             ``"logit_diff"`` or ``"accuracy"``.
         max_size: the largest circuit tried (default: every component).
-        reference: prompts the ablation means are taken over (default: ``prompts``).
+        reference: prompts the ablation's means, resamples or optimal constants are taken
+            over (default: ``prompts``).
         score_metric: the patching metric components are ranked by.
         direction: patching direction (the score is the absolute normalised effect).
         answer: ``"multi"`` (teacher-forced answer tokens) or ``"single"``.
         answer_index: score and measure faithfulness on this answer token only (0 = the
             first token written), e.g. one circuit per answer digit; default: all of them.
+        ablation: what replaces a component outside the circuit (as in
+            :func:`~arithinterp.methods.faithfulness.faithfulness`): ``"mean"``, ``"zero"``,
+            ``"resample"`` (``n_draws`` seeded permutations of the reference, scores averaged),
+            ``"counterfactual"`` (the pair's corrupt prompt; ``prompts`` must be the pairs'
+            clean prompts) or ``"optimal"`` (Li & Janson's loss-minimising constants).
+        n_draws: permutations averaged by ``ablation="resample"``.
         batch_size: prompts per forward pass of the faithfulness runs.
+        seed: seed of the resample permutations.
         progress: show progress bars.
         scores: sweeps already run on ``pairs`` that rank some of ``components``, so they
             are not run again: a :class:`~arithinterp.methods.patching.PatchingResult`
@@ -461,6 +491,7 @@ def discover_circuit(
     """
     components = list(components)
     _check(components, score, grow, target, metric, max_size)
+    check_ablation(ablation, n_draws=n_draws, reference_size=None if reference is None else len(reference))
     if prompts is None:
         if not isinstance(pairs, PromptPairs):
             raise ConfigError("pass `prompts` when `pairs` is an already tokenized PairBatch")
@@ -470,7 +501,9 @@ def discover_circuit(
     given = _given_scores(model, scores, components, score=score, direction=direction, score_metric=score_metric,
                           answer=answer, answer_index=answer_index, batch=batch)
     ablator = _Ablator(model, prompts, reference, metric=metric, answer=answer, batch_size=batch_size,
-                       answer_index=answer_index)
+                       answer_index=answer_index, ablation=ablation, n_draws=n_draws, seed=seed,
+                       corrupt=_counterfactual_tokens(batch, prompts) if ablation == "counterfactual" else None,
+                       neurons="mlp_post" in components)
 
     sites: list[Site] = []
     effects: list[float] = []
@@ -485,12 +518,13 @@ def discover_circuit(
         effects += v.tolist()
     ranked = sorted(range(len(sites)), key=lambda i: (-effects[i], i))
     limit = len(sites) if max_size is None else min(max_size, len(sites))
-    full, empty = ablator.run({}), ablator.keep([])
+    full, empty = ablator.run_parts(None, None), ablator.keep([])
     order, curve = _grow(ablator, sites, ranked, grow=grow, limit=limit, target=target, full=full,
                          empty=empty, progress=progress)
 
     options = {"components": components, "score": score, "grow": grow, "target": float(target),
-               "metric": metric, "max_size": max_size, "score_metric": score_metric,
+               "metric": metric, "ablation": ablation, "n_draws": ablator.values.n_draws, "seed": seed,
+               "max_size": max_size, "score_metric": score_metric,
                "direction": direction, "answer": answer, "answer_index": answer_index,
                "n_pairs": len(batch), "n_prompts": int(ablator.seqs.shape[0]),
                "reference_hash": None if reference is None else reference.hash}
@@ -516,6 +550,8 @@ class CircuitOptions(Options):
     score_metric: Literal["logit_diff", "logprob", "prob"] = "logit_diff"
     direction: Direction = "denoise"
     answer: AnswerMode = "multi"
+    ablation: CircuitAblation = "mean"
+    n_draws: int = Field(3, ge=1)
     batch_size: int = Field(64, ge=1)
 
 
@@ -525,7 +561,7 @@ def _report_circuit(ctx: RunContext) -> dict:
     batch = ctx.batch(ctx.answer)
     heads = ctx.results.get("patching_heads")  # the report's head sweep is the one discovery ranks heads by
     circuit = discover_circuit(ctx.model, batch, ctx.prompts, target=float(ctx.params.get("target", 0.9)),
-                               answer=ctx.answer, progress=ctx.progress, scores=[heads] if heads is not None else None)
+                               ablation=ctx.params.get("ablation", "mean"), seed=ctx.seed, answer=ctx.answer, progress=ctx.progress, scores=[heads] if heads is not None else None)
     edges = edge_attribution_patch(ctx.model, ctx.batch(ctx.answer), answer=ctx.answer, n_boot=REPORT_EDGE_N_BOOT,
                                    seed=ctx.seed, progress=ctx.progress)
     return {"circuit": circuit, "circuit_edges": edges}

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from arithinterp.errors import ArithInterpError, ConfigError, TaskError
+from arithinterp.errors import ArithInterpError, ConfigError, MethodError, TaskError
 from arithinterp.methods import (
     attribution_patch,
     classify_neurons,
@@ -207,6 +207,7 @@ def test_bad_input_raises_before_any_forward_pass(tiny, monkeypatch):
         (dict(pairs="same_answer"), ConfigError, "changes the answer"),
         (dict(target=0.0), ConfigError, "faithfulness"),
         (dict(seed=-1), ConfigError, "seed"),
+        (dict(ablation="gaussian"), MethodError, "unknown ablation"),
     ]
     for kwargs, error, match in cases:
         with pytest.raises(error, match=match):
@@ -225,8 +226,9 @@ def test_bad_input_raises_before_any_forward_pass(tiny, monkeypatch):
 def test_planted_components_top_the_tables_and_form_the_circuit(tmp_path):
     planted = load_model(str(build_planted(tmp_path / "planted")))
     spec = TaskSpec(operation="add", digits=1, format="fixed", seed=3)
-    rep = build_report(planted, spec, n=40, seed=3, pairs="random",
+    rep = build_report(planted, spec, n=40, seed=3, pairs="random", ablation="counterfactual",
                        methods=["patching", "attribution", "circuit"], progress=False)
+    assert rep.summary["circuit"]["ablation"] == "counterfactual"
     assert set(rep.heads["component"].head(2)) == {"L0H0", "L0H1"}
     assert rep.heads.set_index("component").loc[["L0H2", "L0H3"], "patch_effect"].abs().max() < 1e-4
     assert rep.neurons.iloc[0]["component"] == f"L0N{CARRY}"
