@@ -22,6 +22,7 @@ import arithinterp.methods.circuits  # noqa: F401
 # isort: on
 from arithinterp.methods.ablation import PathPatchingResult, ablate, path_patch
 from arithinterp.methods.attribution import AttributionResult, attribution_patch, compare_with_exact
+from arithinterp.methods.attribution_calibration import calibrate_attribution
 from arithinterp.methods.circuits import CircuitResult, circuit_figure, discover_circuit
 from arithinterp.methods.components import (
     CNAResult,
@@ -135,6 +136,7 @@ __all__ = [
     "PathPatchingResult",
     "ablate",
     "attribution_patch",
+    "calibrate_attribution",
     "compare_with_exact",
     "comparative_neuron_analysis",
     "direct_logit_attribution",
