@@ -65,7 +65,14 @@ from arithinterp.methods.lens import (
 )
 from arithinterp.methods.mediation import MediationResult, mediate
 from arithinterp.methods.metrics import METRICS, PairBatch, tokenize_pairs
-from arithinterp.methods.mib import MIB_FRACTIONS, MIBCurveResult, area_under_curve, mib_curve
+from arithinterp.methods.mib import (
+    MIB_FRACTIONS,
+    MIBCurveResult,
+    area_under_curve,
+    export_mib_graph,
+    mib_curve,
+    to_mib_graph,
+)
 from arithinterp.methods.neurons import (
     HeuristicResult,
     NeuronMaps,
@@ -181,7 +188,9 @@ __all__ = [
     "MIB_FRACTIONS",
     "MIBCurveResult",
     "area_under_curve",
+    "export_mib_graph",
     "mib_curve",
+    "to_mib_graph",
     # helix
     "FourierFilterResult",
     "HelixFit",
