@@ -12,6 +12,7 @@ import arithinterp.methods.tuned_lens
 import arithinterp.methods.patching
 import arithinterp.methods.attribution
 import arithinterp.methods.edge_attribution
+import arithinterp.methods.peap
 import arithinterp.methods.mediation
 import arithinterp.methods.components
 import arithinterp.methods.probe_analyses
@@ -83,6 +84,7 @@ from arithinterp.methods.neurons import (
     neuron_maps_from_activations,
 )
 from arithinterp.methods.patching import PatchingResult, patch_activations
+from arithinterp.methods.peap import PositionEdgeResult, position_edge_attribution
 from arithinterp.methods.probe_sweep import ProbeResult, answer_visible, control_columns, fit_probes
 from arithinterp.methods.probes import LinearProbe
 from arithinterp.methods.progress import (
@@ -191,6 +193,8 @@ __all__ = [
     "export_mib_graph",
     "mib_curve",
     "to_mib_graph",
+    "PositionEdgeResult",
+    "position_edge_attribution",
     # helix
     "FourierFilterResult",
     "HelixFit",
