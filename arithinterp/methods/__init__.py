@@ -32,6 +32,7 @@ from arithinterp.methods.components import (
     direct_logit_attribution,
 )
 from arithinterp.methods.edge_attribution import EdgeAttributionResult, edge_attribution_patch
+from arithinterp.methods.edge_circuits import mib_edge_curve, run_with_edges
 from arithinterp.methods.evaluate import EvalResult, evaluate
 from arithinterp.methods.faithfulness import FaithfulnessResult, faithfulness
 from arithinterp.methods.fourier import (
@@ -192,6 +193,8 @@ __all__ = [
     "area_under_curve",
     "export_mib_graph",
     "mib_curve",
+    "mib_edge_curve",
+    "run_with_edges",
     "to_mib_graph",
     "PositionEdgeResult",
     "position_edge_attribution",

@@ -15,7 +15,7 @@ score scale):
 and summed over ``j`` they are the whole gradient (the tests check it), then pulled back to the
 residual stream through the head's projection and the norm's Jacobian at position ``i``.
 
-Prompts of different lengths are aligned by a **schema**: positions are named by the part of the
+Prompts of different lengths are aligned by a **schema** (``spans=``): positions are named by the part of the
 prompt they hold, and scores are summed over the positions of each part. ``"arithmetic"``
 names ``prefix`` (few-shot examples, templates), ``operand_a``, ``operator``, ``operand_b``,
 ``equals`` (the last prompt token) and ``answer{k}`` (the k-th teacher-forced answer token as
@@ -67,7 +67,7 @@ class PositionEdgeResult(Result):
                   "comp_span": ("component", ["operand_a", "operand_b"]),
                   "receiver": ("site", ["MLP0", "logits"]), "site_span": ("site", ["equals", "equals"])}
         values = xr.DataArray(np.array([[0.4, 0.1], [0.3, 0.0]]), dims=("component", "site"), coords=coords)
-        meta = make_meta("position_edge_attribution", None, options={"schema": "arithmetic", "metric": "logit_diff"})
+        meta = make_meta("position_edge_attribution", None, options={"spans": "arithmetic", "metric": "logit_diff"})
         return cls(values=values, meta=meta, extras={"ci_low": values - 0.1, "ci_high": values + 0.1})
 
 
@@ -91,7 +91,7 @@ def arithmetic_spans(tokens: Sequence[str], n_prompt: int) -> list[str]:
             p -= 1
         if p == start:
             raise MethodError(f"schema 'arithmetic' expects '... a <op> b =' at the end of the prompt; "
-                              f"found no {name} in {list(tokens[:n_prompt])} (use schema='positions')")
+                              f"found no {name} in {list(tokens[:n_prompt])} (use spans='positions')")
     return out + spans
 
 
@@ -166,7 +166,7 @@ def position_edge_attribution(
     model: Model,
     pairs: PromptPairs | PairBatch,
     *,
-    schema: Schema = "arithmetic",
+    spans: Schema = "arithmetic",
     direction: Direction = "denoise",
     metric: str | MetricFn = "logit_diff",
     normalize: bool = True,
@@ -178,17 +178,20 @@ def position_edge_attribution(
 ) -> PositionEdgeResult:
     """PEAP: every (sender, span) → (receiver, span) edge, per-head q / k / v receivers (module doc).
 
+    ``spans``: the schema that names positions, ``"arithmetic"`` or ``"positions"``.
+
     Senders are the embeddings, every head and every MLP; receivers every head's q, k and v,
     every MLP and the logits. Scores are EAP's first-order estimates (``atp``), summed over the
     positions of each span and averaged over pairs; over spans they add up to
     ``edge_attribution_patch(..., receivers=("q", "k", "v", "mlp_in", "logits"))``.
     """
-    if schema not in SCHEMAS:
-        raise MethodError(f"unknown schema {schema!r}; valid: {', '.join(SCHEMAS)}")
+    if spans not in SCHEMAS:
+        raise MethodError(f"unknown schema {spans!r}; valid: {', '.join(SCHEMAS)}")
     con = attribution_contrast(model, pairs, direction=direction, metric=metric, normalize=normalize,
                                answer=answer, method="atp", ig_steps=1, batch_size=batch_size, n_boot=n_boot)
     if model.shape.n_kv_heads not in (None, model.shape.n_heads):
         raise MethodError("position-aware edges split keys and values by query head: no grouped-query attention")
+    schema = spans
     spans = _spans(model, con.batch, schema)  # before any forward pass: a prompt the schema cannot read
     ft = functional(model)
     if ft.rotary is not None:
@@ -248,7 +251,7 @@ def _package(con, model: Model, binned: torch.Tensor, send, recv, names: list[st
               "comp_span": ("component", [n for _ in send for n in names]),
               "receiver": ("site", [r[0] for r in recv for _ in names]),
               "site_span": ("site", [n for _ in recv for n in names])}
-    options = {"schema": schema, "spans": names, **con.options, "method": "atp", "n_boot": n_boot}
+    options = {"spans": schema, "span_names": names, **con.options, "method": "atp", "n_boot": n_boot}
     values, extras, meta = package(con, model, "position_edge_attribution", flat.movedim(0, -1),
                                    dims=("component", "site"), coords=coords, clean_mean=float(clean.mean()),
                                    corrupt_mean=float(corrupt.mean()), options=options, extra={"baseline": 0.0},

@@ -65,14 +65,14 @@ def test_spans_add_up_to_position_free_edges(gpt2, pairs):
     total = total.sel(sender=eap.values.component, receiver=eap.values.site)
     ok = np.isfinite(eap.values.values)
     np.testing.assert_allclose(total.values[ok], eap.values.values[ok], rtol=1e-8, atol=1e-10)
-    assert peap.meta.options["spans"] == ["operand_a", "operator", "operand_b", "equals", "answer0"]
+    assert peap.meta.options["span_names"] == ["operand_a", "operator", "operand_b", "equals", "answer0"]
 
 
 def test_one_position_against_exact_path_patching(gpt2, pairs):
     """Each layer-0 head's change reaching head 1's value input of layer 1 at one position only:
     exact path patching against the sum of PEAP's cross-position edges out of that position
     (noising; the tiny random model is nearly linear on these small effects)."""
-    peap = position_edge_attribution(gpt2, pairs, schema="positions", direction="noise", **FAST)
+    peap = position_edge_attribution(gpt2, pairs, spans="positions", direction="noise", **FAST)
     senders = [Site("attn_head", 0, head=h) for h in range(gpt2.shape.n_heads)]
     exact_all, estimate_all = [], []
     for pos in range(5):
@@ -105,4 +105,4 @@ def test_planted_and_model_cross_position_edges():
     for head in (2, 3):
         assert float(np.nanmax(np.abs(into(head).values))) < 1e-5
     with pytest.raises(MethodError, match="unknown schema"):
-        position_edge_attribution(p.model, p.pairs, schema="tokens", **FAST)
+        position_edge_attribution(p.model, p.pairs, spans="tokens", **FAST)
