@@ -12,6 +12,7 @@ import arithinterp.methods.tuned_lens
 import arithinterp.methods.patching
 import arithinterp.methods.attribution
 import arithinterp.methods.edge_attribution
+import arithinterp.methods.peap
 import arithinterp.methods.mediation
 import arithinterp.methods.components
 import arithinterp.methods.probe_analyses
@@ -25,6 +26,7 @@ import arithinterp.methods.attention  # noqa: F401
 from arithinterp.methods.ablation import PathPatchingResult, ablate, path_patch
 from arithinterp.methods.attention import AttentionResult, attention_patterns
 from arithinterp.methods.attribution import AttributionResult, attribution_patch, compare_with_exact
+from arithinterp.methods.attribution_calibration import calibrate_attribution
 from arithinterp.methods.circuits import CircuitResult, circuit_figure, discover_circuit
 from arithinterp.methods.components import (
     CNAResult,
@@ -33,6 +35,7 @@ from arithinterp.methods.components import (
     direct_logit_attribution,
 )
 from arithinterp.methods.edge_attribution import EdgeAttributionResult, edge_attribution_patch
+from arithinterp.methods.edge_circuits import mib_edge_curve, run_with_edges
 from arithinterp.methods.evaluate import EvalResult, evaluate
 from arithinterp.methods.faithfulness import FaithfulnessResult, faithfulness
 from arithinterp.methods.fourier import (
@@ -67,6 +70,14 @@ from arithinterp.methods.lens import (
 )
 from arithinterp.methods.mediation import MediationResult, mediate
 from arithinterp.methods.metrics import METRICS, PairBatch, tokenize_pairs
+from arithinterp.methods.mib import (
+    MIB_FRACTIONS,
+    MIBCurveResult,
+    area_under_curve,
+    export_mib_graph,
+    mib_curve,
+    to_mib_graph,
+)
 from arithinterp.methods.neurons import (
     HeuristicResult,
     NeuronMaps,
@@ -78,6 +89,7 @@ from arithinterp.methods.neurons import (
 )
 from arithinterp.methods.operand_maps import OperandMapResult, classify_operand_map, operand_maps
 from arithinterp.methods.patching import PatchingResult, patch_activations
+from arithinterp.methods.peap import PositionEdgeResult, position_edge_attribution
 from arithinterp.methods.probe_directions import ProbeDirections
 from arithinterp.methods.probe_sweep import ProbeResult, answer_visible, control_columns, fit_probes
 from arithinterp.methods.probes import LinearProbe
@@ -141,6 +153,7 @@ __all__ = [
     "PathPatchingResult",
     "ablate",
     "attribution_patch",
+    "calibrate_attribution",
     "compare_with_exact",
     "comparative_neuron_analysis",
     "direct_logit_attribution",
@@ -183,6 +196,16 @@ __all__ = [
     "CircuitResult",
     "circuit_figure",
     "discover_circuit",
+    "MIB_FRACTIONS",
+    "MIBCurveResult",
+    "area_under_curve",
+    "export_mib_graph",
+    "mib_curve",
+    "mib_edge_curve",
+    "run_with_edges",
+    "to_mib_graph",
+    "PositionEdgeResult",
+    "position_edge_attribution",
     # helix
     "FourierFilterResult",
     "HelixFit",

@@ -33,19 +33,25 @@ from arithinterp.methods.attribution import (
     AttributionResult,
     attribution_patch,
 )
+from arithinterp.methods.circuit_ablation import CircuitAblation, check_ablation
+from arithinterp.methods.circuit_growth import (
+    grow_greedy,
+    grow_topk,
+    rank_components,
+    reaches,
+    tie_tolerance,
+    trivial_reason,
+)
 from arithinterp.methods.circuit_plot import circuit_figure
 from arithinterp.methods.contrast import Direction, contrast
 from arithinterp.methods.faithfulness import (
     FAITHFULNESS_METRICS,
+    CircuitScorer,
     FaithfulnessMetric,
-    ablation_patches,
-    check_reference,
-    circuit_parts,
     faithfulness_ratio,
-    faithfulness_scores,
-    site_means,
 )
 from arithinterp.methods.metrics import AnswerMode, PairBatch
+from arithinterp.methods.mib import MIB_FRACTIONS, area_under_curve, score_curve
 from arithinterp.methods.patching import PatchingResult, check_pairs, patch_activations
 from arithinterp.methods.registry import (
     MethodSpec,
@@ -55,10 +61,10 @@ from arithinterp.methods.registry import (
     RunContext,
     register,
 )
-from arithinterp.models import Model, Patch, Site
+from arithinterp.models import Model, Site
 from arithinterp.progress_bars import tqdm
 from arithinterp.results import Result, resultclass
-from arithinterp.tasks import PromptPairs, PromptSet, tokenize
+from arithinterp.tasks import PromptPairs, PromptSet
 
 __all__ = ["CircuitResult", "ComponentScores", "circuit_figure", "discover_circuit"]
 
@@ -83,7 +89,16 @@ class CircuitResult(Result):
     Fields: ``circuit`` (labels), ``target``, ``reached``, ``circuit_faithfulness``,
     and the completeness check: ``full_score`` (metric of the model),
     ``circuit_ablated_score`` (the model with only the circuit mean-ablated),
-    ``empty_score`` (everything mean-ablated).
+    ``empty_score`` (everything mean-ablated); ``trivial`` (the circuit is the whole model or
+    every component of one kind), ``note`` (why it is trivial, an unreached target, a growth
+    that needed a pair look-ahead, in words), ``tolerance`` (differences of F below it are
+    ties, :mod:`~arithinterp.methods.circuit_growth`) and ``chosen_by`` (per member, how greedy
+    growth chose it: ``greedy``, ``pair``, ``block``; ``topk`` for rank-order growth).
+
+    MIB scores of the component ranking (:mod:`arithinterp.methods.mib`), under the same ablation
+    and metric: ``mib_faithfulness`` (f at each of MIB's fractions of components kept, top of the
+    ranking first), ``mib_n_kept`` (how many components that is), ``cpr`` (area under the curve,
+    higher is better) and ``cmd`` (area between the curve and 1, lower is better).
     """
 
     circuit: list[str]
@@ -93,6 +108,14 @@ class CircuitResult(Result):
     full_score: float | None = None
     circuit_ablated_score: float | None = None
     empty_score: float | None = None
+    trivial: bool = False
+    note: str = ""
+    tolerance: float | None = None
+    chosen_by: list[str] | None = None
+    cpr: float | None = None
+    cmd: float | None = None
+    mib_faithfulness: list[float] | None = None
+    mib_n_kept: list[int] | None = None
 
     metric_name = "score"
 
@@ -108,6 +131,15 @@ class CircuitResult(Result):
             out.append(Site(kind, layer, head=head if head >= 0 else None,
                             neuron=neuron if neuron >= 0 else None))
         return out
+
+    def summary(self) -> dict:
+        """The circuit in numbers (the pipeline's run report shows it as a table)."""
+        opts = self.meta.options
+        return {"circuit": ", ".join(self.circuit), "size": len(self.circuit), "reached": self.reached,
+                "faithfulness": self.circuit_faithfulness, "target": self.target, "trivial": self.trivial,
+                "note": self.note, "ablation": opts.get("ablation", "mean"), "metric": opts.get("metric"),
+                "cpr": self.cpr, "cmd": self.cmd, "full_score": self.full_score,
+                "circuit_ablated_score": self.circuit_ablated_score, "empty_score": self.empty_score}
 
     @property
     def curve(self) -> xr.DataArray:
@@ -242,66 +274,6 @@ def _check_given(model: Model, res: Result, kind: str, *, direction: str, score_
                           f"every component: {({'layer': shape.n_layers, **inner})}")
 
 
-# ---- mean-ablation scoring, means computed once -------------------------------------------
-
-
-class _Ablator:
-    """Scores prompts with chosen components mean-ablated (means over the reference, once)."""
-
-    def __init__(self, model: Model, prompts: PromptSet, reference: PromptSet | None, *,
-                 metric: str, answer: AnswerMode, batch_size: int, answer_index: int | None = None) -> None:
-        self.model, self.metric, self.batch_size = model, metric, batch_size
-        tok = tokenize(prompts, model.tokenizer, answer=answer)
-        self.answers, self.positions = tok.answer_tokens, tok.answer_positions
-        if answer_index is not None:
-            self.answers = self.answers[:, answer_index:answer_index + 1]
-            self.positions = self.positions[answer_index:answer_index + 1]
-        self.seqs = tok.prompt_tokens if answer == "single" else tok.tokens[:, :-1]
-        if reference is None:
-            ref = self.seqs
-        elif answer == "single":
-            ref = model.to_tokens(list(reference.prompts)).cpu()
-        else:
-            ref = tokenize(reference, model.tokenizer, answer="multi").tokens[:, :-1]
-        check_reference(self.seqs, ref)
-        n_layers = model.shape.n_layers
-        needed = [Site(k, layer) for layer in range(n_layers)
-                  for k in ("attn_out", "mlp_out", "attn_head", "mlp_post")]
-        self.means = site_means(model, needed, ref.to(model.device), batch_size=batch_size)
-
-    def run(self, patches: dict[Site, Patch]) -> float:
-        out = []
-        for start in range(0, self.seqs.shape[0], self.batch_size):
-            logits = self.model.run_with_patches(self.seqs[start:start + self.batch_size].to(self.model.device),
-                                                 patches)
-            answers = self.answers[start:start + self.batch_size].to(self.model.device)
-            out.append(faithfulness_scores(logits[:, self.positions], answers, self.metric).cpu())
-        return float(torch.cat(out).mean())
-
-    def keep(self, circuit: Sequence[Site]) -> float:
-        """The score with everything outside ``circuit`` mean-ablated."""
-        heads, mlps = circuit_parts(self.model, circuit)
-        return self.run(ablation_patches(self.model, heads, mlps, self.means))
-
-    def remove(self, circuit: Sequence[Site]) -> float:
-        """The score with only ``circuit`` mean-ablated (the completeness check)."""
-        shape = self.model.shape
-        heads, mlps = circuit_parts(self.model, circuit)
-        all_heads = set(range(shape.n_heads))
-        keep_heads = [all_heads - h for h in heads]
-        keep_mlps: list[set[int] | None] = []
-        for kept in mlps:
-            if kept is None:
-                keep_mlps.append(set())  # the whole MLP is in the circuit: ablate it
-            elif not kept:
-                keep_mlps.append(None)  # untouched
-            else:
-                keep_mlps.append(set(range(shape.d_mlp)) - kept)
-        # A layer whose every head is in the circuit keeps none: ablation_patches then
-        # ablates the whole attention output, which is the same thing.
-        return self.run(ablation_patches(self.model, keep_heads, keep_mlps, self.means))
-
-
 # ---- discovery ----------------------------------------------------------------------------
 
 
@@ -341,36 +313,29 @@ def _scoring_batch(model: Model, pairs: PromptPairs | PairBatch, *, score: Score
     return batch.answer_token(answer_index)
 
 
-def _grow(ablator: _Ablator, sites: list[Site], ranked: list[int], *, grow: Grow, limit: int, target: float,
-          full: float, empty: float, progress: bool) -> tuple[list[int], list[float]]:
-    """The order components join the circuit and the faithfulness after each join."""
+def _grow(ablator: CircuitScorer, sites: list[Site], ranked: list[int], *, grow: Grow, limit: int, target: float,
+          full: float, empty: float, tol: float, progress: bool) -> tuple[list[int], list[float], list[str]]:
+    """The order components join the circuit, the faithfulness after each join, and how each
+    was chosen (:mod:`arithinterp.methods.circuit_growth`)."""
 
-    def f_of(circuit: Sequence[Site]) -> float:
-        ratio = faithfulness_ratio(np.array([ablator.keep(circuit)]), np.array([full]), np.array([empty]))
+    def f_of(members: Sequence[int]) -> float:
+        kept = ablator.keep([sites[j] for j in members])
+        ratio = faithfulness_ratio(np.array([kept]), np.array([full]), np.array([empty]))
         return float("nan") if ratio is None else ratio
 
-    order: list[int] = []
-    curve: list[float] = []
     bar = tqdm(total=limit, desc=f"growing circuit ({grow})", disable=not progress, leave=False)
-    if grow == "topk":
-        for i in ranked[:limit]:
-            order.append(i)
-            curve.append(f_of([sites[j] for j in order]))
-            bar.update(1)
-    else:
-        remaining = list(ranked)
-        while remaining and len(order) < limit:
-            base = [sites[j] for j in order]
-            trial = [f_of([*base, sites[i]]) for i in remaining]
-            # Ties (and NaN) go to the better-scored component.
-            best = max(range(len(remaining)), key=lambda k: (np.nan_to_num(trial[k], nan=-np.inf), -k))
-            order.append(remaining.pop(best))
-            curve.append(trial[best])
-            bar.update(1)
-            if trial[best] >= target:
-                break
-    bar.close()
-    return order, curve
+    try:
+        if grow == "topk":
+            return grow_topk(f_of, ranked, limit=limit, step=lambda: bar.update(1))
+        return grow_greedy(f_of, ranked, limit=limit, target=target, tol=tol, step=lambda: bar.update(1))
+    finally:
+        bar.close()
+
+
+def _score_tolerance(sweep: Result, dtype: torch.dtype) -> float:
+    """The tie tolerance of a sweep's normalised scores (from its clean and corrupt means)."""
+    extra = sweep.meta.extra or {}
+    return tie_tolerance(extra.get("clean_mean"), extra.get("corrupt_mean"), dtype)
 
 
 def _component_axis(sites: list[Site], scores: list[float], axis: list[int]) -> xr.DataArray:
@@ -386,25 +351,63 @@ def _component_axis(sites: list[Site], scores: list[float], axis: list[int]) -> 
     return xr.DataArray(np.array([scores[i] for i in axis], dtype=float), dims=("component",), coords=coords)
 
 
-def _circuit_result(model: Model, prompts: PromptSet, ablator: _Ablator, sites: list[Site], effects: list[float],
-                    ranked: list[int], order: list[int], curve: list[float], *, target: float, full: float,
-                    empty: float, options: dict) -> CircuitResult:
+def _circuit_result(model: Model, prompts: PromptSet, ablator: CircuitScorer, sites: list[Site], effects: list[float],
+                    ranked: list[int], grown: tuple[list[int], list[float], list[str]], *, target: float,
+                    full: float, empty: float, tol: float, options: dict) -> CircuitResult:
     """The smallest prefix of the grown circuit that reaches ``target``, with its curve and checks."""
-    reached_at = next((k for k, f in enumerate(curve) if f >= target), None)
+    order, curve, how = grown
+    reached_at = next((k for k, f in enumerate(curve) if reaches(f, target, tol)), None)
     size = len(order) if reached_at is None else reached_at + 1
+    members = [sites[i] for i in order[:size]]
+    trivial = trivial_reason(members, sites)
+    note = _note(curve, size, reached_at is not None, trivial, how[:size], full=full, empty=empty, target=target)
+    n_kept, mib_f = score_curve(lambda c: ablator.keep_among(c, sites), sites, ranked, full=full, empty=empty)
+    cpr, cmd = area_under_curve(MIB_FRACTIONS, mib_f)
     values = _component_axis(sites, effects, order + [i for i in ranked if i not in set(order)])
     faith = np.full(values.sizes["component"], np.nan)
     faith[:len(curve)] = curve
     in_circuit = np.zeros(values.sizes["component"], dtype=np.int64)
     in_circuit[:size] = 1
     return CircuitResult(
-        values=values, meta=make_meta("discover_circuit", model, prompts, options=options),
+        values=values, meta=make_meta("discover_circuit", model, prompts, options=options,
+                                            seed=options.get("seed")),
         extras={"faithfulness": values.copy(data=faith), "in_circuit": values.copy(data=in_circuit)},
         circuit=[str(x) for x in values.coords["component"].values[:size]], target=target,
         reached=reached_at is not None,
         circuit_faithfulness=None if not curve or np.isnan(curve[size - 1]) else float(curve[size - 1]),
-        full_score=full, circuit_ablated_score=ablator.remove([sites[i] for i in order[:size]]), empty_score=empty,
+        full_score=full, circuit_ablated_score=ablator.remove(members), empty_score=empty,
+        trivial=bool(trivial), note=note, tolerance=tol, chosen_by=list(how[:size]),
+        cpr=None if np.isnan(cpr) else cpr, cmd=None if np.isnan(cmd) else cmd,
+        mib_faithfulness=[float(f) for f in mib_f], mib_n_kept=n_kept,
     )
+
+
+def _note(curve: list[float], size: int, reached: bool, trivial: str, how: list[str], *, full: float, empty: float,
+          target: float) -> str:
+    """What a reader must know about the circuit, in words ("" when nothing)."""
+    parts = []
+    if full == empty:
+        parts.append("faithfulness is undefined: the full model and the empty circuit score the same")
+    elif not reached:
+        best = np.nanmax(curve) if curve and np.isfinite(curve).any() else float("nan")
+        parts.append(f"the target {target} was not reached (best F = {best:.4g}); the circuit is every component "
+                     "added before growth stopped")
+    if trivial:
+        parts.append(trivial)
+    if "pair" in how:
+        parts.append("no single component raised F alone at some step: a pair was added (a conjunctive circuit)")
+    if "block" in how:
+        parts.append("neither a single component nor a pair raised F at some step: components were added in "
+                     "rank order until F rose, then pruned (a conjunction of three or more)")
+    return "; ".join(parts)
+
+
+def _counterfactual_tokens(batch: PairBatch, prompts: PromptSet) -> torch.Tensor:
+    """The corrupt sequences of ``batch``, row for row the scored prompts (counterfactual ablation)."""
+    if batch.dataset_hash is not None and batch.dataset_hash != prompts.hash:
+        raise MethodError("ablation='counterfactual' takes each prompt's activations from its pair's corrupt "
+                          "prompt, so the scored prompts must be the pairs' clean prompts (pass prompts=None)")
+    return batch.corrupt
 
 
 def discover_circuit(
@@ -423,7 +426,10 @@ def discover_circuit(
     direction: Direction = "denoise",
     answer: AnswerMode = "multi",
     answer_index: int | None = None,
+    ablation: CircuitAblation = "mean",
+    n_draws: int = 3,
     batch_size: int = 64,
+    seed: int = 0,
     progress: bool = True,
     scores: ComponentScores | None = None,
 ) -> CircuitResult:
@@ -442,13 +448,21 @@ def discover_circuit(
         metric: faithfulness metric: ``"nl"`` (Nikankin's correct / max logit),
             ``"logit_diff"`` or ``"accuracy"``.
         max_size: the largest circuit tried (default: every component).
-        reference: prompts the ablation means are taken over (default: ``prompts``).
+        reference: prompts the ablation's means, resamples or optimal constants are taken
+            over (default: ``prompts``).
         score_metric: the patching metric components are ranked by.
         direction: patching direction (the score is the absolute normalised effect).
         answer: ``"multi"`` (teacher-forced answer tokens) or ``"single"``.
         answer_index: score and measure faithfulness on this answer token only (0 = the
             first token written), e.g. one circuit per answer digit; default: all of them.
+        ablation: what replaces a component outside the circuit (as in
+            :func:`~arithinterp.methods.faithfulness.faithfulness`): ``"mean"``, ``"zero"``,
+            ``"resample"`` (``n_draws`` seeded permutations of the reference, scores averaged),
+            ``"counterfactual"`` (the pair's corrupt prompt; ``prompts`` must be the pairs'
+            clean prompts) or ``"optimal"`` (Li & Janson's loss-minimising constants).
+        n_draws: permutations averaged by ``ablation="resample"``.
         batch_size: prompts per forward pass of the faithfulness runs.
+        seed: seed of the resample permutations.
         progress: show progress bars.
         scores: sweeps already run on ``pairs`` that rank some of ``components``, so they
             are not run again: a :class:`~arithinterp.methods.patching.PatchingResult`
@@ -462,6 +476,7 @@ def discover_circuit(
     components = list(components)
     _check(components, score, grow, target, metric, max_size)
     check_positive_int("batch_size", batch_size)
+    check_ablation(ablation, n_draws=n_draws, reference_size=None if reference is None else len(reference))
     if prompts is None:
         if not isinstance(pairs, PromptPairs):
             raise ConfigError("pass `prompts` when `pairs` is an already tokenized PairBatch")
@@ -470,11 +485,14 @@ def discover_circuit(
                            answer=answer, answer_index=answer_index)
     given = _given_scores(model, scores, components, score=score, direction=direction, score_metric=score_metric,
                           answer=answer, answer_index=answer_index, batch=batch)
-    ablator = _Ablator(model, prompts, reference, metric=metric, answer=answer, batch_size=batch_size,
-                       answer_index=answer_index)
+    ablator = CircuitScorer(model, prompts, reference, metric=metric, answer=answer, batch_size=batch_size,
+                       answer_index=answer_index, ablation=ablation, n_draws=n_draws, seed=seed,
+                       corrupt=_counterfactual_tokens(batch, prompts) if ablation == "counterfactual" else None,
+                       neurons="mlp_post" in components)
 
     sites: list[Site] = []
     effects: list[float] = []
+    score_tols: list[float] = []
     for kind in components:
         if kind in given:
             sweep = given[kind]
@@ -482,21 +500,24 @@ def discover_circuit(
             sweep = _score_kind(model, batch, kind, score=score, direction=direction, score_metric=score_metric,
                                 answer=answer, progress=progress)
         s, v = _component_effects(sweep, kind, score=score, direction=direction)
+        score_tols.append(_score_tolerance(sweep, model.dtype))
         sites += s
         effects += v.tolist()
-    ranked = sorted(range(len(sites)), key=lambda i: (-effects[i], i))
+    ranked = rank_components(sites, effects, max(score_tols))
     limit = len(sites) if max_size is None else min(max_size, len(sites))
-    full, empty = ablator.run({}), ablator.keep([])
-    order, curve = _grow(ablator, sites, ranked, grow=grow, limit=limit, target=target, full=full,
-                         empty=empty, progress=progress)
+    full, empty = ablator.run_parts(None, None), ablator.keep([])
+    tol = tie_tolerance(full, empty, model.dtype)
+    grown = _grow(ablator, sites, ranked, grow=grow, limit=limit, target=target, full=full, empty=empty, tol=tol,
+                  progress=progress)
 
     options = {"components": components, "score": score, "grow": grow, "target": float(target),
-               "metric": metric, "max_size": max_size, "score_metric": score_metric,
+               "metric": metric, "ablation": ablation, "n_draws": ablator.values.n_draws, "seed": seed,
+               "max_size": max_size, "score_metric": score_metric,
                "direction": direction, "answer": answer, "answer_index": answer_index,
                "n_pairs": len(batch), "n_prompts": int(ablator.seqs.shape[0]),
                "reference_hash": None if reference is None else reference.hash}
-    return _circuit_result(model, prompts, ablator, sites, effects, ranked, order, curve, target=float(target),
-                           full=full, empty=empty, options=options)
+    return _circuit_result(model, prompts, ablator, sites, effects, ranked, grown, target=float(target),
+                           full=full, empty=empty, tol=tol, options=options)
 
 
 # -- registration ---------------------------------------------------------------------------------
@@ -517,6 +538,8 @@ class CircuitOptions(Options):
     score_metric: Literal["logit_diff", "logprob", "prob"] = "logit_diff"
     direction: Direction = "denoise"
     answer: AnswerMode = "multi"
+    ablation: CircuitAblation = "mean"
+    n_draws: int = Field(3, ge=1)
     batch_size: int = Field(64, ge=1)
 
 
@@ -526,7 +549,7 @@ def _report_circuit(ctx: RunContext) -> dict:
     batch = ctx.batch(ctx.answer)
     heads = ctx.results.get("patching_heads")  # the report's head sweep is the one discovery ranks heads by
     circuit = discover_circuit(ctx.model, batch, ctx.prompts, target=float(ctx.params.get("target", 0.9)),
-                               answer=ctx.answer, progress=ctx.progress, scores=[heads] if heads is not None else None)
+                               ablation=ctx.params.get("ablation", "mean"), seed=ctx.seed, answer=ctx.answer, progress=ctx.progress, scores=[heads] if heads is not None else None)
     edges = edge_attribution_patch(ctx.model, ctx.batch(ctx.answer), answer=ctx.answer, n_boot=REPORT_EDGE_N_BOOT,
                                    seed=ctx.seed, progress=ctx.progress)
     return {"circuit": circuit, "circuit_edges": edges}

@@ -24,8 +24,9 @@ import torch
 import xarray as xr
 from pydantic import Field
 
-from arithinterp.errors import ArithInterpError, SiteError
+from arithinterp.errors import ArithInterpError, MethodError, SiteError
 from arithinterp.methods._common import make_meta
+from arithinterp.methods.circuit_ablation import resample_draws
 from arithinterp.methods.grid import grid_activations, operand_grid, report_grid_spec
 from arithinterp.methods.registry import (
     MethodSpec,
@@ -349,6 +350,25 @@ def classify_neurons(
                            threshold=threshold)
 
 
+KnockoutAblation = Literal["zero", "mean", "resample"]
+KNOCKOUT_ABLATIONS: tuple[str, ...] = ("zero", "mean", "resample")
+
+
+def _knockout_values(model: Model, tokens: torch.Tensor, layer: int, ablation: str, *, seed: int,
+                     batch_size: int) -> torch.Tensor:
+    """What a knocked-out neuron is set to: ``[d_mlp]`` (zero, mean over the grid) or, for
+    resample, ``[n_grid, d_mlp]``: row ``i`` is another grid prompt's activation."""
+    site = Site("mlp_post", layer, pos=-1)
+    if ablation == "zero":
+        return torch.zeros(model.shape.d_mlp)
+    acts = torch.cat([model.run_with_cache(tokens[s:s + batch_size], [site])[1][site].detach().cpu()
+                      for s in range(0, tokens.shape[0], batch_size)])
+    if ablation == "mean":
+        return acts.double().mean(0).to(acts.dtype)
+    draw = resample_draws(acts.shape[0], acts.shape[0], n_draws=1, seed=seed, self_reference=True)[0]
+    return acts[draw]
+
+
 def heuristic_knockout(
     model: Model,
     spec: TaskSpec,
@@ -356,12 +376,19 @@ def heuristic_knockout(
     heuristic: str,
     *,
     n: int = 100,
+    ablation: KnockoutAblation = "zero",
     seed: int = 0,
     batch_size: int = 1024,
 ) -> ScalarTable:
     """Accuracy on prompts associated with ``heuristic`` and on unassociated ones,
-    before and after zeroing (``mlp_post`` at the last position) every neuron
+    before and after knocking out (``mlp_post`` at the last position) every neuron
     that implements it.
+
+    ``ablation``: ``"zero"`` (the paper's knockout: the activation set to 0), ``"mean"``
+    (its mean over every grid prompt) or ``"resample"`` (the activation of another grid
+    prompt, by a permutation seeded with ``seed``). ``"counterfactual"`` and ``"optimal"``
+    do not apply (a knockout has no corrupt prompts, and no circuit loss to minimise) and
+    raise :class:`MethodError`.
 
     Both groups are drawn (up to ``n`` each) from the grid prompts the model
     answers correctly, so the baseline accuracy is 1. Returns a
@@ -370,6 +397,10 @@ def heuristic_knockout(
     ``ablated_accuracy`` and ``logprob_drop`` (mean fall of the answer's
     log-probability, which moves even when a wide model's accuracy does not).
     """
+    if ablation not in KNOCKOUT_ABLATIONS:
+        raise MethodError(f"heuristic_knockout: unknown or inapplicable ablation {ablation!r}; valid: "
+                          f"{', '.join(KNOCKOUT_ABLATIONS)} (a knockout has no corrupt prompts, and no loss to "
+                          "learn optimal constants on)")
     if heuristic not in heuristics_result.values.coords["class"].values:
         raise ArithInterpError(f"unknown heuristic {heuristic!r}; see heuristics_result.values.coords['class']")
     layer = int(heuristics_result.values.coords["layer"])
@@ -383,18 +414,24 @@ def heuristic_knockout(
     answer_tok = torch.tensor([model.tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in answers])
     tokens = model.to_tokens(queries)
     idx = torch.as_tensor(neurons, dtype=torch.long)
+    replacement = _knockout_values(model, tokens, layer, ablation, seed=seed, batch_size=batch_size) \
+        if len(neurons) else None
 
-    def zero(act: torch.Tensor) -> torch.Tensor:
-        act = act.clone()  # the backend's tensor may be read downstream
-        act[:, idx] = 0
-        return act
+    def knock(rows: np.ndarray):
+        def fn(act: torch.Tensor) -> torch.Tensor:
+            act = act.clone()  # the backend's tensor may be read downstream
+            value = replacement if replacement.ndim == 1 else replacement[torch.as_tensor(rows)]
+            act[:, idx] = value[..., idx].to(act.dtype)
+            return act
+        return fn
 
     def score(rows: np.ndarray, ablated: bool) -> tuple[np.ndarray, np.ndarray]:
         """Whether each prompt is answered correctly, and its answer log-probability."""
         hits, logps = [np.zeros(0, bool)], [np.zeros(0)]
         for start in range(0, len(rows), batch_size):
             t = tokens[rows[start : start + batch_size]]
-            patches = {Site("mlp_post", layer, pos=-1): zero} if ablated and len(neurons) else {}
+            patches = {Site("mlp_post", layer, pos=-1): knock(rows[start:start + batch_size])} \
+                if ablated and len(neurons) else {}
             logits = model.logits(t, patches)[:, -1].detach().double().cpu()
             ans = answer_tok[rows[start : start + batch_size]]
             hits.append((logits.argmax(-1) == ans).numpy())
@@ -414,7 +451,7 @@ def heuristic_knockout(
             hit, logp = score(rows, ablated=True)
             table[i] = [1.0, hit.mean(), (base_logp - logp).mean()]
     meta = make_meta("heuristic_knockout", model, None,
-                     options={"heuristic": heuristic, "layer": layer, "n": n, "seed": seed},
+                     options={"heuristic": heuristic, "layer": layer, "n": n, "ablation": ablation, "seed": seed},
                      extra={"neurons": neurons, "n_prompts": sizes})
     return ScalarTable.from_array(table, dims=("target", "stat"), meta=meta, metric="knockout",
                                   coords={"target": ["associated", "unassociated"],
@@ -438,6 +475,7 @@ def find_heuristics(
     moduli: Sequence[int] = tuple(range(2, 11)),
     knockout: int = 3,
     knockout_n: int = 100,
+    knockout_ablation: KnockoutAblation = "zero",
     seed: int = 0,
     batch_size: int = 1024,
     activations: torch.Tensor | None = None,
@@ -466,7 +504,8 @@ def find_heuristics(
     classified = best[implements.any("class").to_series()].sort_values(ascending=False, kind="stable")
     if len(classified):
         out["maps"] = maps.select([int(n) for n in classified.index[:KEEP_MAPS]])
-    tables = [heuristic_knockout(model, spec, classes, h, n=knockout_n, seed=seed, batch_size=batch_size)
+    tables = [heuristic_knockout(model, spec, classes, h, n=knockout_n, ablation=knockout_ablation,
+                                 seed=seed, batch_size=batch_size)
               for h in top]
     if tables:
         data = np.stack([t.values.values for t in tables])
@@ -490,6 +529,7 @@ class HeuristicsOptions(Options):
     moduli: list[int] = Field(default_factory=lambda: list(range(2, 11)), min_length=1)
     knockout: int = Field(3, ge=0)
     knockout_n: int = Field(100, ge=1)
+    knockout_ablation: KnockoutAblation = "zero"
     batch_size: int = Field(1024, ge=1)
 
 

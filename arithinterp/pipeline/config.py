@@ -37,6 +37,7 @@ from pydantic import (
 )
 
 from arithinterp.errors import ConfigError
+from arithinterp.methods.circuit_ablation import CircuitAblation
 from arithinterp.methods.registry import MethodSpec, get_method, methods, registry_version
 from arithinterp.tasks import TaskSpec
 from arithinterp.tasks.spec import MAX_PROMPTS, MAX_SEED
@@ -75,7 +76,9 @@ class ReportStep(_Step):
 
     ``n``: prompts and pairs (default: the task's ``n``); ``pairs``: ``auto`` (random
     counterfactuals) or a pair kind; ``methods``: ``all`` or the registered methods that have a
-    report view; ``target``: the circuit's faithfulness target.
+    report view; ``target``: the circuit's faithfulness target; ``ablation``: what replaces a
+    component outside the circuit (``mean``, ``zero``, ``resample``, ``counterfactual``,
+    ``optimal``; see ``docs/methods/circuits.md``).
     """
 
     kind: Literal["report"]
@@ -83,6 +86,7 @@ class ReportStep(_Step):
     n: int | None = Field(None, ge=1, le=MAX_PROMPTS)
     methods: Literal["all"] | list[str] = "all"
     target: float = Field(0.9, gt=0)
+    ablation: CircuitAblation = "mean"
 
     @field_validator("methods")
     @classmethod

@@ -41,7 +41,7 @@ def _run_report(step: Any, ctx: RunContext) -> StepOutput:
 
     methods = step.methods if step.methods == "all" else list(step.methods)
     return build_report(ctx.model, ctx.spec, pairs=step.pairs, n=step.n or ctx.spec.n, methods=methods,
-                        target=step.target, seed=ctx.seed, progress=ctx.progress)
+                        target=step.target, ablation=step.ablation, seed=ctx.seed, progress=ctx.progress)
 
 
 def seed_everything(seed: int) -> None:

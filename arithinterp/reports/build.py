@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from arithinterp.errors import ConfigError
+from arithinterp.methods.circuit_ablation import CircuitAblation, check_ablation
 from arithinterp.methods.circuits import CircuitResult
 from arithinterp.methods.evaluate import evaluate
 from arithinterp.methods.registry import NotApplicable, RunContext
@@ -100,7 +101,12 @@ def _summary(inp, accuracy, heads: pd.DataFrame, neurons: pd.DataFrame, n_neuron
             "target": circuit.target,
             "size": len(circuit.circuit),
             "metric": circuit.meta.options.get("metric"),
+            "ablation": circuit.meta.options.get("ablation", "mean"),
             "reached": circuit.reached,
+            "trivial": circuit.trivial,
+            "note": circuit.note,
+            "cpr": circuit.cpr,
+            "cmd": circuit.cmd,
             "full_score": circuit.full_score,
             "circuit_ablated_score": circuit.circuit_ablated_score,
             "empty_score": circuit.empty_score,
@@ -139,6 +145,7 @@ def build_report(
     n: int | None = None,
     methods: str | Sequence[str] = "all",
     target: float = 0.9,
+    ablation: CircuitAblation = "mean",
     seed: int = 0,
     progress: bool = True,
 ) -> AttributionReport:
@@ -155,6 +162,8 @@ def build_report(
         n: prompts (and pairs); default :data:`~arithinterp.reports.inputs.DEFAULT_N` for a spec.
         methods: ``"all"`` or a subset of :func:`~arithinterp.reports.inputs.report_methods`.
         target: the faithfulness the circuit must reach.
+        ablation: what replaces a component outside the circuit when its faithfulness is
+            measured (:func:`~arithinterp.methods.circuits.discover_circuit`'s ``ablation``).
         seed: seed of the prompts, pairs, bootstrap intervals and probe splits.
         progress: show progress bars.
 
@@ -164,9 +173,10 @@ def build_report(
     """
     if not 0.0 < float(target) <= 1.5:
         raise ConfigError(f"target is a faithfulness (1 = the full model), in (0, 1.5]; got {target}")
+    check_ablation(ablation)
     with shared_tokenization():  # every method reads the same token tensors of each prompt set
         inp = resolve_inputs(model, task, pairs=pairs, n=n, methods=methods, seed=seed)
-        ctx = inp.context(seed=seed, progress=progress, target=target)
+        ctx = inp.context(seed=seed, progress=progress, target=target, ablation=ablation)
         results, ran, skipped, timings = _run_methods(ctx, inp.methods, progress)
         accuracy = evaluate(inp.model, inp.prompts, progress=False)
     for method in report_methods():

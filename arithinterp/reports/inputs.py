@@ -85,11 +85,11 @@ class ReportInputs:
     answer: str  # "single" (one-token answers) or "multi" (teacher-forced)
     methods: tuple[str, ...]
 
-    def context(self, *, seed: int, progress: bool, target: float) -> RunContext:
+    def context(self, *, seed: int, progress: bool, target: float, ablation: str = "mean") -> RunContext:
         """The context every method of the report runs in (tokenization and sweeps shared)."""
         return RunContext(model=self.model, spec=self.prompts.spec, prompts=self.prompts, pairs=self.pairs,
                           seed=seed, progress=progress, model_spec=getattr(self.model, "spec", None),
-                          params={"target": float(target)})
+                          params={"target": float(target), "ablation": ablation})
 
 
 def _model(model: Any) -> Model:

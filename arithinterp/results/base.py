@@ -69,7 +69,7 @@ __all__ = [
 AXES: tuple[str, ...] = (
     "prompt", "layer", "head", "pos", "neuron", "component", "freq", "digit",
     "token", "target", "metric", "stat", "site", "class", "checkpoint", "output", "feature",
-    "key_pos",
+    "key_pos", "fraction",
 )  # fmt: skip
 
 FORMAT_VERSION = 1

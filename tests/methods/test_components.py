@@ -305,3 +305,50 @@ def test_cna_on_the_operand_reading_head(add_model, add_prompts):
     # The neurons that most raise p(answer) on the clean run are prediction neurons: their
     # value vectors rank the answer near the top.
     assert np.median(ranks[rows, top_imp]) < np.median(ranks) / 5
+
+
+@pytest.mark.parametrize("ablation", ["mean", "resample"])
+def test_heuristic_knockout_ablations_equal_a_literal_patch(add_model, ablation):
+    """Mean / resample knockouts replace the neurons' last-position activation by the grid mean /
+    another grid prompt's (a seeded permutation without fixed points), checked prompt by prompt."""
+    from arithinterp.methods.circuit_ablation import resample_draws
+    from arithinterp.methods.grid import operand_grid
+    from arithinterp.methods.neurons import heuristics
+
+    spec = TaskSpec(operation="add", operand_range=(0, 29), format="plain")
+    res = classify_neurons(neuron_maps(add_model, spec, layer=0))
+    heuristic = str(res.extras["implements"].sum("neuron").idxmax("class").item())
+    neurons = res.neurons_of(heuristic)
+    assert len(neurons) > 0
+    ko = heuristic_knockout(add_model, spec, res, heuristic, n=20, ablation=ablation, seed=3).values
+    a, b, result, queries, answers = operand_grid(spec)
+    tokens = add_model.to_tokens(queries)
+    answer = torch.tensor([add_model.tokenizer(t, add_special_tokens=False)["input_ids"][0] for t in answers])
+    site = Site("mlp_post", 0, pos=-1)
+    acts = add_model.run_with_cache(tokens, [site])[1][site]
+    source = acts.mean(0, keepdim=True).expand_as(acts) if ablation == "mean" else \
+        acts[resample_draws(len(acts), len(acts), n_draws=1, seed=3, self_reference=True)[0]]
+    logits = add_model.logits(tokens)[:, -1].double()
+    ok = (logits.argmax(-1) == answer).numpy()
+    mask = {h.name: h.mask for h in heuristics(a, b, result, moduli=list(range(2, 11)))}[heuristic]
+    rng = np.random.default_rng(3)
+    for target, group in (("associated", mask & ok), ("unassociated", ~mask & ok)):
+        rows = np.flatnonzero(group)
+        rows = rng.choice(rows, size=min(20, len(rows)), replace=False)
+        drops = []
+        for r in rows:
+            def patch(x, r=r):
+                x = x.clone()
+                x[:, neurons] = source[r, neurons]
+                return x
+            patched = add_model.logits(tokens[r:r + 1], {site: patch})[:, -1].double()
+            drops.append(float(torch.log_softmax(logits[r], -1)[answer[r]] - torch.log_softmax(patched[0], -1)[answer[r]]))
+        assert float(ko.sel(target=target, stat="logprob_drop")) == pytest.approx(np.mean(drops), rel=1e-4, abs=1e-6)
+
+
+def test_heuristic_knockout_refuses_inapplicable_ablations(add_model):
+    spec = TaskSpec(operation="add", operand_range=(0, 9), format="plain")
+    res = classify_neurons(neuron_maps(add_model, spec, layer=0))
+    for kind in ("counterfactual", "optimal", "gaussian"):
+        with pytest.raises(ArithInterpError, match="ablation"):
+            heuristic_knockout(add_model, spec, res, str(res.values.coords["class"].values[0]), ablation=kind)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from arithinterp.errors import ArithInterpError, ConfigError, TaskError
+from arithinterp.errors import ArithInterpError, ConfigError, MethodError, TaskError
 from arithinterp.methods import (
     attribution_patch,
     classify_neurons,
@@ -29,13 +29,14 @@ from arithinterp.methods.grid import operand_grid
 from arithinterp.methods.mediation import IE_SANITY_BOUND
 from arithinterp.methods.operand_maps import REPORT_MAP_HEADS, operand_maps
 from arithinterp.models import load_model
+from arithinterp.planted.and_model import CARRY
+from arithinterp.planted.and_model import build_and_model as build_planted
 from arithinterp.reports import AttributionReport, build_report
 from arithinterp.reports.build import circuit_granularity
 from arithinterp.reports.inputs import default_task
 from arithinterp.reports.tables import HEAD_COLUMNS, NEURON_COLUMNS, probe_evidence
 from arithinterp.tasks import TaskSpec, generate, make_pairs
 from tests.conftest import CountingRun, scaled_variant
-from tests.methods.test_circuits import CARRY, build_planted
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -235,6 +236,7 @@ def test_bad_input_raises_before_any_forward_pass(tiny, monkeypatch):
         (dict(pairs="same_answer"), ConfigError, "changes the answer"),
         (dict(target=0.0), ConfigError, "faithfulness"),
         (dict(seed=-1), ConfigError, "seed"),
+        (dict(ablation="gaussian"), MethodError, "unknown ablation"),
     ]
     for kwargs, error, match in cases:
         with pytest.raises(error, match=match):
@@ -253,8 +255,12 @@ def test_bad_input_raises_before_any_forward_pass(tiny, monkeypatch):
 def test_planted_components_top_the_tables_and_form_the_circuit(tmp_path):
     planted = load_model(str(build_planted(tmp_path / "planted")))
     spec = TaskSpec(operation="add", digits=1, format="fixed", seed=3)
-    rep = build_report(planted, spec, n=40, seed=3, pairs="random",
+    rep = build_report(planted, spec, n=40, seed=3, pairs="random", ablation="counterfactual",
                        methods=["patching", "attribution", "circuit"], progress=False)
+    assert rep.summary["circuit"]["ablation"] == "counterfactual"
+    # MIB scores of the ranking (5 components: MIB keeps 0 of them up to 10 %, then 1, 2 and 5).
+    assert rep.summary["circuit"]["cpr"] == pytest.approx(rep.circuit.cpr)
+    assert rep.circuit.mib_n_kept == [0] * 7 + [1, 2, 5] and rep.circuit.mib_faithfulness[-1] == pytest.approx(1.0)
     assert set(rep.heads["component"].head(2)) == {"L0H0", "L0H1"}
     assert rep.heads.set_index("component").loc[["L0H2", "L0H3"], "patch_effect"].abs().max() < 1e-4
     assert rep.neurons.iloc[0]["component"] == f"L0N{CARRY}"

@@ -1,0 +1,207 @@
+"""Grade attribution and discovery methods against the planted truth.
+
+Every method gives each component of a planted model (its heads and MLPs, or heads and
+neurons) an importance score; :func:`grade` compares it with the truth three ways:
+
+* **AUROC**: the area under the ROC curve of the scores against the truth labels (1 = every
+  circuit component above every other; 0.5 = chance). Decoys and dead components are the
+  negatives.
+* **CPR** and **CMD** (MIB, Mueller et al. 2025; ``shared/METHODS.md`` §14): the circuit made
+  of the top ``k`` of the ranked components, for ``k`` at MIB's fractions, is scored by
+  faithfulness ``f = (m(C) − m(∅)) / (m(M) − m(∅))`` with everything outside it ablated;
+  CPR is the area under ``f(k)`` (higher is better, it can pass 1), CMD the area under
+  ``|1 − f(k)|`` (lower is better).
+
+Discovery (``discover_circuit``) is graded on the order components joined its circuit
+(then the rest by score); ``exact`` says whether the circuit it returned is the truth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal, get_args
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+from arithinterp.errors import ConfigError
+from arithinterp.methods.attribution import attribution_patch
+from arithinterp.methods.components import direct_logit_attribution
+from arithinterp.methods.edge_attribution import edge_attribution_patch
+from arithinterp.methods.faithfulness import faithfulness
+from arithinterp.methods.mediation import mediate
+from arithinterp.methods.patching import patch_activations
+from arithinterp.models import Site
+from arithinterp.planted.suite import PLANTED, Planted, planted
+
+__all__ = ["GRADED_METHODS", "MIB_FRACTIONS", "GradedMethod", "auroc", "component_scores", "grade",
+           "mib_curve", "mib_scores"]
+
+GradedMethod = Literal["patching", "attribution", "edge_attribution", "mediation", "dla",
+                       "circuit_topk", "circuit_greedy"]
+GRADED_METHODS: tuple[str, ...] = get_args(GradedMethod)
+
+#: MIB's circuit sizes: fractions of the components kept.
+MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+#: The faithfulness metric of the MIB curves: the answer's logit minus the largest other.
+CURVE_METRIC = "logit_diff"
+
+
+# ---- component scores -------------------------------------------------------------------
+
+
+def _sweep_scores(p: Planted, sweep: Callable, value: Callable) -> dict[str, float]:
+    """|effect| of every component, one whole-component sweep per kind."""
+    out: dict[str, float] = {}
+    for kind in p.components:
+        res = sweep(p.model, p.pairs, kind=kind, per_position=False, answer=p.answer, n_boot=1, progress=False)
+        arr = value(res)
+        for layer in range(arr.sizes["layer"]):
+            row = arr.isel(layer=layer)
+            if kind == "attn_head":
+                out.update({Site(kind, layer, head=h).label: float(abs(row.isel(head=h))) for h in range(row.sizes["head"])})
+            elif kind == "mlp_post":
+                out.update({Site(kind, layer, neuron=n).label: float(abs(row.isel(neuron=n)))
+                            for n in range(row.sizes["neuron"])})
+            else:
+                out[Site(kind, layer).label] = float(abs(row))
+    return out
+
+
+def _edge_scores(p: Planted) -> dict[str, float] | None:
+    if "mlp_post" in p.components:
+        return None  # edges join whole MLPs, not neurons
+    res = edge_attribution_patch(p.model, p.pairs, answer=p.answer, n_boot=1, progress=False)
+    # A node's score: the summed |score| of the edges it sends.
+    sent = abs(res.values).sum("site")
+    return {str(c): float(v) for c, v in zip(sent.coords["component"].values, sent.values)}
+
+
+def _mediation_scores(p: Planted) -> dict[str, float]:
+    out: dict[str, float] = {}
+    model = p.model
+    kw = dict(per_position=False, answer=p.answer, n_boot=1, progress=False)
+    heads = mediate(model, p.pairs, heads=True, **kw).values
+    for layer in range(heads.sizes["layer"]):
+        for h in range(heads.sizes["head"]):
+            out[Site("attn_head", layer, head=h).label] = float(abs(heads.isel(layer=layer, head=h)))
+    if "mlp_post" in p.components:
+        neurons = mediate(model, p.pairs, neurons=list(range(model.shape.d_mlp)), **kw).values
+        for layer in range(neurons.sizes["layer"]):
+            for n in range(neurons.sizes["neuron"]):
+                out[Site("mlp_post", layer, neuron=n).label] = float(abs(neurons.isel(layer=layer, neuron=n)))
+    else:
+        mlps = mediate(model, p.pairs, components=("mlp_out",), **kw).values.squeeze("component", drop=True)
+        for layer in range(mlps.sizes["layer"]):
+            out[Site("mlp_out", layer).label] = float(abs(mlps.isel(layer=layer)))
+    return out
+
+
+def _dla_scores(p: Planted) -> dict[str, float] | None:
+    if p.answer != "single":
+        return None  # DLA reads one answer token
+    res = direct_logit_attribution(p.model, p.prompts, against=p.pairs.corrupt)
+    mean = res.values.mean("prompt")
+    labels = [str(c) for c in mean.coords["component"].values]
+    by_label = dict(zip(labels, mean.values.tolist()))
+    out = {x: abs(v) for x, v in by_label.items() if x in set(p.labels)}
+    if "mlp_out" in p.components:
+        for layer in range(p.model.shape.n_layers):
+            prefix = f"L{layer}N"
+            out[Site("mlp_out", layer).label] = abs(sum(v for x, v in by_label.items()
+                                                        if x.startswith(prefix) or x == f"L{layer} mlp bias"))
+    return out
+
+
+def _circuit_ranking(p: Planted, grow: str) -> tuple[dict[str, float], list[str]]:
+    res = p.discover(grow=grow)
+    order = [str(x) for x in res.values.coords["component"].values]
+    # Rank scores: the grown order first, then the rest by score.
+    return {x: float(len(order) - i) for i, x in enumerate(order)}, list(res.circuit)
+
+
+def component_scores(p: Planted, method: str) -> tuple[dict[str, float] | None, list[str] | None]:
+    """Each component's importance by ``method`` (higher = more important; ``None``: the
+    method does not apply to this model), and the circuit it returned (discovery only)."""
+    if method == "patching":
+        return _sweep_scores(p, patch_activations, lambda r: r.values), None
+    if method == "attribution":
+        return _sweep_scores(p, attribution_patch, lambda r: r.effect), None
+    if method == "edge_attribution":
+        return _edge_scores(p), None
+    if method == "mediation":
+        return _mediation_scores(p), None
+    if method == "dla":
+        return _dla_scores(p), None
+    if method in ("circuit_topk", "circuit_greedy"):
+        return _circuit_ranking(p, method.removeprefix("circuit_"))
+    raise ConfigError(f"unknown graded method {method!r}; valid: {', '.join(GRADED_METHODS)}")
+
+
+# ---- grades -----------------------------------------------------------------------------
+
+
+def auroc(scores: Mapping[str, float], truth: frozenset[str] | set[str], labels: Sequence[str]) -> float:
+    """AUROC of ``scores`` (missing components score 0) against membership of ``truth``."""
+    y = np.array([x in truth for x in labels])
+    s = np.array([scores.get(x, 0.0) for x in labels], dtype=float)
+    return float(roc_auc_score(y, s))
+
+
+def mib_curve(p: Planted, ranking: Sequence[str], *, fractions: Sequence[float] = MIB_FRACTIONS) -> np.ndarray:
+    """Faithfulness of the top ``round(k * N)`` ranked components, at each fraction ``k``.
+
+    NOTE: this scores with :func:`~arithinterp.methods.faithfulness.faithfulness` (mean
+    ablation); it gives way to the MIB curve of ``discover_circuit``'s module once merged.
+    """
+    n = len(ranking)
+    out, seen = [], {}
+    for k in fractions:
+        size = int(np.floor(k * n + 0.5))
+        if size not in seen:
+            sites = [Site.from_label(x) for x in ranking[:size]]
+            res = faithfulness(p.model, sites, p.prompts, metric=CURVE_METRIC, answer=p.answer, n_boot=1)
+            seen[size] = np.nan if res.faithfulness is None else res.faithfulness
+        out.append(seen[size])
+    return np.array(out, dtype=float)
+
+
+def mib_scores(curve: np.ndarray, fractions: Sequence[float] = MIB_FRACTIONS) -> tuple[float, float]:
+    """CPR (area under the curve) and CMD (area under ``|1 − f|``), trapezoids over ``k``."""
+    x = np.asarray(fractions, dtype=float)
+    f = np.asarray(curve, dtype=float)
+    return float(np.trapezoid(f, x)), float(np.trapezoid(np.abs(1.0 - f), x))
+
+
+def _ranking(scores: Mapping[str, float], labels: Sequence[str]) -> list[str]:
+    """Components by score, best first; ties keep layer order."""
+    return sorted(labels, key=lambda x: (-scores.get(x, 0.0), labels.index(x)))
+
+
+def grade_model(p: Planted, methods: Sequence[str] = GRADED_METHODS) -> list[dict]:
+    """One row per method: AUROC, CPR, CMD (NaN where the method does not apply), exact."""
+    labels, rows = p.labels, []
+    for method in methods:
+        scores, circuit = component_scores(p, method)
+        row = {"model": p.name, "method": method, "auroc": np.nan, "cpr": np.nan, "cmd": np.nan, "exact": None}
+        if scores is not None:
+            row["auroc"] = auroc(scores, p.truth, labels)
+            row["cpr"], row["cmd"] = mib_scores(mib_curve(p, _ranking(scores, labels)))
+        if circuit is not None:
+            row["exact"] = set(circuit) == set(p.truth)
+        rows.append(row)
+    return rows
+
+
+def grade(names: Sequence[str] = PLANTED, methods: Sequence[str] = GRADED_METHODS, *,
+          backend: str = "transformer_lens") -> pd.DataFrame:
+    """The grade table: one row per (planted model, method)."""
+    bad = [m for m in methods if m not in GRADED_METHODS]
+    if bad:
+        raise ConfigError(f"unknown graded methods {bad}; valid: {', '.join(GRADED_METHODS)}")
+    rows = []
+    for name in names:
+        rows += grade_model(planted(name, backend), methods)
+    return pd.DataFrame(rows)
