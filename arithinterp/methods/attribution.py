@@ -356,7 +356,9 @@ def compare_with_exact(attribution: AttributionResult, patching: PatchingResult,
     ``top_k_overlap`` (``|top-k ∩ top-k| / k`` by absolute effect, ``k`` capped at
     the number of cells), ``k``, ``n_cells``, ``mean_abs_error`` and
     ``max_abs_error`` (attribution minus exact, on the results' scale).
-    Cells where either value is NaN are left out. Cells that are exactly zero in
+    Cells where either value is NaN are left out. Values below float32 resolution
+    (``1e-6`` of the result's largest ``|effect|``) count as exactly zero, so that
+    roundoff in one result does not rank cells the other leaves at zero. Cells that are exactly zero in
     both (positions before the first differing token) count, and raise the
     correlation; compare the errors too.
     """
@@ -377,7 +379,7 @@ def compare_with_exact(attribution: AttributionResult, patching: PatchingResult,
     a = np.asarray(_effect(attribution).transpose(*attribution.dims).values, dtype=float).ravel()
     p = np.asarray(_effect(patching).transpose(*attribution.dims).values, dtype=float).ravel()
     keep = np.isfinite(a) & np.isfinite(p)
-    a, p = a[keep], p[keep]
+    a, p = _snap(a[keep]), _snap(p[keep])
     n = int(a.size)
     k = min(k, n)
     top_a = set(np.argsort(-np.abs(a), kind="stable")[:k].tolist())
@@ -391,6 +393,11 @@ def compare_with_exact(attribution: AttributionResult, patching: PatchingResult,
         "mean_abs_error": float(np.abs(a - p).mean()) if n else float("nan"),
         "max_abs_error": float(np.abs(a - p).max()) if n else float("nan"),
     }
+
+
+def _snap(x: np.ndarray, rel: float = 1e-6) -> np.ndarray:
+    top = float(np.abs(x).max()) if x.size else 0.0
+    return np.where(np.abs(x) <= rel * top, 0.0, x)
 
 
 def _correlation(fn: Callable, a: np.ndarray, p: np.ndarray) -> float:

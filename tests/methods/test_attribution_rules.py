@@ -378,17 +378,17 @@ def test_relp_names_the_layer_it_has_no_rule_for(tmp_path, pairs, monkeypatch):
 # -- a decoy: its output changes, nothing reads it -------------------------------------------------
 
 
-def build_decoy(path):
-    """The hand-set adder of ``test_circuits.build_planted`` with head L0H2 made a decoy whose
+def build_norm_decoy(path):
+    """The hand-set adder of :mod:`arithinterp.planted.and_model` with head L0H2 made a decoy whose
     output *changes*: it attends to operand ``a`` and writes ``√2 (cos θ_a, sin θ_a)`` (and the
     negated copy, so the residual keeps mean 0) into dims nothing reads. The write has the
     same norm for every digit, so LayerNorm's scale, and every exact patching effect of
     L0H2, is exactly 0; L0H3 writes nothing."""
     from transformers import GPT2LMHeadModel
 
-    from tests.methods import test_circuits as tc
+    from arithinterp.planted import and_model as tc
 
-    tc.build_planted(path)
+    tc.build_and_model(path)
     hf = GPT2LMHeadModel.from_pretrained(path, use_safetensors=True)
     sd = hf.state_dict()
     w_qkv, w_o = sd["transformer.h.0.attn.c_attn.weight"], sd["transformer.h.0.attn.c_proj.weight"]
@@ -407,12 +407,12 @@ def build_decoy(path):
 
 @pytest.fixture(scope="module")
 def decoy(tmp_path_factory):
-    model = load_model(build_decoy(tmp_path_factory.mktemp("decoy") / "model"))
+    model = load_model(build_norm_decoy(tmp_path_factory.mktemp("decoy") / "model"))
     prompts = generate(TaskSpec(operation="add", digits=1, format="fixed", n=40, seed=3))
     return model, make_pairs(prompts, "random")
 
 
-def test_on_the_decoy_model_frozen_norms_find_the_true_heads(decoy):
+def test_where_only_layernorm_couples_the_decoy_frozen_norms_find_the_true_heads(decoy):
     from arithinterp.methods.attribution_calibration import RECOMMENDED
 
     model, pairs = decoy
@@ -426,3 +426,23 @@ def test_on_the_decoy_model_frozen_norms_find_the_true_heads(decoy):
     best = attribution_patch(model, pairs, method=method, freeze_norm=freeze, **opts).effect.sel(layer=0).values
     assert abs(best[2]) < 0.05
     assert np.argmax(np.abs(best)) in (0, 1) and min(best[:2]) > 0.4
+
+
+@pytest.mark.parametrize("name", ["decoy", "negative", "compose"])
+def test_recommended_method_on_the_planted_decoys(name):
+    # The planted suite's decoys copy the operands into dims nothing reads.
+    from arithinterp.methods.attribution_calibration import RECOMMENDED
+    from arithinterp.planted import planted
+
+    p = planted(name)
+    method, freeze = RECOMMENDED
+    opts = dict(kind="attn_head", per_position=False, progress=False, n_boot=2, answer=p.spec.answer)
+    exact = patch_activations(p.model, p.pairs, engine="literal", **opts)
+    best = attribution_patch(p.model, p.pairs, method=method, freeze_norm=freeze, **opts)
+    coords = best.values.coords
+    labels = [f"L{layer}H{head}" for layer in coords["layer"].values for head in coords["head"].values]
+    est = dict(zip(labels, best.effect.transpose("layer", "head").values.ravel()))
+    ex = dict(zip(labels, exact.values.transpose("layer", "head").values.ravel()))
+    decoys = [c for c, role in p.spec.roles.items() if role == "decoy" and c in est]
+    assert decoys and all(abs(est[d]) < 0.05 and abs(ex[d]) < 1e-4 for d in decoys)
+    assert max(est, key=lambda c: abs(est[c])) in p.truth  # a true head ranks first
