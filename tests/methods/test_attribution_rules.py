@@ -321,11 +321,17 @@ def test_edge_sum_rule_holds_for_every_method(loaded, pairs, method, freeze_norm
     model = loaded[("llama", "nnsight")]
     opts = dict(method=method, freeze_norm=freeze_norm, ig_steps=2, **FAST)
     edges = edge_attribution_patch(model, pairs, **opts)
-    node = attribution_patch(model, pairs, kind="resid_pre", per_position=False, **opts).effect.sel(layer=0)
-    if method == "ig_activations":  # the receivers' gradients are integrated, the node's is not
-        return
-    np.testing.assert_allclose(float(edges.values.sel(component="embed").sum()), float(node), rtol=1e-4, atol=1e-6)
     assert edges.meta.options["method"] == method and edges.meta.options["freeze_norm"] is freeze_norm
+    if method == "ig_activations":
+        # Each receiver's gradient is integrated along its own path, so there is no sum rule;
+        # with one step it is EAP.
+        one = edge_attribution_patch(model, pairs, **{**opts, "ig_steps": 1}).values.values
+        eap = edge_attribution_patch(model, pairs, **{**opts, "method": "atp"}).values.values
+        np.testing.assert_allclose(one, eap, rtol=1e-5, atol=1e-7)
+        assert np.nanmax(np.abs(edges.values.values - eap)) > 1e-4
+        return
+    node = attribution_patch(model, pairs, kind="resid_pre", per_position=False, **opts).effect.sel(layer=0)
+    np.testing.assert_allclose(float(edges.values.sel(component="embed").sum()), float(node), rtol=1e-4, atol=1e-6)
 
 
 # -- bad input -------------------------------------------------------------------------------------
