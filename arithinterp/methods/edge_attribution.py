@@ -47,8 +47,7 @@ from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError
 from arithinterp.methods._common import make_meta
-from arithinterp.methods.attribution import attribution_contrast
-from arithinterp.methods.attribution_rules import AttributionMethod, gradient_passes
+from arithinterp.methods.attribution import AttributionMethod, attribution_contrast, gradient_passes
 from arithinterp.methods.contrast import Direction, package
 from arithinterp.methods.metrics import AnswerMode, MetricFn, PairBatch
 from arithinterp.methods.registry import MethodSpec, register
