@@ -29,6 +29,13 @@ O(1/m) and share the limit.) In the limit, the score of the input itself over
 all positions is exactly ``metric(source) - metric(target)``
 (the completeness axiom of Sundararajan et al. 2017).
 
+``method="atp_star"`` (AtP*: QK fix, GradDrop), ``"ig_activations"`` (IG on each swept
+activation), ``"relp"`` (LRP propagation rules) and ``freeze_norm=True`` (norm scales held
+constant) change the backward pass; they are defined in
+:mod:`arithinterp.methods.attribution_rules`, and
+:func:`~arithinterp.methods.attribution_calibration.calibrate_attribution` scores each
+against exact patching.
+
 Values use the scale of ``patch_activations`` so the two compare cell by
 cell: a cell estimates the (optionally normalised) metric of the patched run,
 ``(metric(target) + estimate - corrupt_mean) / (clean_mean - corrupt_mean)``
@@ -106,8 +113,9 @@ class AttributionResult(Result):
 
     ``values``: dims and coordinates as :class:`~arithinterp.methods.patching.PatchingResult`
     for the same options (``(layer, head | neuron, pos)`` as swept), on the same
-    scale; extras ``ci_low`` / ``ci_high`` (bootstrap over pairs). ``meta.extra``
-    holds the clean / corrupt baselines, ``baseline`` (the value of a site with
+    scale; extras ``ci_low`` / ``ci_high`` (bootstrap over pairs) and, for ``atp_star`` on
+    models of more than one layer, ``graddrop`` (AtP*'s unsigned GradDrop score, on the
+    effect scale). ``meta.extra`` holds the clean / corrupt baselines, ``baseline`` (the value of a site with
     no effect) and, after ``validate=True``, ``validation`` (see
     :func:`compare_with_exact`).
     """
