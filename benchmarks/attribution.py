@@ -1,64 +1,136 @@
-"""Benchmark: attribution patching (AtP, EAP-IG) against the exact patching sweep.
+"""Benchmark: every attribution method against the exact patching sweep, in one process.
 
-On a zoo model (default ``zoo:add-5d``), for clean/corrupt pairs that change
-one operand digit, it runs in one process:
+For each model (every shipped zoo model, every planted-circuit model, and a randomly
+initialised model the size of GPT-2 small), on the pairs the report uses (32 of the
+model's own task, ``random`` pairs, seed 0; the planted models' own pairs), it runs
+the exact head x position sweep (fast engine) once and each (method, freeze_norm) of
+``attribution_patch``, and prints one line per (model, method, freeze_norm)::
 
-- the exact sweep with the fast engine and with the literal engine,
-- attribution patching (one forward + one backward per batch),
-- EAP-IG with 8 steps,
+    model=<name> method=<m> freeze_norm=<bool> spearman=<x> top10=<y> cost_fwd_eq=<z>
 
-and prints each one's time, the time ratios, and the Spearman correlation and
-top-10 overlap of each approximation with the exact sweep. Absolute times on
-a shared machine are noise; read the ratios.
+``spearman`` / ``top10``: rank correlation and top-10 overlap with the exact effects
+(:func:`arithinterp.methods.attribution.compare_with_exact`); ``cost_fwd_eq``: the
+method's wall time over one plain forward pass of the same batch, both the best of
+a few repeats, measured side by side. Lines starting with ``#`` add the Pearson
+correlation, the magnitude ratio ``‖estimate‖ / ‖exact‖``, the exact sweep's own cost
+and, for the GPT-2-small-sized model, the neuron x position sweep (``model=<name>:neurons``;
+its exact sweep is not run, so ``spearman`` and ``top10`` are ``nan`` there; ``--gpt2-heads``
+adds its head x position calibration).
+Absolute times on a shared machine are noise; read the ratios.
 
-    python benchmarks/attribution.py [--model zoo:add-5d] [--n 32] [--kind attn_head]
+    python benchmarks/attribution.py [--models add-5d,decoy] [--no-gpt2] [--gpt2-heads] [--n 32] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
-from arithinterp.methods.attribution import attribution_patch, compare_with_exact
-from arithinterp.methods.patching import patch_activations
+from arithinterp.methods.attribution import attribution_patch
+from arithinterp.methods.attribution_calibration import (
+    calibrate_attribution,
+    counted_passes,
+    forward_time,
+)
+from arithinterp.methods.metrics import tokenize_pairs
 from arithinterp.models import load_model
-from arithinterp.tasks import TaskSpec, generate, make_pairs
+from arithinterp.planted import PLANTED, planted
+from arithinterp.reports.inputs import default_task
+from arithinterp.tasks import TaskSpec, generate, make_pairs, tokenize
+from arithinterp.zoo.registry import zoo_path
+
+ZOO = ("add-5d", "add-5d-1L", "add-2d-tok", "modadd-113", "mul-3d")
 
 
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
+def zoo_inputs(name: str, n: int):
+    model = load_model(f"zoo:{name}")
+    prompts = generate(default_task(model).model_copy(update={"n": n, "seed": 0}))
+    pairs = make_pairs(prompts, "random", seed=0, on_impossible="drop")
+    answer = "single" if tokenize(pairs.clean, model.tokenizer, answer="multi").answer_len == 1 else "multi"
+    return model, pairs, answer
+
+
+def gpt2_small(root: Path):
+    """A random GPT-2-small-sized model (12 layers, d_model 768, 12 heads) on add-5d's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(zoo_path("add-5d"))
+    torch.manual_seed(0)
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=768, n_layer=12, n_head=12))
+    hf.save_pretrained(root, safe_serialization=True)
+    tokenizer.save_pretrained(root)
+    model = load_model(str(root))
+    prompts = generate(TaskSpec(operation="add", digits=5, format="fixed", n=8, seed=0))
+    return model, make_pairs(prompts, "random", seed=0), "multi"
+
+
+def report(name: str, frame, exact_cost: float | None = None) -> None:
+    for row in frame.itertuples(index=False):
+        print(f"model={name} method={row.method} freeze_norm={row.freeze_norm} spearman={row.spearman:.3f} "
+              f"top10={row.top10:.2f} cost_fwd_eq={row.cost_fwd_eq:.1f}")
+        print(f"#   pearson={row.pearson:.3f} magnitude_ratio={row.magnitude_ratio:.3f} "
+              f"passes_fwd_eq={row.passes_fwd_eq:.0f}")
+    if exact_cost is not None:
+        print(f"# model={name} exact head x position sweep (fast engine): cost_fwd_eq={exact_cost:.1f}")
+
+
+def neuron_costs(name: str, model, pairs, answer: str, repeats: int) -> None:
+    batch = tokenize_pairs(pairs, model.tokenizer, answer=answer)
+    cells = model.shape.n_layers * model.shape.d_mlp * batch.seq_len
+    print(f"# model={name}:neurons {cells} neuron x position cells")
+    for method, freeze in (("atp", False), ("atp", True), ("relp", True)):
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            with counted_passes() as passes:
+                attribution_patch(model, batch, kind="mlp_post", method=method, freeze_norm=freeze, answer=answer,
+                                  batch_size=len(batch.clean), n_boot=1, progress=False)
+            best = min(best, time.perf_counter() - start)
+        forward = forward_time(model, batch)
+        print(f"model={name}:neurons method={method} freeze_norm={freeze} spearman=nan top10=nan "
+              f"cost_fwd_eq={best / forward:.1f}")
+        print(f"#   passes_fwd_eq={passes[0]:.0f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="zoo:add-5d")
-    parser.add_argument("--n", type=int, default=32)
-    parser.add_argument("--kind", default="attn_head")
-    parser.add_argument("--column", type=int, default=2)
+    parser.add_argument("--models", default=",".join(ZOO + PLANTED),
+                        help="comma-separated zoo and planted model names")
+    parser.add_argument("--no-gpt2", action="store_true", help="skip the GPT-2-small-sized model")
+    parser.add_argument("--gpt2-heads", action="store_true",
+                        help="also calibrate the GPT-2-small-sized model's head x position sweep (its exact "
+                             "sweep takes minutes)")
+    parser.add_argument("--n", type=int, default=32, help="prompts per zoo model")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    model = load_model(args.model)
-    prompts = generate(TaskSpec(operation="add", digits=5, format="fixed", n=args.n, seed=0,
-                                sampling="balance_classes"))
-    pairs = make_pairs(prompts, "digit", column=args.column)
-    common = dict(kind=args.kind, progress=False, n_boot=100, batch_size=args.n)
+    runs = []
+    for name in [m for m in args.models.split(",") if m]:
+        if name in ZOO:
+            runs.append((name, lambda name=name: zoo_inputs(name, args.n)))
+        elif name in PLANTED:
+            runs.append((f"planted:{name}", lambda name=name: _planted(name)))
+        else:
+            raise SystemExit(f"unknown model {name!r}; zoo: {', '.join(ZOO)}; planted: {', '.join(PLANTED)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.no_gpt2:
+            runs.append(("gpt2-small-random", lambda: gpt2_small(Path(tmp) / "gpt2-small")))
+        for name, make in runs:
+            model, pairs, answer = make()
+            if name == "gpt2-small-random":
+                neuron_costs(name, model, pairs, answer, args.repeats)
+                if not args.gpt2_heads:
+                    continue
+            frame = calibrate_attribution(model, pairs, answer=answer, repeats=args.repeats)
+            report(name, frame, frame.attrs["exact_seconds"] / frame.attrs["forward_seconds"])
 
-    t_fast, exact = timed(lambda: patch_activations(model, pairs, engine="fast", **common))
-    t_literal, _ = timed(lambda: patch_activations(model, pairs, engine="literal", **common))
-    t_atp, atp = timed(lambda: attribution_patch(model, pairs, method="atp", **common))
-    t_ig, ig = timed(lambda: attribution_patch(model, pairs, method="ig", ig_steps=8, **common))
 
-    cells = int(exact.values.size)
-    print(f"model {args.model}, {args.n} pairs (digit column {args.column}), {args.kind} x pos: {cells} cells")
-    print(f"{'method':<22} {'seconds':>8} {'vs fast exact':>14} {'vs literal':>11} {'spearman':>9} {'top-10':>7}")
-    print(f"{'exact (literal)':<22} {t_literal:>8.2f} {t_literal / t_fast:>13.1f}x {1.0:>10.1f}x {'1':>9} {'1':>7}")
-    print(f"{'exact (fast engine)':<22} {t_fast:>8.2f} {1.0:>13.1f}x {t_fast / t_literal:>10.2f}x {'1':>9} {'1':>7}")
-    for name, t, res in (("attribution (AtP)", t_atp, atp), ("EAP-IG (8 steps)", t_ig, ig)):
-        cmp = compare_with_exact(res, exact, k=10)
-        print(f"{name:<22} {t:>8.2f} {t / t_fast:>13.2f}x {t / t_literal:>10.2f}x "
-              f"{cmp['spearman']:>9.3f} {cmp['top_k_overlap']:>7.2f}")
+def _planted(name: str):
+    p = planted(name)
+    return p.model, p.pairs, p.spec.answer
 
 
 if __name__ == "__main__":

@@ -29,6 +29,13 @@ O(1/m) and share the limit.) In the limit, the score of the input itself over
 all positions is exactly ``metric(source) - metric(target)``
 (the completeness axiom of Sundararajan et al. 2017).
 
+``method="atp_star"`` (AtP*: QK fix, GradDrop), ``"ig_activations"`` (IG on each swept
+activation), ``"relp"`` (LRP propagation rules) and ``freeze_norm=True`` (norm scales held
+constant) change the backward pass; they are defined in
+:mod:`arithinterp.methods.attribution_rules`, and
+:func:`~arithinterp.methods.attribution_calibration.calibrate_attribution` scores each
+against exact patching.
+
 Values use the scale of ``patch_activations`` so the two compare cell by
 cell: a cell estimates the (optionally normalised) metric of the patched run,
 ``(metric(target) + estimate - corrupt_mean) / (clean_mean - corrupt_mean)``
@@ -106,8 +113,9 @@ class AttributionResult(Result):
 
     ``values``: dims and coordinates as :class:`~arithinterp.methods.patching.PatchingResult`
     for the same options (``(layer, head | neuron, pos)`` as swept), on the same
-    scale; extras ``ci_low`` / ``ci_high`` (bootstrap over pairs). ``meta.extra``
-    holds the clean / corrupt baselines, ``baseline`` (the value of a site with
+    scale; extras ``ci_low`` / ``ci_high`` (bootstrap over pairs) and, for ``atp_star`` on
+    models of more than one layer, ``graddrop`` (AtP*'s unsigned GradDrop score, on the
+    effect scale). ``meta.extra`` holds the clean / corrupt baselines, ``baseline`` (the value of a site with
     no effect) and, after ``validate=True``, ``validation`` (see
     :func:`compare_with_exact`).
     """
@@ -269,18 +277,15 @@ def attribution_patch(
         target_scores.append(passes.target_scores)
         source_scores.append(passes.source_scores)
     estimate = torch.cat(per_pair)  # [pair, *cells]
-    target = torch.cat(target_scores)
-    source = torch.cat(source_scores)
+    target, source = torch.cat(target_scores), torch.cat(source_scores)
     clean, corrupt = (source, target) if direction == "denoise" else (target, source)
     clean_mean, corrupt_mean = float(clean.mean()), float(corrupt.mean())
     # The estimate of each patched run's metric, on patching's scale.
     patched = target.reshape(-1, *[1] * len(shape)) + estimate
     options = {"kind": kind, "per_position": per_position, **position_options(positions, layout),
-               **con.options, "method": method, "freeze_norm": freeze_norm, "n_boot": n_boot}
-    if method in ("ig", "ig_activations"):
-        options["ig_steps"] = ig_steps
-    if neurons is not None:
-        options["neurons"] = [int(n) for n in neurons]
+               **con.options, "method": method, "freeze_norm": freeze_norm, "n_boot": n_boot,
+               **({"ig_steps": ig_steps} if method in ("ig", "ig_activations") else {}),
+               **({"neurons": [int(n) for n in neurons]} if neurons is not None else {})}
     extra = {"baseline": baselines(direction, normalize, clean_mean, corrupt_mean),
              **({"seq_len": batch.seq_len} if positions is not None else {})}
     values, extras, meta = package(con, model, "attribution_patch", patched.movedim(0, -1),
@@ -295,12 +300,17 @@ def attribution_patch(
     result = AttributionResult(values=values, extras=extras, meta=meta)
     if not validate:
         return result
-    exact = patch_activations(model, batch, kind=kind, per_position=per_position, positions=positions,
-                              neurons=neurons,
-                              direction=direction, metric=metric, normalize=normalize, answer=answer,
-                              engine="literal", batch_size=batch_size, n_boot=n_boot, seed=seed, progress=progress)
+    return _validated(result, model, batch, kind=kind, per_position=per_position, positions=positions,
+                      neurons=neurons, direction=direction, metric=metric, normalize=normalize, answer=answer,
+                      batch_size=batch_size, n_boot=n_boot, seed=seed, progress=progress)
+
+
+def _validated(result: AttributionResult, model: Model, batch: PairBatch, **sweep) -> AttributionResult:
+    """``result`` with :func:`compare_with_exact`'s numbers against the literal exact sweep (k=10)
+    in ``meta.extra["validation"]``."""
+    exact = patch_activations(model, batch, engine="literal", **sweep)
     validation = {"engine": "literal", **compare_with_exact(result, exact, k=10)}
-    return result.replace(meta=replace(meta, extra={**meta.extra, "validation": validation}))
+    return result.replace(meta=replace(result.meta, extra={**result.meta.extra, "validation": validation}))
 
 
 def _at_positions(cells: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
@@ -368,7 +378,9 @@ def compare_with_exact(attribution: AttributionResult, patching: PatchingResult,
     ``top_k_overlap`` (``|top-k ∩ top-k| / k`` by absolute effect, ``k`` capped at
     the number of cells), ``k``, ``n_cells``, ``mean_abs_error`` and
     ``max_abs_error`` (attribution minus exact, on the results' scale).
-    Cells where either value is NaN are left out. Cells that are exactly zero in
+    Cells where either value is NaN are left out. Values below float32 resolution
+    (``1e-6`` of the result's largest ``|effect|``) count as exactly zero, so that
+    roundoff in one result does not rank cells the other leaves at zero. Cells that are exactly zero in
     both (positions before the first differing token) count, and raise the
     correlation; compare the errors too.
     """
@@ -389,7 +401,7 @@ def compare_with_exact(attribution: AttributionResult, patching: PatchingResult,
     a = np.asarray(_effect(attribution).transpose(*attribution.dims).values, dtype=float).ravel()
     p = np.asarray(_effect(patching).transpose(*attribution.dims).values, dtype=float).ravel()
     keep = np.isfinite(a) & np.isfinite(p)
-    a, p = a[keep], p[keep]
+    a, p = _snap(a[keep]), _snap(p[keep])
     n = int(a.size)
     k = min(k, n)
     top_a = set(np.argsort(-np.abs(a), kind="stable")[:k].tolist())
@@ -403,6 +415,11 @@ def compare_with_exact(attribution: AttributionResult, patching: PatchingResult,
         "mean_abs_error": float(np.abs(a - p).mean()) if n else float("nan"),
         "max_abs_error": float(np.abs(a - p).max()) if n else float("nan"),
     }
+
+
+def _snap(x: np.ndarray, rel: float = 1e-6) -> np.ndarray:
+    top = float(np.abs(x).max()) if x.size else 0.0
+    return np.where(np.abs(x) <= rel * top, 0.0, x)
 
 
 def _correlation(fn: Callable, a: np.ndarray, p: np.ndarray) -> float:

@@ -7,7 +7,9 @@ Spearman and Pearson correlation and top-k overlap (:func:`compare_with_exact`),
 the ratio of magnitudes ``‖estimate‖ / ‖exact‖`` over the cells (1 = the right
 size; AtP through a LayerNorm often gives far less), and the cost in forward-pass
 equivalents: the method's wall time divided by the time of one plain forward pass
-of the same batch (both the best of a few repeats, measured side by side).
+of the same batch (both the best of a few repeats, measured side by side), and the
+count of its passes (``passes_fwd_eq``: a forward pass 1, a forward and backward pass 3),
+which does not depend on the machine's load or on per-pass overhead.
 
 :data:`~arithinterp.methods.attribution_rules.RECOMMENDED` is the method the report uses for its ``atp`` column and
 ``agree_atp``: the best calibrated on the shipped zoo (``docs/methods/attribution.md``
@@ -17,7 +19,8 @@ has the table; ``tests/methods/test_attribution_calibration.py`` keeps it there)
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -36,7 +39,10 @@ __all__ = ["CALIBRATION_COLUMNS", "RECOMMENDED", "calibrate_attribution", "forwa
 
 
 CALIBRATION_COLUMNS = ("method", "freeze_norm", "spearman", "pearson", "top10", "magnitude_ratio",
-                       "cost_fwd_eq", "seconds")
+                       "cost_fwd_eq", "passes_fwd_eq", "seconds")
+
+#: A backward pass costs about two forward passes (the usual FLOP count).
+BACKWARD_FWD_EQ = 2.0
 
 
 def _best_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
@@ -46,6 +52,24 @@ def _best_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
         out = fn()
         best = min(best, time.perf_counter() - start)
     return best, out
+
+
+@contextmanager
+def counted_passes() -> Iterator[list[float]]:
+    """Count the forward passes every :class:`Model` runs in the block, in forward-pass
+    equivalents: a pass without gradient is 1, one with a backward pass 1 + :data:`BACKWARD_FWD_EQ`."""
+    total = [0.0]
+    run = Model._run
+
+    def counting(self, *args, **kwargs):
+        total[0] += 1.0 + (BACKWARD_FWD_EQ if kwargs.get("grad") else 0.0)
+        return run(self, *args, **kwargs)
+
+    Model._run = counting
+    try:
+        yield total
+    finally:
+        Model._run = run
 
 
 def forward_time(model: Model, batch: PairBatch, repeats: int = 5) -> float:
@@ -69,8 +93,9 @@ def calibrate_attribution(
     """Score each (method, freeze_norm) against the exact sweep of the same pairs.
 
     Returns one row per (method, freeze_norm) with the columns
-    :data:`CALIBRATION_COLUMNS`; ``attrs["exact"]`` holds the exact sweep and
-    ``attrs["forward_seconds"]`` the forward pass the costs are counted against.
+    :data:`CALIBRATION_COLUMNS`; ``attrs["exact"]`` holds the exact sweep (fast engine),
+    ``attrs["exact_seconds"]`` its time and ``attrs["forward_seconds"]`` the forward pass
+    the costs are counted against. ``repeats=0`` skips the timing (``cost_fwd_eq`` NaN).
     """
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
@@ -78,15 +103,19 @@ def calibrate_attribution(
     batch = pairs if isinstance(pairs, PairBatch) else tokenize_pairs(pairs, model.tokenizer, answer=answer)
     common = dict(kind=kind, per_position=per_position, answer=answer, batch_size=max(len(batch.clean), 1),
                   n_boot=1, progress=False)
-    exact = patch_activations(model, batch, engine="fast", **common)
-    forward = forward_time(model, batch)
+    exact_seconds, exact = _best_time(partial(patch_activations, model, batch, engine="fast", **common), 1)
+    forwards = []
     ex = np.asarray(_effect(exact).values, dtype=float)
     rows = []
     for method in methods:
         for freeze in freeze_norms:
             run = partial(attribution_patch, model, batch, method=method, freeze_norm=freeze, ig_steps=ig_steps,
                           **common)
-            seconds, res = _best_time(run, repeats)
+            with counted_passes() as passes:
+                res = run()
+            # The forward pass is timed beside each method, so both see the same load.
+            forwards.append(forward_time(model, batch) if repeats else float("nan"))
+            seconds = _best_time(run, repeats)[0] if repeats else float("nan")
             cmp = compare_with_exact(res, exact, k=k)
             est = np.asarray(res.effect.values, dtype=float)
             keep = np.isfinite(est) & np.isfinite(ex)
@@ -94,7 +123,7 @@ def calibrate_attribution(
             rows.append({"method": method, "freeze_norm": bool(freeze), "spearman": cmp["spearman"],
                          "pearson": cmp["pearson"], "top10": cmp["top_k_overlap"],
                          "magnitude_ratio": float(np.linalg.norm(est[keep])) / norm if norm else float("nan"),
-                         "cost_fwd_eq": seconds / forward, "seconds": seconds})
+                         "cost_fwd_eq": seconds / forwards[-1], "passes_fwd_eq": passes[0], "seconds": seconds})
     frame = pd.DataFrame(rows, columns=list(CALIBRATION_COLUMNS))
-    frame.attrs.update(exact=exact, forward_seconds=forward)
+    frame.attrs.update(exact=exact, forward_seconds=min(forwards), exact_seconds=exact_seconds)
     return frame

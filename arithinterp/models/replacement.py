@@ -60,10 +60,6 @@ class Rules:
         """No rule: the backward pass is the model's own gradient."""
         return not any(asdict(self).values())
 
-    def describe(self) -> str:
-        on = [name for name, value in asdict(self).items() if value]
-        return ", ".join(on) or "plain gradient"
-
 
 def _hf(model: Model, what: str) -> torch.nn.Module:
     hf = model.backend.hf_model()

@@ -90,8 +90,9 @@ class HFOracle:
             for h in handles:
                 h.remove()
 
-    def z_and_grads(self, batch, tokens, patch_layer=None, patch_value=None):
-        """Head outputs ``[layer, b, pos, n_heads * d_head]`` and the metric's gradient at them."""
+    def z_and_grads(self, batch, tokens, patch_layer=None, patch_value=None, embed=None):
+        """Head outputs ``[layer, b, pos, n_heads * d_head]`` and the metric's gradient at them
+        (``embed``: a function of the token embeddings that replaces them)."""
         zs = {}
 
         def grab(layer):
@@ -105,6 +106,8 @@ class HFOracle:
             return hook
 
         handles = [m.register_forward_pre_hook(grab(i)) for i, m in enumerate(self.z_modules)]
+        if embed is not None:
+            handles.append(self.hf.get_input_embeddings().register_forward_hook(lambda m, i, o: embed(o)))
         try:
             logits = self.hf(tokens).logits
         finally:
@@ -120,6 +123,14 @@ class HFOracle:
         with self.rules(**rules):
             z_t, g = self.z_and_grads(batch, batch.corrupt)
             z_s, _ = self.z_and_grads(batch, batch.clean)
+            if method == "ig":
+                wte = self.hf.get_input_embeddings()
+                x_t, x_s = wte(batch.corrupt).detach(), wte(batch.clean).detach()
+                total = g.clone()
+                for k in range(1, ig_steps):
+                    point = x_t + (k / ig_steps) * (x_s - x_t)
+                    total += self.z_and_grads(batch, batch.corrupt, embed=lambda _, p=point: p)[1]
+                g = total / ig_steps
             if method == "ig_activations":
                 total = g.clone()
                 for layer in range(len(self.blocks)):
@@ -158,7 +169,7 @@ RULES = {
 @pytest.mark.parametrize("backend", ["transformer_lens", "nnsight"])
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 @pytest.mark.parametrize("method,freeze_norm", [("atp", True), ("relp", True), ("relp", False),
-                                                ("ig_activations", False), ("ig_activations", True)])
+                                                ("ig", True), ("ig_activations", False), ("ig_activations", True)])
 def test_every_gradient_method_equals_plain_autograd_on_the_hf_model(loaded, tiny_hf_dirs, pairs, arch, backend,
                                                                       method, freeze_norm):
     model = loaded[(arch, backend)]
@@ -172,7 +183,7 @@ def test_every_gradient_method_equals_plain_autograd_on_the_hf_model(loaded, tin
     assert scale > 1e-4
     np.testing.assert_allclose(ours, want, atol=2e-4 * scale, rtol=1e-3)
     # ... and every rule changes the numbers (the test would not see a rule that is ignored).
-    if method != "ig_activations":
+    if method in ("atp", "relp"):
         plain = oracle.attribution(batch)
         assert np.abs(plain - want).max() > 1e-3 * scale
 
@@ -321,11 +332,17 @@ def test_edge_sum_rule_holds_for_every_method(loaded, pairs, method, freeze_norm
     model = loaded[("llama", "nnsight")]
     opts = dict(method=method, freeze_norm=freeze_norm, ig_steps=2, **FAST)
     edges = edge_attribution_patch(model, pairs, **opts)
-    node = attribution_patch(model, pairs, kind="resid_pre", per_position=False, **opts).effect.sel(layer=0)
-    if method == "ig_activations":  # the receivers' gradients are integrated, the node's is not
-        return
-    np.testing.assert_allclose(float(edges.values.sel(component="embed").sum()), float(node), rtol=1e-4, atol=1e-6)
     assert edges.meta.options["method"] == method and edges.meta.options["freeze_norm"] is freeze_norm
+    if method == "ig_activations":
+        # Each receiver's gradient is integrated along its own path, so there is no sum rule;
+        # with one step it is EAP.
+        one = edge_attribution_patch(model, pairs, **{**opts, "ig_steps": 1}).values.values
+        eap = edge_attribution_patch(model, pairs, **{**opts, "method": "atp"}).values.values
+        np.testing.assert_allclose(one, eap, rtol=1e-5, atol=1e-7)
+        assert np.nanmax(np.abs(edges.values.values - eap)) > 1e-4
+        return
+    node = attribution_patch(model, pairs, kind="resid_pre", per_position=False, **opts).effect.sel(layer=0)
+    np.testing.assert_allclose(float(edges.values.sel(component="embed").sum()), float(node), rtol=1e-4, atol=1e-6)
 
 
 # -- bad input -------------------------------------------------------------------------------------
@@ -378,17 +395,17 @@ def test_relp_names_the_layer_it_has_no_rule_for(tmp_path, pairs, monkeypatch):
 # -- a decoy: its output changes, nothing reads it -------------------------------------------------
 
 
-def build_decoy(path):
-    """The hand-set adder of ``test_circuits.build_planted`` with head L0H2 made a decoy whose
+def build_norm_decoy(path):
+    """The hand-set adder of :mod:`arithinterp.planted.and_model` with head L0H2 made a decoy whose
     output *changes*: it attends to operand ``a`` and writes ``√2 (cos θ_a, sin θ_a)`` (and the
     negated copy, so the residual keeps mean 0) into dims nothing reads. The write has the
     same norm for every digit, so LayerNorm's scale, and every exact patching effect of
     L0H2, is exactly 0; L0H3 writes nothing."""
     from transformers import GPT2LMHeadModel
 
-    from tests.methods import test_circuits as tc
+    from arithinterp.planted import and_model as tc
 
-    tc.build_planted(path)
+    tc.build_and_model(path)
     hf = GPT2LMHeadModel.from_pretrained(path, use_safetensors=True)
     sd = hf.state_dict()
     w_qkv, w_o = sd["transformer.h.0.attn.c_attn.weight"], sd["transformer.h.0.attn.c_proj.weight"]
@@ -407,12 +424,12 @@ def build_decoy(path):
 
 @pytest.fixture(scope="module")
 def decoy(tmp_path_factory):
-    model = load_model(build_decoy(tmp_path_factory.mktemp("decoy") / "model"))
+    model = load_model(build_norm_decoy(tmp_path_factory.mktemp("decoy") / "model"))
     prompts = generate(TaskSpec(operation="add", digits=1, format="fixed", n=40, seed=3))
     return model, make_pairs(prompts, "random")
 
 
-def test_on_the_decoy_model_frozen_norms_find_the_true_heads(decoy):
+def test_where_only_layernorm_couples_the_decoy_frozen_norms_find_the_true_heads(decoy):
     from arithinterp.methods.attribution_calibration import RECOMMENDED
 
     model, pairs = decoy
@@ -426,3 +443,23 @@ def test_on_the_decoy_model_frozen_norms_find_the_true_heads(decoy):
     best = attribution_patch(model, pairs, method=method, freeze_norm=freeze, **opts).effect.sel(layer=0).values
     assert abs(best[2]) < 0.05
     assert np.argmax(np.abs(best)) in (0, 1) and min(best[:2]) > 0.4
+
+
+@pytest.mark.parametrize("name", ["decoy", "negative", "compose"])
+def test_recommended_method_on_the_planted_decoys(name):
+    # The planted suite's decoys copy the operands into dims nothing reads.
+    from arithinterp.methods.attribution_calibration import RECOMMENDED
+    from arithinterp.planted import planted
+
+    p = planted(name)
+    method, freeze = RECOMMENDED
+    opts = dict(kind="attn_head", per_position=False, progress=False, n_boot=2, answer=p.spec.answer)
+    exact = patch_activations(p.model, p.pairs, engine="literal", **opts)
+    best = attribution_patch(p.model, p.pairs, method=method, freeze_norm=freeze, **opts)
+    coords = best.values.coords
+    labels = [f"L{layer}H{head}" for layer in coords["layer"].values for head in coords["head"].values]
+    est = dict(zip(labels, best.effect.transpose("layer", "head").values.ravel()))
+    ex = dict(zip(labels, exact.values.transpose("layer", "head").values.ravel()))
+    decoys = [c for c, role in p.spec.roles.items() if role == "decoy" and c in est]
+    assert decoys and all(abs(est[d]) < 0.05 and abs(ex[d]) < 1e-4 for d in decoys)
+    assert max(est, key=lambda c: abs(est[c])) in p.truth  # a true head ranks first
