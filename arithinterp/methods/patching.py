@@ -193,8 +193,9 @@ def _patch_part(model: Model, part: PairBatch, *, sites: list, direction: str, m
     """One batch of pairs: the metric per (site, pair) and the clean / corrupt runs' metric."""
     run = run_literal if engine == "literal" else run_fast
     scores, clean_logits, corrupt_logits = run(model, part, sites, direction, metric_fn, progress=progress)
-    return (scores, metric_fn(clean_logits, part.clean_answer, part.corrupt_answer).double(),
-            metric_fn(corrupt_logits, part.clean_answer, part.corrupt_answer).double())
+    # one copy to the host per batch, after the engine's loops (a Ray worker's result must be too)
+    return (scores.cpu(), metric_fn(clean_logits, part.clean_answer, part.corrupt_answer).double().cpu(),
+            metric_fn(corrupt_logits, part.clean_answer, part.corrupt_answer).double().cpu())
 
 
 # -- registration ---------------------------------------------------------------------------------
