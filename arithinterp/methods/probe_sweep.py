@@ -337,14 +337,8 @@ def fit_probes(
     types = [_job_types(prompts, control_cols, name, period) for name, _, _, period in jobs]
     fit = partial(_fit_jobs, jobs, types, train, test, tokens, l2=l2, control=control, n_boot=n_boot)
     if stream:
-        order = np.concatenate([train, test])
-        rows = None
-        for site in tqdm(site_list, desc="probes: stream", disable=not progress, leave=False):
-            acts = stream_site_activations(model, tokenized.tokens, site, positions, order,
-                                           batch_size=batch_size, executor=executor)[None]
-            site_rows = fit(acts[:, :, :len(train)], acts[:, :, len(train):], seed=seed, fitter=StreamedProbe)
-            rows = site_rows if rows is None else [_stack_sites(a, b) for a, b in zip(rows, site_rows)]
-            del acts
+        rows = _fit_streamed(fit, model, tokenized.tokens, site_list, positions, train, test, seed=seed,
+                             batch_size=batch_size, executor=executor, progress=progress)
     else:
         acts = cache_resid(model, tokenized.tokens, site_list, positions, batch_size=batch_size,
                            progress=progress, executor=executor)
@@ -472,6 +466,20 @@ def _fit_jobs(jobs, types, train, test, tokens, X_train, X_test, *, l2, control,
                      control=control, types=t, n_boot=n_boot, rng=rng, fitter=fitter)
             for (name, y, k, period), t in tqdm(list(zip(jobs, types)), desc="probes: fit",
                                                  disable=not progress, leave=False)]
+
+
+def _fit_streamed(fit, model, tokens, site_list, positions, train, test, *, seed, batch_size, executor,
+                  progress) -> list[dict]:
+    """``fit`` site by site, each site's activations extracted alone (training prompts first)."""
+    order = np.concatenate([train, test])
+    rows = None
+    for site in tqdm(site_list, desc="probes: stream", disable=not progress, leave=False):
+        acts = stream_site_activations(model, tokens, site, positions, order, batch_size=batch_size,
+                                       executor=executor)[None]
+        site_rows = fit(acts[:, :, :len(train)], acts[:, :, len(train):], seed=seed, fitter=StreamedProbe)
+        rows = site_rows if rows is None else [_stack_sites(a, b) for a, b in zip(rows, site_rows)]
+        del acts
+    return rows
 
 
 def _stack_sites(a: dict, b: dict) -> dict:
