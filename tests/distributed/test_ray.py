@@ -72,8 +72,10 @@ def test_patching_sweep_equals_the_serial_run(executor, model, prompts):
 
 
 def test_probe_sweep_equals_the_serial_run(executor, model, prompts):
-    common = dict(targets=["SC_2", "c_hat_2"], positions=[4, 10, 11], n_boot=20, batch_size=32, progress=False)
+    common = dict(targets=["SC_2", "operand_a"], positions=[4, 10, 11], n_boot=20, batch_size=32, progress=False)
     _same(fit_probes(model, prompts, **common), fit_probes(model, prompts, executor=executor, **common))
+    _same(fit_probes(model, prompts, stream=True, **common),
+          fit_probes(model, prompts, stream=True, executor=executor, **common))
 
 
 def _write_pipeline(path: Path, **extra) -> Path:
