@@ -1,6 +1,6 @@
 """Benchmark: a patching sweep run serially and sharded over Ray workers, in one process.
 
-A head x position sweep (every attention head at every position, denoising, logit
+A sweep of every neuron (``--kind mlp_post``, all positions at once; denoising, logit
 difference) of ``zoo:add-5d`` over ``--pairs`` clean/corrupt pairs in batches of
 ``--batch``. The serial run and every Ray worker use one torch thread (results equal bit
 for bit only at equal thread counts; on a 2-core machine one thread per worker is also the
@@ -34,13 +34,14 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--model", default="zoo:add-5d")
+    parser.add_argument("--kind", default="mlp_post", help="site kind swept (default: every neuron)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     model = load_model(args.model)
     prompts = generate(TaskSpec(operation="add", digits=5, format="fixed", n=args.pairs, seed=0))
     pairs = make_pairs(prompts, "operand_b", seed=0)
-    options = dict(kind="attn_head", per_position=True, batch_size=args.batch, n_boot=200, progress=False)
+    options = dict(kind=args.kind, per_position=False, batch_size=args.batch, n_boot=200, progress=False)
 
     executor = RayExecutor(num_workers=args.workers, threads=1)
     try:
