@@ -252,7 +252,7 @@ def package(
             per_pair = normalise(per_pair, clean_mean - corrupt_mean, 0.0)
         else:
             per_pair = normalise(per_pair, clean_mean, corrupt_mean)
-    samples = per_pair.numpy() if isinstance(per_pair, torch.Tensor) else np.asarray(per_pair)
+    samples = per_pair.detach().cpu().numpy() if isinstance(per_pair, torch.Tensor) else np.asarray(per_pair)
     shape = tuple(len(coords[d]) for d in dims)
     if samples.shape != (*shape, samples.shape[-1]):
         samples = samples.reshape(*shape, samples.shape[-1])

@@ -21,6 +21,7 @@ pass per cell through the backend (the oracle the tests trust), ``"fast"``
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 import xarray as xr
 from pydantic import Field
 
+from arithinterp.distributed.executor import Executor
 from arithinterp.errors import MethodError
 from arithinterp.methods._common import make_meta
 from arithinterp.methods.contrast import Direction, contrast, package
@@ -126,6 +128,7 @@ def patch_activations(
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> PatchingResult:
     """Patch every site of ``kind`` from one run of each pair into the other.
 
@@ -149,6 +152,10 @@ def patch_activations(
         n_boot: bootstrap resamples for the confidence intervals.
         seed: bootstrap seed.
         progress: show progress bars.
+        executor: where the batches of pairs run (default: here). A
+            :class:`~arithinterp.distributed.RayExecutor` spreads them over Ray workers, each
+            holding its own copy of the model; per-pair scores merge in pair order before the
+            bootstrap, so the result equals the local run bit for bit (at equal thread counts).
     """
     if engine not in ("fast", "literal"):
         raise MethodError(f"engine must be 'fast' or 'literal', got {engine!r}")
@@ -162,16 +169,14 @@ def patch_activations(
     batch, metric_fn = con.batch, con.metric_fn
     sites, layout = sweep_sites(model, kind, per_position=per_position, seq_len=batch.seq_len, neurons=neurons,
                                 positions=positions)
-    run = run_literal if engine == "literal" else run_fast
-
-    per_pair, clean_scores, corrupt_scores = [], [], []
-    for part in con.parts(batch_size):
-        scores_part, clean_logits, corrupt_logits = run(model, part, sites, direction, metric_fn, progress=progress)
-        per_pair.append(scores_part)
-        clean_scores.append(metric_fn(clean_logits, part.clean_answer, part.corrupt_answer).double())
-        corrupt_scores.append(metric_fn(corrupt_logits, part.clean_answer, part.corrupt_answer).double())
-    scores = torch.cat(per_pair, dim=1)  # [site, pair]
-    clean_all, corrupt_all = torch.cat(clean_scores), torch.cat(corrupt_scores)
+    sweep = partial(_patch_part, sites=sites, direction=direction, metric_fn=metric_fn, engine=engine)
+    parts = list(con.parts(batch_size))
+    if executor is None:
+        outputs = [sweep(model, part, progress=progress) for part in parts]
+    else:
+        outputs = executor.map(sweep, parts, model=model, desc="patching", progress=progress)
+    scores = torch.cat([o[0] for o in outputs], dim=1)  # [site, pair], in pair order
+    clean_all, corrupt_all = torch.cat([o[1] for o in outputs]), torch.cat([o[2] for o in outputs])
     if relative:
         # Stolfo et al.'s relative change (P*(r) - P(r)) / P(r) of the clean answer's
         # probability, against the run that was patched; RELATIVE_EPS guards P(r) = 0.
@@ -187,6 +192,16 @@ def patch_activations(
         extra={"seq_len": batch.seq_len} if positions is not None else None,
     )
     return PatchingResult(values=values, meta=meta, extras=extras)
+
+
+def _patch_part(model: Model, part: PairBatch, *, sites: list, direction: str, metric_fn: MetricFn,
+                engine: str, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch of pairs: the metric per (site, pair) and the clean / corrupt runs' metric."""
+    run = run_literal if engine == "literal" else run_fast
+    scores, clean_logits, corrupt_logits = run(model, part, sites, direction, metric_fn, progress=progress)
+    # one copy to the host per batch, after the engine's loops (a Ray worker's result must be too)
+    return (scores.cpu(), metric_fn(clean_logits, part.clean_answer, part.corrupt_answer).double().cpu(),
+            metric_fn(corrupt_logits, part.clean_answer, part.corrupt_answer).double().cpu())
 
 
 # -- registration ---------------------------------------------------------------------------------

@@ -298,7 +298,7 @@ def _chunks(members: list[tuple[int, int]], b: int, seq_len: int, rows_cap: int)
 def _sweep(ft, batch, sites, src, tgt, metric, progress, memory_budget) -> torch.Tensor:
     b, seq_len = batch.clean.shape
     ap = batch.answer_positions
-    out = torch.empty(len(sites), b, dtype=torch.float64)
+    out = torch.empty(len(sites), b, dtype=torch.float64, device=batch.clean.device)  # no host copy per chunk
     groups: dict[tuple, list[tuple[int, int]]] = defaultdict(list)
     for i, site in enumerate(sites):
         stage, layer, p0 = _group_key(site, seq_len)

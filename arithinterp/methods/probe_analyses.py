@@ -69,6 +69,7 @@ class ProbesOptions(Options):
     n_boot: int = Field(200, ge=0)
     l2: float = Field(1e-3, gt=0)
     batch_size: int = Field(256, ge=1)
+    stream: bool = False
 
 
 def _probe_sites(ctx: RunContext, options: ProbesOptions) -> str | list[Site]:
@@ -113,7 +114,7 @@ def _probes_task_check(options: ProbesOptions, spec) -> None:
 def _run_probes(ctx: RunContext, options: ProbesOptions) -> ProbeResult:
     keywords = {k: getattr(options, k) for k in ProbesOptions.model_fields if k not in ("targets", "sites", "probe")}
     return fit_probes(ctx.model, ctx.prompts, options.targets, sites=_probe_sites(ctx, options), kind=options.probe,
-                      seed=ctx.seed, progress=ctx.progress, **keywords)
+                      seed=ctx.seed, progress=ctx.progress, executor=ctx.executor, **keywords)
 
 
 def probe_targets(prompts: PromptSet) -> list[str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Literal, get_args
 
 import numpy as np
@@ -30,8 +31,10 @@ import torch
 import xarray as xr
 from plotly.subplots import make_subplots
 
+from arithinterp.distributed.executor import Executor
 from arithinterp.methods._common import make_meta
 from arithinterp.methods.probe_directions import ProbeDirections, probe_directions
+from arithinterp.methods.probe_stream import StreamedProbe, cache_chunk, stream_site_activations
 from arithinterp.methods.probes import LinearProbe, ProbeError, score_predictions
 from arithinterp.models import Model, Site
 from arithinterp.models.site import site_depth
@@ -155,16 +158,18 @@ def resid_sites(model: Model) -> tuple[list[Site], list[str]]:
 
 def cache_resid(
     model: Model, tokens: torch.Tensor, sites: Sequence[Site], positions: Sequence[int],
-    *, batch_size: int = 256, progress: bool = False,
+    *, batch_size: int = 256, progress: bool = False, executor: Executor | None = None,
 ) -> torch.Tensor:
-    """Activations ``[site, pos, prompt, d_model]`` (float32) at ``sites`` and ``positions``."""
-    pos = torch.as_tensor(list(positions))
-    chunks = []
-    for batch in tqdm(range(0, tokens.shape[0], batch_size), desc="probes: cache",
-                      disable=not progress, leave=False):
-        _, cache = model.run_with_cache(tokens[batch: batch + batch_size], sites)
-        chunks.append(torch.stack([cache[s][:, pos].float().cpu() for s in sites]))
-    return torch.cat(chunks, dim=1).transpose(1, 2).contiguous()
+    """Activations ``[site, pos, prompt, d_model]`` (float32) at ``sites`` and ``positions``.
+
+    ``executor`` runs the chunks of prompts on its workers (merged in prompt order)."""
+    extract = partial(cache_chunk, sites=list(sites), positions=list(positions))
+    chunks = [tokens[start: start + batch_size] for start in range(0, tokens.shape[0], batch_size)]
+    if executor is None:
+        acts = [extract(model, c) for c in tqdm(chunks, desc="probes: cache", disable=not progress, leave=False)]
+    else:
+        acts = executor.map(extract, chunks, model=model, desc="probes: cache", progress=progress)
+    return torch.cat(acts, dim=1).transpose(1, 2).contiguous()
 
 
 def split_prompts(
@@ -309,7 +314,9 @@ def fit_probes(
     seed: int = 0,
     batch_size: int = 256,
     directions: bool = False,
+    stream: bool = False,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> ProbeResult:
     """Fit a linear probe for each (site, position, target) and score it on held-out prompts.
 
@@ -342,9 +349,20 @@ def fit_probes(
         batch_size: prompts per forward pass.
         directions: also keep the fitted probes' directions (numpy, in the residual
             stream's coordinates) as ``result.directions``, a :class:`ProbeDirections`.
+        stream: hold one site's activations at a time (one forward pass over the prompts per
+            site) instead of every site's at once, and fit ridge and circular probes from
+            sufficient statistics (:mod:`~arithinterp.methods.probe_stream`): peak memory
+            about one layer's activations plus the model. Scores equal the default fit's
+            within float32 rounding of the Gram matrix (logistic probes: identical).
         progress: show progress bars.
+        executor: where the forward passes run (default: here; a
+            :class:`~arithinterp.distributed.RayExecutor` spreads the chunks of prompts over
+            its workers and merges them in prompt order: the same numbers).
     """
     _check_options(kind=kind, split=split, test_fraction=test_fraction)
+    if directions and stream:
+        raise ProbeError("directions=True needs the default fit; the streamed fit (stream=True) keeps "
+                         "only each site's scores, not its probes")
     ys = _resolve_targets(prompts, targets)
     control_cols = _control_plan(prompts, ys, control_by) if control else {}
     tokenized = tokenize(prompts, model.tokenizer, answer="multi")
@@ -352,20 +370,17 @@ def fit_probes(
     site_list, labels = _resolve_sites(model, sites)
     train, test = split_prompts(prompts, test_fraction=test_fraction, split=split, seed=seed)
 
-    acts = cache_resid(model, tokenized.tokens, site_list, positions, batch_size=batch_size,
-                       progress=progress)
-    X_train, X_test = acts[:, :, train].double(), acts[:, :, test].double()
     tokens = tokenized.tokens[:, positions].cpu().numpy()
-    rng = np.random.default_rng(seed)
-
-    rows = []
     jobs = _probe_jobs(ys, kind, periods)
-    for name, y, k, period in tqdm(jobs, desc="probes: fit", disable=not progress, leave=False):
-        base = name.split(" mod ")[0] if period else name
-        cols = control_cols.get(base)
-        types = None if cols is None or cols == "token" else _type_ids(prompts.frame, cols)
-        rows.append(_fit_one(X_train, X_test, y, train, test, tokens, kind=k, period=period,
-                             l2=l2, control=control, types=types, n_boot=n_boot, rng=rng))
+    types = [_job_types(prompts, control_cols, name, period) for name, _, _, period in jobs]
+    fit = partial(_fit_jobs, jobs, types, train, test, tokens, l2=l2, control=control, n_boot=n_boot)
+    if stream:
+        rows = _fit_streamed(fit, model, tokenized.tokens, site_list, positions, train, test, seed=seed,
+                             batch_size=batch_size, executor=executor, progress=progress)
+    else:
+        acts = cache_resid(model, tokenized.tokens, site_list, positions, batch_size=batch_size,
+                           progress=progress, executor=executor)
+        rows = fit(acts[:, :, train].double(), acts[:, :, test].double(), seed=seed, progress=progress)
 
     coords = {
         "target": np.array([name for name, _, _, _ in jobs]),
@@ -376,13 +391,13 @@ def fit_probes(
         "pos_token": ("pos", np.array([tokenized.str_tokens[p] for p in positions])),
     }
     values, extras = _score_arrays(rows, coords)
-    probes = {name: row.pop("probe") for (name, _, _, _), row in zip(jobs, rows)}
+    probes = {name: row.pop("probe", None) for (name, _, _, _), row in zip(jobs, rows)}
     extras["answer_visible"] = _visible_at(prompts, model.tokenizer, [j[0].split(" mod ")[0] for j in jobs],
                                            positions, tokenized.prompt_len, tokenized.answer_len, coords)
     options = {"targets": list(ys), "sites": labels, "positions": positions, "kind": kind,
                "periods": list(periods), "test_fraction": test_fraction, "split": split,
                "control": control, "control_by": _control_by_option(control_by),
-               "n_boot": n_boot, "l2": l2, "batch_size": batch_size}
+               "n_boot": n_boot, "l2": l2, "batch_size": batch_size, "stream": stream}
     meta = make_meta("fit_probes", model, prompts, options=options, seed=seed,
                      extra={"n_train": len(train), "n_test": len(test),
                             "control_columns": control_cols, "seq_len": tokenized.tokens.shape[1]})
@@ -480,11 +495,49 @@ def _control_plan(prompts: PromptSet, ys: dict[str, np.ndarray], control_by) -> 
     return plan
 
 
-def _fit_one(X_train, X_test, y, train, test, tokens, *, kind, period, l2, control, types, n_boot, rng):
+def _job_types(prompts: PromptSet, control_cols: dict, name: str, period: int | None) -> np.ndarray | None:
+    """The control task's input type per prompt for one job (``None``: by token, or no control)."""
+    cols = control_cols.get(name.split(" mod ")[0] if period else name)
+    return None if cols is None or cols == "token" else _type_ids(prompts.frame, cols)
+
+
+def _fit_jobs(jobs, types, train, test, tokens, X_train, X_test, *, l2, control, n_boot, seed,
+              fitter=LinearProbe, progress=False) -> list[dict]:
+    """Every job's scores at the sites of ``X_train [site, pos, n, d]``, one generator seeded
+    ``seed`` for all of them in job order (so a sweep site by site draws the same numbers)."""
+    rng = np.random.default_rng(seed)
+    return [_fit_one(X_train, X_test, y, train, test, tokens, kind=k, period=period, l2=l2,
+                     control=control, types=t, n_boot=n_boot, rng=rng, fitter=fitter)
+            for (name, y, k, period), t in tqdm(list(zip(jobs, types)), desc="probes: fit",
+                                                 disable=not progress, leave=False)]
+
+
+def _fit_streamed(fit, model, tokens, site_list, positions, train, test, *, seed, batch_size, executor,
+                  progress) -> list[dict]:
+    """``fit`` site by site, each site's activations extracted alone (training prompts first)."""
+    order = np.concatenate([train, test])
+    rows = None
+    for site in tqdm(site_list, desc="probes: stream", disable=not progress, leave=False):
+        acts = stream_site_activations(model, tokens, site, positions, order, batch_size=batch_size,
+                                       executor=executor)[None]
+        site_rows = fit(acts[:, :, :len(train)], acts[:, :, len(train):], seed=seed, fitter=StreamedProbe)
+        rows = site_rows if rows is None else [_stack_sites(a, b) for a, b in zip(rows, site_rows)]
+        del acts
+    return rows
+
+
+def _stack_sites(a: dict, b: dict) -> dict:
+    """Two sites' (or site groups') score dicts, one after the other along the site axis."""
+    return {key: a[key] if key == "majority" else np.concatenate([a[key], b[key]])
+            for key in a if key != "probe"}  # the streamed probes are not kept (no directions)
+
+
+def _fit_one(X_train, X_test, y, train, test, tokens, *, kind, period, l2, control, types, n_boot, rng,
+             fitter=LinearProbe):
     """Score of one target at every (site, pos): a dict of ``[site, pos]`` arrays."""
     y_eval = np.mod(y, period) if kind == "circular" else y
     score_kind = "ridge" if kind == "ridge" else "accuracy"
-    probe = LinearProbe(kind, l2=l2, period=period).fit(X_train, y[train])
+    probe = fitter(kind, l2=l2, period=period).fit(X_train, y[train])
     pred = probe.predict(X_test)
     y_test = y_eval[test]
     out = {"score": score_predictions(pred, np.broadcast_to(y_test, pred.shape), score_kind), "probe": probe}
@@ -499,30 +552,33 @@ def _fit_one(X_train, X_test, y, train, test, tokens, *, kind, period, l2, contr
     out["control"], out["selectivity"] = nan, nan
     if control and types is not None:
         y_ctrl = _type_control_labels(y, types, rng)
-        ctrl = _fit_type_control(X_train, X_test, y_ctrl, train, test, kind=kind, period=period, l2=l2)
+        ctrl = _fit_type_control(X_train, X_test, y_ctrl, train, test, kind=kind, period=period, l2=l2,
+                                 fitter=fitter)
         out["control"] = ctrl
         out["selectivity"] = out["score"] - ctrl
     elif control:
         y_ctrl = _control_labels(y, tokens, rng)  # [pos, prompt]
-        ctrl = _fit_control(X_train, X_test, y_ctrl, train, test, kind=kind, period=period, l2=l2)
+        ctrl = _fit_control(X_train, X_test, y_ctrl, train, test, kind=kind, period=period, l2=l2,
+                            fitter=fitter)
         out["control"] = ctrl
         out["selectivity"] = out["score"] - ctrl
     return out
 
 
-def _fit_type_control(X_train, X_test, y_ctrl, train, test, *, kind, period, l2) -> np.ndarray:
+def _fit_type_control(X_train, X_test, y_ctrl, train, test, *, kind, period, l2,
+                      fitter=LinearProbe) -> np.ndarray:
     """Score of the control task (labels ``[prompt]``) at every (site, pos)."""
     score_kind = "ridge" if kind == "ridge" else "accuracy"
     y_eval = np.mod(y_ctrl, period) if kind == "circular" else y_ctrl
     if len(np.unique(y_eval[train])) < 2:  # one label: the control is trivially "learned"
         const = np.full(len(test), y_eval[train][0])
         return np.full(X_train.shape[:2], float(score_predictions(const, y_eval[test], score_kind)))
-    probe = LinearProbe(kind, l2=l2, period=period).fit(X_train, y_ctrl[train])
+    probe = fitter(kind, l2=l2, period=period).fit(X_train, y_ctrl[train])
     pred = probe.predict(X_test)
     return score_predictions(pred, np.broadcast_to(y_eval[test], pred.shape), score_kind)
 
 
-def _fit_control(X_train, X_test, y_ctrl, train, test, *, kind, period, l2) -> np.ndarray:
+def _fit_control(X_train, X_test, y_ctrl, train, test, *, kind, period, l2, fitter=LinearProbe) -> np.ndarray:
     """Fit the control task; positions whose control labels are constant score 1 (trivial)."""
     score_kind = "ridge" if kind == "ridge" else "accuracy"
     n_sites, n_pos = X_train.shape[:2]
@@ -534,7 +590,7 @@ def _fit_control(X_train, X_test, y_ctrl, train, test, *, kind, period, l2) -> n
     # positions differ in their control labels, so the fit is batched over (pos, site)
     y_fit = np.broadcast_to(y_ctrl[varied][:, None, train], (len(varied), n_sites, len(train)))
     Xtr = X_train[:, varied].transpose(0, 1)
-    probe = LinearProbe(kind, l2=l2, period=period).fit(Xtr, y_fit)
+    probe = fitter(kind, l2=l2, period=period).fit(Xtr, y_fit)
     pred = probe.predict(X_test[:, varied].transpose(0, 1))
     truth = np.broadcast_to(y_eval[varied][:, None, test], pred.shape)
     out[:, varied] = score_predictions(pred, truth, score_kind).T

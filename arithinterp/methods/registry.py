@@ -70,7 +70,7 @@ InputKind = Literal["prompts", "pairs", "grid", "model"]
 RESERVED_OPTIONS = frozenset({"kind", "name", "task", "pairs"})
 
 #: Parameters orchestration fills from the :class:`RunContext`, never options.
-CONTEXT_PARAMETERS = frozenset({"model", "pairs", "prompts", "spec", "task", "seed", "progress"})
+CONTEXT_PARAMETERS = frozenset({"model", "pairs", "prompts", "spec", "task", "seed", "progress", "executor"})
 
 
 class Options(BaseModel):
@@ -93,6 +93,8 @@ class RunContext:
     ``results`` holds what methods already computed in this run (by result name), so a
     method can reuse another's sweep; :meth:`batch` and :meth:`tokens` tokenize once.
     ``params`` are the caller's settings a method may read (the report's circuit ``target``).
+    ``executor`` (an :class:`~arithinterp.distributed.Executor`, ``None``: here) is passed to
+    methods that take one, so their pair sweeps shard over workers.
     """
 
     model: Model
@@ -102,6 +104,7 @@ class RunContext:
     seed: int = 0
     progress: bool = True
     model_spec: str | None = None
+    executor: Any = None
     params: dict[str, Any] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
@@ -350,7 +353,7 @@ def call_function(function: Callable[..., Any], inputs: InputKind, ctx: RunConte
     """Call ``function(model, <inputs>, **keywords)`` filling ``seed`` / ``progress`` from ``ctx``."""
     params = inspect.signature(function).parameters
     kwargs = dict(keywords)
-    for name in ("seed", "progress"):
+    for name in ("seed", "progress", "executor"):
         if name in params and name not in kwargs:
             kwargs[name] = getattr(ctx, name)
     first = {"prompts": ctx.prompts, "pairs": ctx.pairs, "grid": ctx.spec, "model": None}[inputs]

@@ -98,7 +98,7 @@ def run_literal(model: Model, batch: PairBatch, sites: list[Site], direction: st
     clean, corrupt = model.logits(batch.clean)[:, ap], model.logits(batch.corrupt)[:, ap]
     source, target = (batch.clean, batch.corrupt) if direction == "denoise" else (batch.corrupt, batch.clean)
     _, cache = model.run_with_cache(source, sites)
-    out = torch.empty(len(sites), len(batch), dtype=torch.float64)
+    out = torch.empty(len(sites), len(batch), dtype=torch.float64, device=batch.clean.device)
     for i, site in enumerate(tqdm(sites, desc="patching (literal)", disable=not progress, leave=False)):
         logits = model.run_with_patches(target, {site: cache[site]})
         out[i] = metric(logits[:, ap], batch.clean_answer, batch.corrupt_answer).double()

@@ -190,7 +190,7 @@ def load_model(
     *,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
-    remote: bool = False,
+    remote: bool | Literal["local"] = False,
     tokenizer: Any = None,
     device_map: str | Mapping[str, Any] | None = None,
 ) -> Model:
@@ -201,7 +201,8 @@ def load_model(
         backend: ``"transformer_lens"`` (TransformerBridge) or ``"nnsight"`` (LanguageModel).
         device: torch device.
         dtype: parameter dtype.
-        remote: nnsight only: run on NDIF (``remote=True``) instead of locally.
+        remote: nnsight only: run on NDIF (``remote=True``) instead of locally;
+            ``"local"`` serializes each request as for NDIF and runs it here (nnsight's dry run).
         tokenizer: for a config dict, the tokenizer to attach.
         device_map: a Hugging Face device map (``"auto"``, ``"balanced"``, or a dict of
             module name to device) that splits the model across several devices through

@@ -13,6 +13,7 @@ import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -197,13 +198,19 @@ class Model:
         """Gradients of a scalar ``metric(logits)`` with respect to each site's activation."""
         sites = list(sites)
         keep: dict[Site, torch.Tensor] = {}
-        with self.enabled(requires_grad=False):
-            logits = self._run(tokens, patches or {}, cache_sites=sites, keep=keep, grad=True, leaf=True)
+        wholes = list(dict.fromkeys(s.whole() for s in sites))
+
+        def backward(logits: torch.Tensor, kept: dict) -> tuple[torch.Tensor, tuple]:
+            # Runs where the forward pass ran (on NDIF for a remote model), while its graph exists.
             value = metric(logits)
             if value.ndim != 0:
                 raise MethodError(f"metric must return a scalar, got shape {tuple(value.shape)}")
-            wholes = list(dict.fromkeys(s.whole() for s in sites))
-            grads = torch.autograd.grad(value, [keep[w] for w in wholes], allow_unused=True)
+            grads = torch.autograd.grad(value, [kept[w] for w in wholes], allow_unused=True)
+            return value.detach(), grads
+
+        with self.enabled(requires_grad=False):
+            _, (value, grads) = self._run(tokens, patches or {}, cache_sites=sites, keep=keep, grad=True,
+                                          leaf=True, after=backward)
         by_whole = {
             w: torch.zeros_like(keep[w]) if g is None else g for w, g in zip(wholes, grads)
         }
@@ -220,7 +227,9 @@ class Model:
         keep: dict[Site, torch.Tensor],
         grad: bool,
         leaf: bool = False,
-    ) -> torch.Tensor:
+        after: Callable[[torch.Tensor, dict], Any] | None = None,
+    ) -> Any:
+        """The logits (with ``after``: the logits and ``after(logits, keep)``); the hooks fill ``keep``."""
         if tokens.ndim != 2:
             raise TokenizationError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}")
         seq_len = tokens.shape[1]
@@ -239,13 +248,13 @@ class Model:
             whole: _compose(fns)
             for whole, fns in sorted(per_whole.items(), key=lambda kv: execution_order(kv[0]))
         }
-        logits = self.backend.run(tokens, hooks, grad=grad)
+        logits, extra = self.backend.run_collect(tokens, hooks, grad=grad, keep=keep, after=after)
         if not leaf:
             for site in cache_sites:
                 keep[site] = select(keep[site.whole()], site)
             for whole in [w for w in keep if w not in cache_sites]:
                 del keep[whole]
-        return logits
+        return logits if after is None else (logits, extra)
 
     # -- weights ---------------------------------------------------------
     def weights(self) -> Weights:

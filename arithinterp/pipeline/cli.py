@@ -33,6 +33,10 @@ def run(
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="where runs/<name>/ goes")] = Path("runs"),
     overrides: Annotated[list[str] | None, typer.Option("--set", help="key=value override (dotted keys)")] = None,
     force: Annotated[bool, typer.Option("--force", help="recompute completed steps")] = False,
+    executor: Annotated[str | None, typer.Option(
+        "--executor", help="where steps run: local (default) or ray (the config's `executor:`)")] = None,
+    address: Annotated[str | None, typer.Option(
+        "--address", help="a running Ray cluster, host:port (default: start a local one)")] = None,
 ) -> None:
     """Validate a pipeline config, run its steps, and write runs/<name>/ with report.html."""
     from arithinterp.pipeline.config import load_config
@@ -40,7 +44,7 @@ def run(
 
     try:
         cfg = load_config(config, overrides or [])
-        summary = run_pipeline(cfg, runs_dir=runs_dir, force=force)
+        summary = run_pipeline(cfg, runs_dir=runs_dir, force=force, executor=executor, address=address)
     except ArithInterpError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None

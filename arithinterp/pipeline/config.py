@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import torch
 import yaml
 from pydantic import (
     BaseModel,
@@ -154,6 +155,8 @@ class PipelineConfig(_Strict):
     pairs: PairsConfig | None = None
     steps: list[Any] = Field(min_length=1)
     report: bool = True
+    executor: Literal["local", "ray"] = "local"
+    address: str | None = None  # a running Ray cluster (executor: ray); default: start a local one
 
     @field_validator("steps", mode="before")
     @classmethod
@@ -236,12 +239,19 @@ class PipelineConfig(_Strict):
     def step_names(self) -> list[str]:
         return [step_name(s) for s in self.steps]
 
-    def fingerprint(self, step_index: int) -> str:
-        """A hash of everything that determines a step's result (not its name, nor the task's name)."""
+    def fingerprint(self, step_index: int, *, threads: int | None = None) -> str:
+        """A hash of everything that determines a step's result (not its name, nor the task's name).
+
+        That includes the device and the torch thread count the step runs with (``threads``,
+        default: this process's): both change the last bits of float sums, and probe scores
+        by up to 0.1, so a run resumed with another thread count recomputes instead of
+        mixing numbers. Where the step runs (here or on Ray) does not enter it.
+        """
         step = self.steps[step_index]
         pairs = self.step_pairs(step)
         payload = {
             "model": self.model, "backend": self.backend, "dtype": self.dtype, "seed": self.seed,
+            "device": self.device, "threads": torch.get_num_threads() if threads is None else threads,
             "task": self.step_task(step).model_dump(mode="json"),
             "pairs": pairs.model_dump(mode="json") if pairs else None,
             "step": step.model_dump(mode="json", exclude={"name", "task"}),

@@ -35,13 +35,15 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from arithinterp.distributed import Executor, make_executor
 from arithinterp.errors import ArithInterpError, ResultError
 from arithinterp.models import Model, load_model
 from arithinterp.models.loading import resolve_spec
 from arithinterp.pipeline.config import PipelineConfig, step_name
+from arithinterp.pipeline.executors import StepRunner
 from arithinterp.pipeline.limits import check_memory, estimate_run_bytes
 from arithinterp.pipeline.rundir import claimed_run_dir
-from arithinterp.pipeline.steps import RunContext, check_step, run_step, seed_everything
+from arithinterp.pipeline.steps import RunContext, check_step, seed_everything
 from arithinterp.progress_bars import tqdm
 from arithinterp.reports import ReportSection, write_html_report
 from arithinterp.reports.html import PLOTLY_JS, write_plotly_js
@@ -247,20 +249,32 @@ def run_pipeline(
     force: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    executor: str | Executor | None = None,
+    address: str | None = None,
 ) -> RunSummary:
     """Run ``config``: check model, tasks, pairs and every step's options up front, then each step.
+
+    ``executor`` (default: the config's ``executor:``, ``"local"``) and ``address`` choose where
+    steps run (:mod:`arithinterp.pipeline.executors`); ``"ray"`` connects before anything is
+    loaded or written, so an unreachable cluster fails fast with nothing on disk.
 
     A step is computed in a temporary directory beside ``runs/<name>/<step>/`` and renamed
     onto it with its ``step.json`` only when complete; a complete step whose fingerprint
     matches is loaded instead of recomputed (``force=True`` recomputes). Each task's prompts
     are tokenized once for the whole run (:func:`~arithinterp.tasks.shared_tokenization`).
     """
-    with shared_tokenization():
-        return _run_pipeline(config, runs_dir=runs_dir, force=force, progress=progress, log=log)
+    where = make_executor(executor or config.executor, address=address or config.address)
+    try:
+        with shared_tokenization():
+            return _run_pipeline(config, runs_dir=runs_dir, force=force, progress=progress, log=log,
+                                 executor=where)
+    finally:
+        if where is not executor:  # made here from a name: ours to close
+            where.close()
 
 
 def _run_pipeline(config: PipelineConfig, *, runs_dir: str | Path, force: bool, progress: bool,
-                  log: Callable[[str], None]) -> RunSummary:
+                  log: Callable[[str], None], executor: Executor) -> RunSummary:
     # the run directory is checked and locked before the model loads
     with claimed_run_dir(Path(runs_dir) / config.name) as run_dir:
         model, inputs = preflight(config, progress=progress)
@@ -270,12 +284,17 @@ def _run_pipeline(config: PipelineConfig, *, runs_dir: str | Path, force: bool, 
                           yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False))
         summary = RunSummary(run_dir=run_dir, report=None)
         names = config.step_names()
+        fingerprints = [config.fingerprint(i, threads=executor.threads) for i in range(len(config.steps))]
+        runner = StepRunner(executor, model)
+        runner.start([(i, step, inputs.context(step, model, config.seed, progress))
+                      for i, step in enumerate(config.steps)
+                      if force or not _is_complete(run_dir / names[i], fingerprints[i])], config.seed)
         bar = tqdm(list(enumerate(config.steps)), desc=config.name, unit="step", disable=not progress)
         for index, step in bar:
             name = names[index]
             bar.set_postfix_str(name)
             step_dir = run_dir / name
-            fingerprint = config.fingerprint(index)
+            fingerprint = fingerprints[index]
             if not force and _is_complete(step_dir, fingerprint):
                 summary.add(name, _load_complete(step_dir))
                 summary.skipped.append(name)
@@ -287,7 +306,7 @@ def _run_pipeline(config: PipelineConfig, *, runs_dir: str | Path, force: bool, 
             started = time.time()
             clock = time.perf_counter()
             with atomic_dir(step_dir) as tmp:
-                output = run_step(step, ctx)
+                output = runner.output(index, step, ctx)
                 parts = _save_output(output, tmp)
                 pairs = config.step_pairs(step)
                 record = {
@@ -299,6 +318,8 @@ def _run_pipeline(config: PipelineConfig, *, runs_dir: str | Path, force: bool, 
                     "backend": config.backend,
                     "dtype": config.dtype,
                     "device": config.device,
+                    "threads": executor.threads,
+                    "executor": executor.name,
                     "task_name": config.task_name(step),
                     "task": ctx.spec.model_dump(mode="json"),
                     "pairs": pairs.model_dump(mode="json") if pairs else None,

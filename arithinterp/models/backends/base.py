@@ -12,6 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -82,6 +83,25 @@ class Backend(ABC):
         Returns the logits ``[batch, pos, d_vocab]``. With ``grad=False`` the
         pass runs under ``torch.no_grad()``.
         """
+
+    def run_collect(
+        self,
+        tokens: torch.Tensor,
+        hooks: Mapping[Site, HookFn],
+        *,
+        grad: bool = False,
+        keep: dict,
+        after: Callable[[torch.Tensor, dict], Any] | None = None,
+    ) -> tuple[torch.Tensor, Any]:
+        """:meth:`run`, where the hooks store what they cache into ``keep``, then
+        ``after(logits, keep)`` (a metric and its gradients) while the pass's graph exists.
+
+        Returns the logits and what ``after`` returned. Here both run in this process; a
+        backend whose forward runs elsewhere (nnsight on NDIF) runs ``after`` there and
+        sends ``keep`` and its value back.
+        """
+        logits = self.run(tokens, hooks, grad=grad)
+        return logits, (after(logits, keep) if after is not None else None)
 
     @abstractmethod
     def weights(self) -> Weights:

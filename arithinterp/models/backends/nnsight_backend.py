@@ -35,12 +35,14 @@ Remote execution (NDIF): ``remote=True`` builds only a meta model here (no
 weights are loaded) and passes ``remote=True`` to every ``.trace``, so the
 forward pass runs on NDIF; configure the API key with
 ``nnsight.CONFIG.set_default_api_key(...)``. nnsight ships the trace body and
-the hook functions by value, and only values marked ``.save()`` come back: the
-logits. So logits and patching work remotely, while caching and gradients
-(which rely on the hooks' side effects in this process) do not. The network
-path is not tested here; ``remote="local"`` runs nnsight's serialize /
-deserialize dry run of the same request in-process, which the tests use to
-check that every trace body can be shipped.
+the hook functions by value (arithinterp is registered with ``nnsight.register``,
+as NDIF does not have it installed), and only values marked ``.save()`` come
+back. So the trace saves the logits, the dict the caching hooks filled, and for
+gradients the metric and ``torch.autograd.grad`` run inside the trace, on NDIF,
+and their values are saved (:meth:`NNsightBackend.run_collect`). The network path
+is not tested here; ``remote="local"`` runs nnsight's serialize / deserialize dry
+run of the same request in-process (with arithinterp hidden while it is rebuilt),
+which the tests use for logits, caching, patching and gradients.
 """
 
 from __future__ import annotations
@@ -172,14 +174,61 @@ class NNsightBackend(Backend):
         with context:
             return self._trace(tokens.to(self.device), visits)
 
+    def run_collect(
+        self,
+        tokens: torch.Tensor,
+        hooks: Mapping[Site, HookFn],
+        *,
+        grad: bool = False,
+        keep: dict,
+        after: Callable[[torch.Tensor, dict], Any] | None = None,
+    ) -> tuple[torch.Tensor, Any]:
+        if not self.remote:
+            return super().run_collect(tokens, hooks, grad=grad, keep=keep, after=after)
+        # Remotely the hooks and ``after`` run on a copy of this request: what they store
+        # into ``keep`` only comes back as a saved value of the trace.
+        visits = self._plan(hooks)
+        context = contextlib.nullcontext() if grad else torch.no_grad()
+        with context:
+            logits, kept, extra = self._remote_trace(tokens.to(self.device), visits, keep, after)
+        if kept is not keep:
+            keep.update(kept)
+        return logits, extra
+
     def _trace(self, tokens: torch.Tensor, visits: list[Callable[[], None]]) -> torch.Tensor:
         unembed = self._envoy(self._unembed_path)
-        trace_kwargs = {"remote": self.remote} if self.remote else {}
+        trace_kwargs = {"remote": self._ship()} if self.remote else {}
         with self.lm.trace(tokens, **trace_kwargs):
             for visit in visits:
                 visit()
             logits = unembed.output.save()
         return logits
+
+    def _remote_trace(self, tokens: torch.Tensor, visits: list[Callable[[], None]], keep: dict,
+                      after: Callable[[torch.Tensor, dict], Any] | None) -> tuple[torch.Tensor, dict, Any]:
+        """One remote trace that sends back the logits, what the hooks kept and ``after``'s value.
+
+        Kept in its own frame: nnsight writes the saved values back into the frame of the
+        ``with`` block, which must not be the caller's (its ``keep`` is the caller's dict).
+        """
+        import nnsight
+
+        unembed = self._envoy(self._unembed_path)
+        with self.lm.trace(tokens, remote=self._ship()):
+            for visit in visits:
+                visit()
+            logits = unembed.output.save()
+            extra = nnsight.save(after(logits, keep) if after is not None else None)
+            kept = nnsight.save(keep)
+        return logits, kept, extra
+
+    def _ship(self) -> bool | str:
+        """The ``remote=`` of a trace; arithinterp is not installed on NDIF, so its hooks,
+        sites and metrics travel by value (nnsight's ``register``)."""
+        import nnsight
+
+        nnsight.register("arithinterp")
+        return self.remote
 
     def _plan(self, hooks: Mapping[Site, HookFn]) -> list[Callable[[], None]]:
         """One visit per touched layer (plus embed / final norm), in execution order.
