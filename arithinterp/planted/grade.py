@@ -12,8 +12,12 @@ neurons) an importance score; :func:`grade` compares it with the truth three way
   CPR is the area under ``f(k)`` (higher is better, it can pass 1), CMD the area under
   ``|1 − f(k)|`` (lower is better).
 
-Discovery (``discover_circuit``) is graded on the order components joined its circuit
-(then the rest by score); ``exact`` says whether the circuit it returned is the truth.
+With a few components MIB's fractions are coarse (a model of 8 components has circuits of
+0, 1, 2, 4 and 8 of them), so a perfect ranking of a 3-component AND circuit reaches only
+CPR 0.65; ``f_at_truth``, the faithfulness of the top ``len(truth)`` components, is 1 for a
+perfect ranking whatever the size. Discovery (``discover_circuit``) is graded on the order
+components joined its circuit (then the rest by score); ``exact`` says whether the circuit
+it returned is the truth.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from arithinterp.models import Site
 from arithinterp.planted.suite import PLANTED, Planted, planted
 
 __all__ = ["GRADED_METHODS", "MIB_FRACTIONS", "GradedMethod", "auroc", "component_scores", "grade",
-           "mib_curve", "mib_scores"]
+           "grade_model", "grade_records", "markdown_table", "mib_curve", "mib_scores", "regressions"]
 
 GradedMethod = Literal["patching", "attribution", "edge_attribution", "mediation", "dla",
                        "circuit_topk", "circuit_greedy"]
@@ -47,6 +51,11 @@ MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 
 
 #: The faithfulness metric of the MIB curves: the answer's logit minus the largest other.
 CURVE_METRIC = "logit_diff"
+#: What replaces a component outside the circuit on the MIB curves (MIB's default: patching
+#: from the pair's counterfactual prompt).
+CURVE_ABLATION = "counterfactual"
+#: The ablation discovery runs with when it is graded.
+DISCOVERY_ABLATION = "resample"
 
 
 # ---- component scores -------------------------------------------------------------------
@@ -116,7 +125,7 @@ def _dla_scores(p: Planted) -> dict[str, float] | None:
 
 
 def _circuit_ranking(p: Planted, grow: str) -> tuple[dict[str, float], list[str]]:
-    res = p.discover(grow=grow)
+    res = p.discover(grow=grow, ablation=DISCOVERY_ABLATION)
     order = [str(x) for x in res.values.coords["component"].values]
     # Rank scores: the grown order first, then the rest by score.
     return {x: float(len(order) - i) for i, x in enumerate(order)}, list(res.circuit)
@@ -150,19 +159,23 @@ def auroc(scores: Mapping[str, float], truth: frozenset[str] | set[str], labels:
     return float(roc_auc_score(y, s))
 
 
-def mib_curve(p: Planted, ranking: Sequence[str], *, fractions: Sequence[float] = MIB_FRACTIONS) -> np.ndarray:
-    """Faithfulness of the top ``round(k * N)`` ranked components, at each fraction ``k``.
+def mib_curve(p: Planted, ranking: Sequence[str], *, ablation: str = CURVE_ABLATION,
+              fractions: Sequence[float] = MIB_FRACTIONS) -> np.ndarray:
+    """Faithfulness of the top ``round(k * N)`` ranked components, at each fraction ``k``
+    (everything else ablated by ``ablation``; ``"counterfactual"``: from the pair's corrupt prompt).
 
-    NOTE: this scores with :func:`~arithinterp.methods.faithfulness.faithfulness` (mean
-    ablation); it gives way to the MIB curve of ``discover_circuit``'s module once merged.
+    NOTE: this calls :func:`~arithinterp.methods.faithfulness.faithfulness` once per circuit
+    size; it gives way to the MIB curve of the circuits module once that lands.
     """
     n = len(ranking)
+    prompts = p.pairs if ablation == "counterfactual" else p.prompts
     out, seen = [], {}
     for k in fractions:
         size = int(np.floor(k * n + 0.5))
         if size not in seen:
             sites = [Site.from_label(x) for x in ranking[:size]]
-            res = faithfulness(p.model, sites, p.prompts, metric=CURVE_METRIC, answer=p.answer, n_boot=1)
+            res = faithfulness(p.model, sites, prompts, metric=CURVE_METRIC, answer=p.answer, ablation=ablation,
+                               n_boot=1)
             seen[size] = np.nan if res.faithfulness is None else res.faithfulness
         out.append(seen[size])
     return np.array(out, dtype=float)
@@ -181,14 +194,19 @@ def _ranking(scores: Mapping[str, float], labels: Sequence[str]) -> list[str]:
 
 
 def grade_model(p: Planted, methods: Sequence[str] = GRADED_METHODS) -> list[dict]:
-    """One row per method: AUROC, CPR, CMD (NaN where the method does not apply), exact."""
+    """One row per method: AUROC, CPR, CMD, ``f_at_truth`` (faithfulness of the top
+    ``len(truth)`` components; NaN where the method does not apply) and ``exact`` (discovery)."""
     labels, rows = p.labels, []
     for method in methods:
         scores, circuit = component_scores(p, method)
-        row = {"model": p.name, "method": method, "auroc": np.nan, "cpr": np.nan, "cmd": np.nan, "exact": None}
+        row = {"model": p.name, "method": method, "auroc": np.nan, "cpr": np.nan, "cmd": np.nan,
+               "f_at_truth": np.nan, "exact": None}
         if scores is not None:
+            ranking = _ranking(scores, labels)
             row["auroc"] = auroc(scores, p.truth, labels)
-            row["cpr"], row["cmd"] = mib_scores(mib_curve(p, _ranking(scores, labels)))
+            row["cpr"], row["cmd"] = mib_scores(mib_curve(p, ranking))
+            top = len(p.truth) / len(labels)
+            row["f_at_truth"] = float(mib_curve(p, ranking, fractions=(top,))[0])
         if circuit is not None:
             row["exact"] = set(circuit) == set(p.truth)
         rows.append(row)
@@ -205,3 +223,63 @@ def grade(names: Sequence[str] = PLANTED, methods: Sequence[str] = GRADED_METHOD
     for name in names:
         rows += grade_model(planted(name, backend), methods)
     return pd.DataFrame(rows)
+
+
+# ---- recorded grades --------------------------------------------------------------------
+
+#: Grades a method must keep: higher is better for these ...
+HIGHER_IS_BETTER = ("auroc", "cpr", "f_at_truth")
+#: ... and lower for these.
+LOWER_IS_BETTER = ("cmd",)
+
+
+def grade_records(table: pd.DataFrame) -> dict[str, dict[str, dict]]:
+    """``{model: {method: {grade: value}}}`` (NaN grades left out), as recorded in JSON."""
+    out: dict[str, dict[str, dict]] = {}
+    for row in table.to_dict("records"):
+        grades = {k: round(float(row[k]), 6) for k in (*HIGHER_IS_BETTER, *LOWER_IS_BETTER)
+                  if row[k] is not None and not np.isnan(row[k])}
+        if row.get("exact") is not None:
+            grades["exact"] = bool(row["exact"])
+        out.setdefault(str(row["model"]), {})[str(row["method"])] = grades
+    return out
+
+
+def regressions(table: pd.DataFrame, recorded: Mapping[str, Mapping[str, Mapping]], *,
+                tol: float = 1e-3) -> list[str]:
+    """Every grade of ``table`` worse than its recorded value by more than ``tol`` (and every
+    recorded exact circuit no longer exact), as readable lines; empty when none dropped."""
+    measured = grade_records(table)
+    out = []
+    for model, by_method in measured.items():
+        for method, grades in by_method.items():
+            old = recorded.get(model, {}).get(method)
+            if old is None:
+                continue
+            for key in HIGHER_IS_BETTER:
+                if key in old and grades.get(key, -np.inf) < old[key] - tol:
+                    out.append(f"{model} / {method}: {key} {grades.get(key)} < recorded {old[key]}")
+            for key in LOWER_IS_BETTER:
+                if key in old and grades.get(key, np.inf) > old[key] + tol:
+                    out.append(f"{model} / {method}: {key} {grades.get(key)} > recorded {old[key]}")
+            if old.get("exact") and not grades.get("exact"):
+                out.append(f"{model} / {method}: the circuit is no longer exactly the planted one")
+    return out
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """The grade table as markdown: one row per (model, method); ``–`` where not applicable."""
+
+    def cell(value, digits=3):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return "–"
+        if isinstance(value, (bool, np.bool_)):
+            return "yes" if value else "no"
+        return f"{value:.{digits}f}"
+
+    lines = ["| model | method | AUROC ↑ | CPR ↑ | CMD ↓ | f at truth size ↑ | exact circuit |",
+             "|---|---|---|---|---|---|---|"]
+    for row in table.to_dict("records"):
+        lines.append(f"| {row['model']} | {row['method']} | {cell(row['auroc'])} | {cell(row['cpr'])} | "
+                     f"{cell(row['cmd'])} | {cell(row['f_at_truth'])} | {cell(row['exact'])} |")
+    return "\n".join(lines)

@@ -182,7 +182,7 @@ _SPECS = (
     ),
     PlantedSpec(
         name="lookup", plants=("lookup", "decoy"), build=models.build_lookup, components=("attn_head", "mlp_post"),
-        task={**_SINGLE, "operand_range": (0, models.LOOKUP_N - 1), "n": 50}, roles=_LOOKUP_ROLES,
+        task={**_SINGLE, "operand_range": (0, models.LOOKUP_N - 1)}, roles=_LOOKUP_ROLES,
         description=f"One layer, neuron level, operands 0..{models.LOOKUP_N - 1}. L0H0 / L0H1 copy a / b; "
                     f"neuron {models.LOOKUP_N}a + b of MLP0 (0..{models.LOOKUP_N**2 - 1}) fires only for "
                     "its pair and writes the sum: a lookup table. Neurons "

@@ -129,7 +129,8 @@ def test_lookup_neurons_each_answer_their_pair(suite):
     p = _get(suite, "lookup")
     full = _answers(p)
     own = torch.tensor(LOOKUP_N * p.prompts.frame["operand_a"].to_numpy() + p.prompts.frame["operand_b"].to_numpy())
-    for neuron in sorted(set(own.tolist()))[:6]:
+    assert sorted(set(own.tolist())) == list(range(LOOKUP_N**2))  # the prompts use every entry
+    for neuron in range(LOOKUP_N**2):
         rows = own == neuron
         ablated = _answers(p, [f"L0N{neuron}"], "zero")
         assert _accuracy(p, ablated[rows], rows) == 0.0
