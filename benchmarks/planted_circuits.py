@@ -23,7 +23,13 @@ from pathlib import Path
 import torch
 
 from arithinterp.planted import PLANTED
-from arithinterp.planted.grade import GRADED_METHODS, grade, grade_records, markdown_table, regressions
+from arithinterp.planted.grade import (
+    GRADED_METHODS,
+    grade,
+    grade_records,
+    markdown_table,
+    regressions,
+)
 from arithinterp.results.io import atomic_write_json
 
 RECORDED = Path(__file__).resolve().parents[1] / "tests" / "planted" / "recorded_grades.json"
