@@ -41,6 +41,14 @@ from arithinterp.methods.circuit_ablation import (
     check_ablation,
     check_reference,
 )
+from arithinterp.methods.circuit_growth import (
+    grow_greedy,
+    grow_topk,
+    rank_components,
+    reaches,
+    tie_tolerance,
+    trivial_reason,
+)
 from arithinterp.methods.circuit_plot import circuit_figure
 from arithinterp.methods.contrast import Direction, contrast
 from arithinterp.methods.faithfulness import (
@@ -87,7 +95,11 @@ class CircuitResult(Result):
     Fields: ``circuit`` (labels), ``target``, ``reached``, ``circuit_faithfulness``,
     and the completeness check: ``full_score`` (metric of the model),
     ``circuit_ablated_score`` (the model with only the circuit mean-ablated),
-    ``empty_score`` (everything mean-ablated).
+    ``empty_score`` (everything mean-ablated); ``trivial`` (the circuit is the whole model or
+    every component of one kind), ``note`` (why it is trivial, an unreached target, a growth
+    that needed a pair look-ahead, in words), ``tolerance`` (differences of F below it are
+    ties, :mod:`~arithinterp.methods.circuit_growth`) and ``chosen_by`` (per member, how greedy
+    growth chose it: ``greedy``, ``pair``, ``block``; ``topk`` for rank-order growth).
     """
 
     circuit: list[str]
@@ -97,6 +109,10 @@ class CircuitResult(Result):
     full_score: float | None = None
     circuit_ablated_score: float | None = None
     empty_score: float | None = None
+    trivial: bool = False
+    note: str = ""
+    tolerance: float | None = None
+    chosen_by: list[str] | None = None
 
     metric_name = "score"
 
@@ -352,35 +368,28 @@ def _scoring_batch(model: Model, pairs: PromptPairs | PairBatch, *, score: Score
 
 
 def _grow(ablator: _Ablator, sites: list[Site], ranked: list[int], *, grow: Grow, limit: int, target: float,
-          full: float, empty: float, progress: bool) -> tuple[list[int], list[float]]:
-    """The order components join the circuit and the faithfulness after each join."""
+          full: float, empty: float, tol: float, progress: bool) -> tuple[list[int], list[float], list[str]]:
+    """The order components join the circuit, the faithfulness after each join, and how each
+    was chosen (:mod:`arithinterp.methods.circuit_growth`)."""
 
-    def f_of(circuit: Sequence[Site]) -> float:
-        ratio = faithfulness_ratio(np.array([ablator.keep(circuit)]), np.array([full]), np.array([empty]))
+    def f_of(members: Sequence[int]) -> float:
+        kept = ablator.keep([sites[j] for j in members])
+        ratio = faithfulness_ratio(np.array([kept]), np.array([full]), np.array([empty]))
         return float("nan") if ratio is None else ratio
 
-    order: list[int] = []
-    curve: list[float] = []
     bar = tqdm(total=limit, desc=f"growing circuit ({grow})", disable=not progress, leave=False)
-    if grow == "topk":
-        for i in ranked[:limit]:
-            order.append(i)
-            curve.append(f_of([sites[j] for j in order]))
-            bar.update(1)
-    else:
-        remaining = list(ranked)
-        while remaining and len(order) < limit:
-            base = [sites[j] for j in order]
-            trial = [f_of([*base, sites[i]]) for i in remaining]
-            # Ties (and NaN) go to the better-scored component.
-            best = max(range(len(remaining)), key=lambda k: (np.nan_to_num(trial[k], nan=-np.inf), -k))
-            order.append(remaining.pop(best))
-            curve.append(trial[best])
-            bar.update(1)
-            if trial[best] >= target:
-                break
-    bar.close()
-    return order, curve
+    try:
+        if grow == "topk":
+            return grow_topk(f_of, ranked, limit=limit, step=lambda: bar.update(1))
+        return grow_greedy(f_of, ranked, limit=limit, target=target, tol=tol, step=lambda: bar.update(1))
+    finally:
+        bar.close()
+
+
+def _score_tolerance(sweep: Result, dtype: torch.dtype) -> float:
+    """The tie tolerance of a sweep's normalised scores (from its clean and corrupt means)."""
+    extra = sweep.meta.extra or {}
+    return tie_tolerance(extra.get("clean_mean"), extra.get("corrupt_mean"), dtype)
 
 
 def _component_axis(sites: list[Site], scores: list[float], axis: list[int]) -> xr.DataArray:
@@ -397,11 +406,15 @@ def _component_axis(sites: list[Site], scores: list[float], axis: list[int]) -> 
 
 
 def _circuit_result(model: Model, prompts: PromptSet, ablator: _Ablator, sites: list[Site], effects: list[float],
-                    ranked: list[int], order: list[int], curve: list[float], *, target: float, full: float,
-                    empty: float, options: dict) -> CircuitResult:
+                    ranked: list[int], grown: tuple[list[int], list[float], list[str]], *, target: float,
+                    full: float, empty: float, tol: float, options: dict) -> CircuitResult:
     """The smallest prefix of the grown circuit that reaches ``target``, with its curve and checks."""
-    reached_at = next((k for k, f in enumerate(curve) if f >= target), None)
+    order, curve, how = grown
+    reached_at = next((k for k, f in enumerate(curve) if reaches(f, target, tol)), None)
     size = len(order) if reached_at is None else reached_at + 1
+    members = [sites[i] for i in order[:size]]
+    trivial = trivial_reason(members, sites)
+    note = _note(curve, size, reached_at is not None, trivial, how[:size], full=full, empty=empty, target=target)
     values = _component_axis(sites, effects, order + [i for i in ranked if i not in set(order)])
     faith = np.full(values.sizes["component"], np.nan)
     faith[:len(curve)] = curve
@@ -414,8 +427,29 @@ def _circuit_result(model: Model, prompts: PromptSet, ablator: _Ablator, sites: 
         circuit=[str(x) for x in values.coords["component"].values[:size]], target=target,
         reached=reached_at is not None,
         circuit_faithfulness=None if not curve or np.isnan(curve[size - 1]) else float(curve[size - 1]),
-        full_score=full, circuit_ablated_score=ablator.remove([sites[i] for i in order[:size]]), empty_score=empty,
+        full_score=full, circuit_ablated_score=ablator.remove(members), empty_score=empty,
+        trivial=bool(trivial), note=note, tolerance=tol, chosen_by=list(how[:size]),
     )
+
+
+def _note(curve: list[float], size: int, reached: bool, trivial: str, how: list[str], *, full: float, empty: float,
+          target: float) -> str:
+    """What a reader must know about the circuit, in words ("" when nothing)."""
+    parts = []
+    if full == empty:
+        parts.append("faithfulness is undefined: the full model and the empty circuit score the same")
+    elif not reached:
+        best = np.nanmax(curve) if curve and np.isfinite(curve).any() else float("nan")
+        parts.append(f"the target {target} was not reached (best F = {best:.4g}); the circuit is every component "
+                     "added before growth stopped")
+    if trivial:
+        parts.append(trivial)
+    if "pair" in how:
+        parts.append("no single component raised F alone at some step: a pair was added (a conjunctive circuit)")
+    if "block" in how:
+        parts.append("neither a single component nor a pair raised F at some step: components were added in "
+                     "rank order until F rose, then pruned (a conjunction of three or more)")
+    return "; ".join(parts)
 
 
 def _counterfactual_tokens(batch: PairBatch, prompts: PromptSet) -> torch.Tensor:
@@ -507,6 +541,7 @@ def discover_circuit(
 
     sites: list[Site] = []
     effects: list[float] = []
+    score_tols: list[float] = []
     for kind in components:
         if kind in given:
             sweep = given[kind]
@@ -514,13 +549,15 @@ def discover_circuit(
             sweep = _score_kind(model, batch, kind, score=score, direction=direction, score_metric=score_metric,
                                 answer=answer, progress=progress)
         s, v = _component_effects(sweep, kind, score=score, direction=direction)
+        score_tols.append(_score_tolerance(sweep, model.dtype))
         sites += s
         effects += v.tolist()
-    ranked = sorted(range(len(sites)), key=lambda i: (-effects[i], i))
+    ranked = rank_components(sites, effects, max(score_tols))
     limit = len(sites) if max_size is None else min(max_size, len(sites))
     full, empty = ablator.run_parts(None, None), ablator.keep([])
-    order, curve = _grow(ablator, sites, ranked, grow=grow, limit=limit, target=target, full=full,
-                         empty=empty, progress=progress)
+    tol = tie_tolerance(full, empty, model.dtype)
+    grown = _grow(ablator, sites, ranked, grow=grow, limit=limit, target=target, full=full, empty=empty, tol=tol,
+                  progress=progress)
 
     options = {"components": components, "score": score, "grow": grow, "target": float(target),
                "metric": metric, "ablation": ablation, "n_draws": ablator.values.n_draws, "seed": seed,
@@ -528,8 +565,8 @@ def discover_circuit(
                "direction": direction, "answer": answer, "answer_index": answer_index,
                "n_pairs": len(batch), "n_prompts": int(ablator.seqs.shape[0]),
                "reference_hash": None if reference is None else reference.hash}
-    return _circuit_result(model, prompts, ablator, sites, effects, ranked, order, curve, target=float(target),
-                           full=full, empty=empty, options=options)
+    return _circuit_result(model, prompts, ablator, sites, effects, ranked, grown, target=float(target),
+                           full=full, empty=empty, tol=tol, options=options)
 
 
 # -- registration ---------------------------------------------------------------------------------

@@ -90,6 +90,8 @@ def _summary(inp, accuracy, heads: pd.DataFrame, neurons: pd.DataFrame, n_neuron
             "metric": circuit.meta.options.get("metric"),
             "ablation": circuit.meta.options.get("ablation", "mean"),
             "reached": circuit.reached,
+            "trivial": circuit.trivial,
+            "note": circuit.note,
             "full_score": circuit.full_score,
             "circuit_ablated_score": circuit.circuit_ablated_score,
             "empty_score": circuit.empty_score,

@@ -52,9 +52,11 @@ def _summary_text(report: Any) -> str:
     if c:
         f = c.get("faithfulness")
         lines.append(
-            f"Circuit ({c.get('metric')} faithfulness, target {c.get('target')}): {len(c['components'])} "
-            f"components, faithfulness {'undefined' if f is None else f'{f:.3f}'}"
+            f"Circuit ({c.get('metric')} faithfulness, {c.get('ablation', 'mean')} ablation, target "
+            f"{c.get('target')}): {len(c['components'])} components, faithfulness "
+            f"{'undefined' if f is None else f'{f:.3f}'}"
             f"{'' if c.get('reached') else ' (target not reached)'}: {', '.join(c['components'])}."
+            + (f" Note: {c['note']}." if c.get("note") else "")
         )
     lines.append(
         "Rank: 1 = largest |exact patching effect| (else |AtP|). agree_* flags: the method puts the "

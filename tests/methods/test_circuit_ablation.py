@@ -18,9 +18,9 @@ from arithinterp.methods.circuit_ablation import (
 from arithinterp.methods.circuits import discover_circuit
 from arithinterp.methods.faithfulness import faithfulness
 from arithinterp.models import Site, load_model
+from arithinterp.planted.and_model import build_and_model as build_planted
 from arithinterp.tasks import TaskSpec, generate, make_pairs, tokenize
 from tests.conftest import scaled_variant
-from tests.methods.test_circuits import build_planted
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

@@ -27,12 +27,13 @@ from arithinterp.methods import (
 from arithinterp.methods.fourier import key_frequencies_from_activations
 from arithinterp.methods.grid import operand_grid
 from arithinterp.models import load_model
+from arithinterp.planted.and_model import CARRY
+from arithinterp.planted.and_model import build_and_model as build_planted
 from arithinterp.reports import AttributionReport, build_report
 from arithinterp.reports.inputs import default_task
 from arithinterp.reports.tables import HEAD_COLUMNS, NEURON_COLUMNS, probe_evidence
 from arithinterp.tasks import TaskSpec, generate, make_pairs
 from tests.conftest import CountingRun, scaled_variant
-from tests.methods.test_circuits import CARRY, build_planted
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
