@@ -14,6 +14,8 @@ from arithinterp.tasks import TaskSpec, generate, make_pairs
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 BACKENDS = ("transformer_lens", "nnsight")
+#: Greedy growth on these tries hundreds of circuits (10 to 68 components; 10-40 s a run here).
+SLOW_GREEDY = ("negative", "compose", "lookup")
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,7 @@ def _cases():
     for name in PLANTED:
         for backend in BACKENDS:
             for grow in ("topk", "greedy"):
-                # Greedy over the lookup model's 68 components tries ~1,500 circuits (about a minute).
-                marks = [pytest.mark.slow] if (name, grow) == ("lookup", "greedy") else []
+                marks = [pytest.mark.slow] if grow == "greedy" and name in SLOW_GREEDY else []
                 yield pytest.param(name, backend, grow, marks=marks, id=f"{name}-{backend}-{grow}")
 
 
@@ -44,7 +45,8 @@ def test_resample_discovery_returns_the_planted_circuit(suite, name, backend, gr
     assert res.reached
 
 
-@pytest.mark.parametrize("name", PLANTED)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW_GREEDY else [])
+                                  for n in PLANTED])
 def test_planted_discovery_is_backend_invariant(suite, name):
     circuits = {}
     for backend in BACKENDS:
