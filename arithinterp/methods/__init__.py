@@ -22,6 +22,7 @@ import arithinterp.methods.circuits  # noqa: F401
 # isort: on
 from arithinterp.methods.ablation import PathPatchingResult, ablate, path_patch
 from arithinterp.methods.attribution import AttributionResult, attribution_patch, compare_with_exact
+from arithinterp.methods.attribution_calibration import calibrate_attribution
 from arithinterp.methods.circuits import CircuitResult, circuit_figure, discover_circuit
 from arithinterp.methods.components import (
     CNAResult,
@@ -64,6 +65,7 @@ from arithinterp.methods.lens import (
 )
 from arithinterp.methods.mediation import MediationResult, mediate
 from arithinterp.methods.metrics import METRICS, PairBatch, tokenize_pairs
+from arithinterp.methods.mib import MIB_FRACTIONS, MIBCurveResult, area_under_curve, mib_curve
 from arithinterp.methods.neurons import (
     HeuristicResult,
     NeuronMaps,
@@ -134,6 +136,7 @@ __all__ = [
     "PathPatchingResult",
     "ablate",
     "attribution_patch",
+    "calibrate_attribution",
     "compare_with_exact",
     "comparative_neuron_analysis",
     "direct_logit_attribution",
@@ -175,6 +178,10 @@ __all__ = [
     "CircuitResult",
     "circuit_figure",
     "discover_circuit",
+    "MIB_FRACTIONS",
+    "MIBCurveResult",
+    "area_under_curve",
+    "mib_curve",
     # helix
     "FourierFilterResult",
     "HelixFit",

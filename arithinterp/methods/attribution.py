@@ -44,8 +44,8 @@ Edge attribution (:func:`edge_attribution_patch`, EAP) is in
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Literal, get_args
+from dataclasses import replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -56,6 +56,19 @@ from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError, MethodError, ResultError
 from arithinterp.methods._common import make_meta
+from arithinterp.methods.attribution_rules import (
+    METHODS,
+    RECOMMENDED,
+    RECOMMENDED_IG_STEPS,
+    RECOMMENDED_LABEL,
+    AttributionMethod,
+    Passes,
+    check_method,
+    functional,
+    graddrop_layers,
+    gradient_passes,
+    qk_fix,
+)
 from arithinterp.methods.contrast import Contrast, Direction, contrast, package
 from arithinterp.methods.metrics import AnswerMode, MetricFn, PairBatch
 from arithinterp.methods.patching import (
@@ -86,9 +99,6 @@ __all__ = [
     "compare_with_exact",
 ]
 
-AttributionMethod = Literal["atp", "ig"]
-_METHODS: tuple[str, ...] = get_args(AttributionMethod)
-_INPUT = Site("embed")
 
 
 class AttributionResult(Result):
@@ -133,68 +143,23 @@ NO_GRADIENT_METRICS: dict[str, str] = {
 
 def attribution_contrast(model: Model, pairs: PromptPairs | PairBatch, *, direction: str, metric,
                          normalize: bool, answer: str, method: str, ig_steps: int, batch_size: int,
-                         n_boot: int) -> Contrast:
+                         n_boot: int, freeze_norm: bool = False) -> Contrast:
     """The contrast of an attribution method (also used by edge attribution), checked before any pass.
 
     The shared options raise :class:`MethodError` (through :func:`contrast`);
-    ``method`` and ``ig_steps``, which only attribution has, raise :class:`ConfigError`.
+    An unknown ``method`` raises :class:`ConfigError`; ``ig_steps < 1`` and a model
+    with no rule for ``method`` / ``freeze_norm`` raise :class:`MethodError`.
     """
-    if method not in _METHODS:
-        raise ConfigError(f"method must be one of {', '.join(_METHODS)}, got {method!r}")
+    if method not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if isinstance(ig_steps, bool) or not isinstance(ig_steps, int) or ig_steps < 1:
-        raise ConfigError(f"ig_steps must be a positive int, got {ig_steps!r}")
+        raise MethodError(f"ig_steps must be a positive int (interpolation points of {method!r}), "
+                          f"got {ig_steps!r}")
+    if not isinstance(freeze_norm, bool):
+        raise ConfigError(f"freeze_norm must be True or False, got {freeze_norm!r}")
+    check_method(model, method, freeze_norm)
     return contrast(model, pairs, answer=answer, metric=metric, direction=direction, normalize=normalize,
                     batch_size=batch_size, n_boot=n_boot, refused_metrics=NO_GRADIENT_METRICS)
-
-
-@dataclass(frozen=True)
-class Passes:
-    """What one batch's gradient passes give: per-site activations of both runs,
-    the (path-averaged) gradient on the target run, and per-pair metric values."""
-
-    source: dict[Site, torch.Tensor]
-    target: dict[Site, torch.Tensor]
-    grad: dict[Site, torch.Tensor]
-    source_scores: torch.Tensor
-    target_scores: torch.Tensor
-
-
-def gradient_passes(model: Model, part: PairBatch, sites: Sequence[Site], metric_fn: MetricFn,
-                    direction: Direction, method: AttributionMethod, ig_steps: int) -> Passes:
-    """One backward pass of the target run (``ig_steps`` for IG) and one forward pass of the source.
-
-    ``sites`` are whole sites; the metric is summed over pairs so the gradient
-    for pair ``i`` is the gradient of pair ``i``'s own metric.
-    """
-    source_tokens, target_tokens = (part.clean, part.corrupt) if direction == "denoise" else (part.corrupt, part.clean)
-    sites = list(dict.fromkeys([*sites, _INPUT] if method == "ig" else sites))
-    scores: dict[str, torch.Tensor] = {}
-
-    def scalar(logits: torch.Tensor) -> torch.Tensor:
-        per_pair = metric_fn(logits[:, part.answer_positions], part.clean_answer, part.corrupt_answer)
-        if not per_pair.requires_grad:
-            raise MethodError(
-                "the metric's value does not depend differentiably on the logits (no gradient); "
-                "attribution needs a differentiable metric such as logit_diff or logprob"
-            )
-        scores.setdefault("target", per_pair.detach().double())
-        return per_pair.sum()
-
-    first = model.gradients(target_tokens, sites, scalar)
-    target = {s: first.activations[s] for s in sites}
-    grad = {s: first.gradients[s].clone() for s in sites}
-    logits, cache = model.run_with_cache(source_tokens, sites)
-    source = {s: cache[s] for s in sites}
-    source_scores = metric_fn(logits[:, part.answer_positions], part.clean_answer, part.corrupt_answer).double()
-    if method == "ig":
-        x_target, x_source = target[_INPUT], source[_INPUT]
-        for k in range(1, ig_steps):
-            point = x_target + (k / ig_steps) * (x_source - x_target)
-            step = model.gradients(target_tokens, sites, scalar, patches={_INPUT: point})
-            for s in sites:
-                grad[s] += step.gradients[s]
-        grad = {s: g / ig_steps for s, g in grad.items()}
-    return Passes(source, target, grad, source_scores, scores["target"])
 
 
 def baselines(direction: Direction, normalize: bool, clean_mean: float, corrupt_mean: float) -> float:
@@ -233,6 +198,7 @@ def attribution_patch(
     normalize: bool = True,
     answer: AnswerMode = "multi",
     method: AttributionMethod = "atp",
+    freeze_norm: bool = False,
     ig_steps: int = 10,
     batch_size: int = 32,
     n_boot: int = 1000,
@@ -256,9 +222,13 @@ def attribution_patch(
             ``fn(logits, clean, corrupt) -> [batch]`` (``accuracy`` has no gradient).
         normalize: rescale as patching does (corrupt run 0, clean run 1).
         answer: ``"multi"`` (teacher-forced answer tokens) or ``"single"``.
-        method: ``"atp"`` (gradient at the target run) or ``"ig"`` (EAP-IG input
-            interpolation; see the module docs).
-        ig_steps: interpolation points for ``method="ig"``.
+        method: ``"atp"``, ``"atp_star"`` (QK fix for ``q`` / ``k``, GradDrop in
+            ``extras["graddrop"]``), ``"ig"`` (EAP-IG on the inputs), ``"ig_activations"``
+            (IG on each swept activation) or ``"relp"`` (LRP rules); see
+            :mod:`arithinterp.methods.attribution_rules`.
+        freeze_norm: hold every LayerNorm / RMSNorm scale at its value on the run the
+            gradient is taken at (:mod:`arithinterp.models.replacement`).
+        ig_steps: interpolation points for ``ig`` and ``ig_activations``.
         batch_size: pairs per pass.
         n_boot: bootstrap resamples for the confidence intervals.
         seed: bootstrap seed.
@@ -270,23 +240,27 @@ def attribution_patch(
         raise ConfigError(f"neurons= applies to mlp_post, not {kind!r}")
     con = attribution_contrast(model, pairs, direction=direction, metric=metric, normalize=normalize,
                                answer=answer, method=method, ig_steps=ig_steps, batch_size=batch_size,
-                               n_boot=n_boot)
+                               n_boot=n_boot, freeze_norm=freeze_norm)
     batch = con.batch
     _, layout = sweep_sites(model, kind, per_position=per_position, seq_len=batch.seq_len, neurons=neurons)
     layers: list[int | None] = [None] if kind in LAYERLESS_KINDS else list(range(model.shape.n_layers))
     wholes = [Site(kind, layer) for layer in layers]
     shape = [len(layout["coords"][d]) for d in layout["dims"]]
+    qk = method == "atp_star" and kind in ("q", "k")
+    ft = functional(model) if qk else None
+    graddrop = method == "atp_star" and model.shape.n_layers > 1
 
-    per_pair, target_scores, source_scores = [], [], []
-    parts = list(con.parts(batch_size))
-    for part in tqdm(parts, desc=f"attribution ({method})", disable=not progress, leave=False):
-        passes = gradient_passes(model, part, wholes, con.metric_fn, direction, method, ig_steps)
-        cells = torch.stack([
-            _node_scores(kind, passes.source[w] - passes.target[w], passes.grad[w], neurons) for w in wholes
-        ], 1)  # [b, layer, inner, pos]
-        if not per_position:
-            cells = cells.sum(-1)
+    per_pair, dropped, target_scores, source_scores = [], [], [], []
+    needed = _needed_sites(wholes, qk)
+    for part in tqdm(list(con.parts(batch_size)), desc=f"attribution ({method})", disable=not progress,
+                     leave=False):
+        passes = gradient_passes(model, part, needed, con.metric_fn, direction, method, ig_steps,
+                                 freeze_norm=freeze_norm, integrate=wholes)
+        cells = _cells(kind, wholes, passes, passes.grad, neurons, ft, per_position)
         per_pair.append(cells.reshape(len(part), *shape).double())
+        if graddrop:
+            dropped.append(_graddrop(kind, wholes, needed, passes, neurons, ft, per_position,
+                                     model.shape.n_layers).reshape(len(part), *shape).double())
         target_scores.append(passes.target_scores)
         source_scores.append(passes.source_scores)
     estimate = torch.cat(per_pair)  # [pair, *cells]
@@ -296,8 +270,9 @@ def attribution_patch(
     clean_mean, corrupt_mean = float(clean.mean()), float(corrupt.mean())
     # The estimate of each patched run's metric, on patching's scale.
     patched = target.reshape(-1, *[1] * len(shape)) + estimate
-    options = {"kind": kind, "per_position": per_position, **con.options, "method": method, "n_boot": n_boot}
-    if method == "ig":
+    options = {"kind": kind, "per_position": per_position, **con.options, "method": method,
+               "freeze_norm": freeze_norm, "n_boot": n_boot}
+    if method in ("ig", "ig_activations"):
         options["ig_steps"] = ig_steps
     if neurons is not None:
         options["neurons"] = [int(n) for n in neurons]
@@ -306,15 +281,55 @@ def attribution_patch(
                                    dims=layout["dims"], coords=layout["coords"], clean_mean=clean_mean,
                                    corrupt_mean=corrupt_mean, options=options, extra=extra, n_boot=n_boot,
                                    seed=seed)
+    if dropped:
+        gd = torch.cat(dropped).mean(0)
+        if normalize and clean_mean != corrupt_mean:
+            gd = gd / abs(clean_mean - corrupt_mean)
+        extras["graddrop"] = values.copy(data=gd.numpy())
     result = AttributionResult(values=values, extras=extras, meta=meta)
-    if validate:
-        exact = patch_activations(model, batch, kind=kind, per_position=per_position, neurons=neurons,
-                                  direction=direction, metric=metric, normalize=normalize, answer=answer,
-                                  engine="literal", batch_size=batch_size, n_boot=n_boot, seed=seed,
-                                  progress=progress)
-        validation = {"engine": "literal", **compare_with_exact(result, exact, k=10)}
-        result = result.replace(meta=replace(meta, extra={**meta.extra, "validation": validation}))
-    return result
+    if not validate:
+        return result
+    exact = patch_activations(model, batch, kind=kind, per_position=per_position, neurons=neurons,
+                              direction=direction, metric=metric, normalize=normalize, answer=answer,
+                              engine="literal", batch_size=batch_size, n_boot=n_boot, seed=seed, progress=progress)
+    validation = {"engine": "literal", **compare_with_exact(result, exact, k=10)}
+    return result.replace(meta=replace(meta, extra={**meta.extra, "validation": validation}))
+
+
+def _needed_sites(wholes: list[Site], qk: bool) -> list[Site]:
+    """The whole sites the gradient passes cache: the swept ones, and for the QK fix the
+    queries, keys and patterns of their layers."""
+    if not qk:
+        return wholes
+    return [Site(kind, w.layer) for w in wholes for kind in ("q", "k", "pattern")]
+
+
+def _cells(kind: str, wholes: list[Site], passes: Passes, grads: dict[Site, torch.Tensor],
+           neurons: Sequence[int] | None, ft, per_position: bool) -> torch.Tensor:
+    """Per-pair estimates ``[b, layer, inner, pos]`` (``pos`` summed unless ``per_position``)."""
+    out = []
+    for w in wholes:
+        if ft is not None:  # AtP*'s QK fix
+            q, k, pattern = (Site(kind, w.layer) for kind in ("q", "k", "pattern"))
+            out.append(qk_fix(ft, kind, passes.target[q], passes.target[k], passes.source[q],
+                              passes.source[k], grads[pattern]))
+        else:
+            out.append(_node_scores(kind, passes.source[w] - passes.target[w], grads[w], neurons))
+    cells = torch.stack(out, 1)
+    return cells if per_position else cells.sum(-1)
+
+
+def _graddrop(kind: str, wholes: list[Site], needed: list[Site], passes: Passes,
+              neurons: Sequence[int] | None, ft, per_position: bool, n_layers: int) -> torch.Tensor:
+    """AtP*'s GradDrop score per pair: ``Σ_l |estimate with layer l's writes cut| / (L - 1)``
+    (Kramár et al. 2024, eq. 11; one backward pass per layer)."""
+    total = None
+    for layer, grads in graddrop_layers(passes, needed, n_layers):
+        cells = _cells(kind, wholes, passes, grads, neurons, ft, per_position)
+        if kind in ("attn_out", "mlp_out"):  # the cut site is the node itself: no path is left
+            cells[:, layer] = 0.0
+        total = cells.abs() if total is None else total + cells.abs()
+    return total / (n_layers - 1)
 
 
 # -- validation against exact patching ------------------------------------------------------
@@ -388,17 +403,22 @@ def _correlation(fn: Callable, a: np.ndarray, p: np.ndarray) -> float:
 
 
 class AttributionOptions(SweepOptions):
-    """Options of :func:`attribution_patch` (AtP or EAP-IG)."""
+    """Options of :func:`attribution_patch` (AtP, AtP*, EAP-IG, IG on activations, RelP)."""
 
     metric: Literal["logit_diff", "logprob", "prob"] = "logit_diff"
     method: AttributionMethod = "atp"
+    freeze_norm: bool = False
     ig_steps: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
 
 
 def _report_attribution(ctx: RunContext) -> dict:
+    # The report's "atp" column and agree_atp use the method best calibrated against exact
+    # patching on the zoo (docs/methods/attribution.md); the results' meta names it.
     batch = ctx.batch(ctx.answer)
-    common = dict(per_position=False, answer=ctx.answer, n_boot=REPORT_N_BOOT, seed=ctx.seed, progress=ctx.progress)
+    method, freeze_norm = RECOMMENDED
+    common = dict(per_position=False, answer=ctx.answer, n_boot=REPORT_N_BOOT, seed=ctx.seed, progress=ctx.progress,
+                  method=method, freeze_norm=freeze_norm, ig_steps=RECOMMENDED_IG_STEPS)
     return {"attribution_heads": attribution_patch(ctx.model, batch, kind="attn_head", **common),
             "attribution_neurons": attribution_patch(ctx.model, batch, kind="mlp_post", **common)}
 
@@ -414,8 +434,9 @@ register(MethodSpec(
         run=_report_attribution,
         results=("attribution_heads", "attribution_neurons"),
         columns=ReportColumn.pair("atp", "attribution_heads", "attribution_neurons", _read_effect,
-                                  "attribution patching estimate of the patching effect"),
-        figures={"attribution_heads": "Attribution patching (AtP): heads"},
+                                  f"attribution estimate of the patching effect ({RECOMMENDED_LABEL}, "
+                                  "the method best calibrated against exact patching)"),
+        figures={"attribution_heads": f"Attribution patching ({RECOMMENDED_LABEL}): heads"},
         order=20,
     ),
 ))

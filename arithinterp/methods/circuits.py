@@ -34,13 +34,7 @@ from arithinterp.methods.attribution import (
     AttributionResult,
     attribution_patch,
 )
-from arithinterp.methods.circuit_ablation import (
-    AnswerData,
-    CircuitAblation,
-    ablation_values,
-    check_ablation,
-    check_reference,
-)
+from arithinterp.methods.circuit_ablation import CircuitAblation, check_ablation
 from arithinterp.methods.circuit_growth import (
     grow_greedy,
     grow_topk,
@@ -53,12 +47,12 @@ from arithinterp.methods.circuit_plot import circuit_figure
 from arithinterp.methods.contrast import Direction, contrast
 from arithinterp.methods.faithfulness import (
     FAITHFULNESS_METRICS,
+    CircuitScorer,
     FaithfulnessMetric,
-    circuit_parts,
-    circuit_scores,
     faithfulness_ratio,
 )
 from arithinterp.methods.metrics import AnswerMode, PairBatch
+from arithinterp.methods.mib import MIB_FRACTIONS, area_under_curve, score_curve
 from arithinterp.methods.patching import PatchingResult, check_pairs, patch_activations
 from arithinterp.methods.registry import (
     MethodSpec,
@@ -70,7 +64,7 @@ from arithinterp.methods.registry import (
 )
 from arithinterp.models import Model, Site
 from arithinterp.results import Result, resultclass
-from arithinterp.tasks import PromptPairs, PromptSet, tokenize
+from arithinterp.tasks import PromptPairs, PromptSet
 
 __all__ = ["CircuitResult", "ComponentScores", "circuit_figure", "discover_circuit"]
 
@@ -100,6 +94,11 @@ class CircuitResult(Result):
     that needed a pair look-ahead, in words), ``tolerance`` (differences of F below it are
     ties, :mod:`~arithinterp.methods.circuit_growth`) and ``chosen_by`` (per member, how greedy
     growth chose it: ``greedy``, ``pair``, ``block``; ``topk`` for rank-order growth).
+
+    MIB scores of the component ranking (:mod:`arithinterp.methods.mib`), under the same ablation
+    and metric: ``mib_faithfulness`` (f at each of MIB's fractions of components kept, top of the
+    ranking first), ``mib_n_kept`` (how many components that is), ``cpr`` (area under the curve,
+    higher is better) and ``cmd`` (area between the curve and 1, lower is better).
     """
 
     circuit: list[str]
@@ -113,6 +112,10 @@ class CircuitResult(Result):
     note: str = ""
     tolerance: float | None = None
     chosen_by: list[str] | None = None
+    cpr: float | None = None
+    cmd: float | None = None
+    mib_faithfulness: list[float] | None = None
+    mib_n_kept: list[int] | None = None
 
     metric_name = "score"
 
@@ -128,6 +131,15 @@ class CircuitResult(Result):
             out.append(Site(kind, layer, head=head if head >= 0 else None,
                             neuron=neuron if neuron >= 0 else None))
         return out
+
+    def summary(self) -> dict:
+        """The circuit in numbers (the pipeline's run report shows it as a table)."""
+        opts = self.meta.options
+        return {"circuit": ", ".join(self.circuit), "size": len(self.circuit), "reached": self.reached,
+                "faithfulness": self.circuit_faithfulness, "target": self.target, "trivial": self.trivial,
+                "note": self.note, "ablation": opts.get("ablation", "mean"), "metric": opts.get("metric"),
+                "cpr": self.cpr, "cmd": self.cmd, "full_score": self.full_score,
+                "circuit_ablated_score": self.circuit_ablated_score, "empty_score": self.empty_score}
 
     @property
     def curve(self) -> xr.DataArray:
@@ -262,72 +274,6 @@ def _check_given(model: Model, res: Result, kind: str, *, direction: str, score_
                           f"every component: {({'layer': shape.n_layers, **inner})}")
 
 
-# ---- mean-ablation scoring, means computed once -------------------------------------------
-
-
-class _Ablator:
-    """Scores prompts with chosen components ablated (replacements built once, before any circuit)."""
-
-    def __init__(self, model: Model, prompts: PromptSet, reference: PromptSet | None, *,
-                 metric: str, answer: AnswerMode, batch_size: int, answer_index: int | None = None,
-                 ablation: str = "mean", n_draws: int = 1, seed: int = 0, corrupt: torch.Tensor | None = None,
-                 neurons: bool = True) -> None:
-        self.model, self.metric, self.batch_size = model, metric, batch_size
-        tok = tokenize(prompts, model.tokenizer, answer=answer)
-        answers, positions = tok.answer_tokens, tok.answer_positions
-        if answer_index is not None:
-            answers = answers[:, answer_index:answer_index + 1]
-            positions = positions[answer_index:answer_index + 1]
-        seqs = tok.prompt_tokens if answer == "single" else tok.tokens[:, :-1]
-        self.seqs = seqs
-        self.data = AnswerData(seqs, answers, positions)
-        ref_data = self.data
-        if reference is None:
-            ref = seqs
-        elif answer == "single" and ablation != "optimal":
-            ref = model.to_tokens(list(reference.prompts)).cpu()
-        else:
-            rtok = tokenize(reference, model.tokenizer, answer=answer)
-            ref = rtok.prompt_tokens if answer == "single" else rtok.tokens[:, :-1]
-            r_answers, r_positions = rtok.answer_tokens, rtok.answer_positions
-            if answer_index is not None:
-                r_answers = r_answers[:, answer_index:answer_index + 1]
-                r_positions = r_positions[answer_index:answer_index + 1]
-            ref_data = AnswerData(ref, r_answers, r_positions)
-        check_reference(seqs, ref)
-        self.values = ablation_values(model, ablation, seqs, reference=ref, self_reference=reference is None,
-                                      corrupt=corrupt, neurons=neurons, n_draws=n_draws, seed=seed,
-                                      batch_size=batch_size, answers=ref_data)
-
-    def run_parts(self, heads: list[set[int]] | None, mlps: list[set[int] | None] | None) -> float:
-        """The mean score with everything outside ``heads`` / ``mlps`` ablated (``None``: nothing)."""
-        return float(circuit_scores(self.model, self.data, self.metric, self.values, heads, mlps,
-                                    batch_size=self.batch_size).mean())
-
-    def keep(self, circuit: Sequence[Site]) -> float:
-        """The score with everything outside ``circuit`` mean-ablated."""
-        heads, mlps = circuit_parts(self.model, circuit)
-        return self.run_parts(heads, mlps)
-
-    def remove(self, circuit: Sequence[Site]) -> float:
-        """The score with only ``circuit`` mean-ablated (the completeness check)."""
-        shape = self.model.shape
-        heads, mlps = circuit_parts(self.model, circuit)
-        all_heads = set(range(shape.n_heads))
-        keep_heads = [all_heads - h for h in heads]
-        keep_mlps: list[set[int] | None] = []
-        for kept in mlps:
-            if kept is None:
-                keep_mlps.append(set())  # the whole MLP is in the circuit: ablate it
-            elif not kept:
-                keep_mlps.append(None)  # untouched
-            else:
-                keep_mlps.append(set(range(shape.d_mlp)) - kept)
-        # A layer whose every head is in the circuit keeps none: ablation_patches then
-        # ablates the whole attention output, which is the same thing.
-        return self.run_parts(keep_heads, keep_mlps)
-
-
 # ---- discovery ----------------------------------------------------------------------------
 
 
@@ -367,7 +313,7 @@ def _scoring_batch(model: Model, pairs: PromptPairs | PairBatch, *, score: Score
     return batch.answer_token(answer_index)
 
 
-def _grow(ablator: _Ablator, sites: list[Site], ranked: list[int], *, grow: Grow, limit: int, target: float,
+def _grow(ablator: CircuitScorer, sites: list[Site], ranked: list[int], *, grow: Grow, limit: int, target: float,
           full: float, empty: float, tol: float, progress: bool) -> tuple[list[int], list[float], list[str]]:
     """The order components join the circuit, the faithfulness after each join, and how each
     was chosen (:mod:`arithinterp.methods.circuit_growth`)."""
@@ -405,7 +351,7 @@ def _component_axis(sites: list[Site], scores: list[float], axis: list[int]) -> 
     return xr.DataArray(np.array([scores[i] for i in axis], dtype=float), dims=("component",), coords=coords)
 
 
-def _circuit_result(model: Model, prompts: PromptSet, ablator: _Ablator, sites: list[Site], effects: list[float],
+def _circuit_result(model: Model, prompts: PromptSet, ablator: CircuitScorer, sites: list[Site], effects: list[float],
                     ranked: list[int], grown: tuple[list[int], list[float], list[str]], *, target: float,
                     full: float, empty: float, tol: float, options: dict) -> CircuitResult:
     """The smallest prefix of the grown circuit that reaches ``target``, with its curve and checks."""
@@ -415,6 +361,8 @@ def _circuit_result(model: Model, prompts: PromptSet, ablator: _Ablator, sites: 
     members = [sites[i] for i in order[:size]]
     trivial = trivial_reason(members, sites)
     note = _note(curve, size, reached_at is not None, trivial, how[:size], full=full, empty=empty, target=target)
+    n_kept, mib_f = score_curve(lambda c: ablator.keep_among(c, sites), sites, ranked, full=full, empty=empty)
+    cpr, cmd = area_under_curve(MIB_FRACTIONS, mib_f)
     values = _component_axis(sites, effects, order + [i for i in ranked if i not in set(order)])
     faith = np.full(values.sizes["component"], np.nan)
     faith[:len(curve)] = curve
@@ -429,6 +377,8 @@ def _circuit_result(model: Model, prompts: PromptSet, ablator: _Ablator, sites: 
         circuit_faithfulness=None if not curve or np.isnan(curve[size - 1]) else float(curve[size - 1]),
         full_score=full, circuit_ablated_score=ablator.remove(members), empty_score=empty,
         trivial=bool(trivial), note=note, tolerance=tol, chosen_by=list(how[:size]),
+        cpr=None if np.isnan(cpr) else cpr, cmd=None if np.isnan(cmd) else cmd,
+        mib_faithfulness=[float(f) for f in mib_f], mib_n_kept=n_kept,
     )
 
 
@@ -534,7 +484,7 @@ def discover_circuit(
                            answer=answer, answer_index=answer_index)
     given = _given_scores(model, scores, components, score=score, direction=direction, score_metric=score_metric,
                           answer=answer, answer_index=answer_index, batch=batch)
-    ablator = _Ablator(model, prompts, reference, metric=metric, answer=answer, batch_size=batch_size,
+    ablator = CircuitScorer(model, prompts, reference, metric=metric, answer=answer, batch_size=batch_size,
                        answer_index=answer_index, ablation=ablation, n_draws=n_draws, seed=seed,
                        corrupt=_counterfactual_tokens(batch, prompts) if ablation == "counterfactual" else None,
                        neurons="mlp_post" in components)

@@ -47,7 +47,8 @@ from tqdm.auto import tqdm
 
 from arithinterp.errors import ConfigError
 from arithinterp.methods._common import make_meta
-from arithinterp.methods.attribution import AttributionMethod, attribution_contrast, gradient_passes
+from arithinterp.methods.attribution import attribution_contrast
+from arithinterp.methods.attribution_rules import AttributionMethod, gradient_passes
 from arithinterp.methods.contrast import Direction, package
 from arithinterp.methods.metrics import AnswerMode, MetricFn, PairBatch
 from arithinterp.methods.registry import MethodSpec, register
@@ -147,6 +148,7 @@ def edge_attribution_patch(
     normalize: bool = True,
     answer: AnswerMode = "multi",
     method: AttributionMethod = "atp",
+    freeze_norm: bool = False,
     ig_steps: int = 10,
     batch_size: int = 32,
     n_boot: int = 1000,
@@ -164,8 +166,12 @@ def edge_attribution_patch(
         metric: ``logit_diff``, ``logprob``, ``prob`` or a differentiable callable.
         normalize: divide by ``clean_mean - corrupt_mean``.
         answer: ``"multi"`` or ``"single"``.
-        method: ``"atp"`` (EAP) or ``"ig"`` (EAP-IG).
-        ig_steps: interpolation points for ``method="ig"``.
+        method: ``"atp"`` (EAP), ``"ig"`` (EAP-IG), ``"ig_activations"`` (the gradient at
+            each receiver's residual point integrated along that point's own path),
+            ``"relp"`` (LRP rules) or ``"atp_star"`` (here the same as ``"atp"``: the QK
+            fix and GradDrop score nodes); see :mod:`arithinterp.methods.attribution_rules`.
+        freeze_norm: hold every norm's scale at its value on the gradient's run.
+        ig_steps: interpolation points for ``ig`` and ``ig_activations``.
         batch_size: pairs per pass.
         n_boot: bootstrap resamples.
         seed: bootstrap seed.
@@ -174,7 +180,7 @@ def edge_attribution_patch(
     senders, receivers = _check_names(senders, SENDERS, "senders"), _check_names(receivers, RECEIVERS, "receivers")
     con = attribution_contrast(model, pairs, direction=direction, metric=metric, normalize=normalize,
                                answer=answer, method=method, ig_steps=ig_steps, batch_size=batch_size,
-                               n_boot=n_boot)
+                               n_boot=n_boot, freeze_norm=freeze_norm)
     n_layers = model.shape.n_layers
     send, recv = _edge_layout(model, senders, receivers)
     grad_sites = [Site("resid_pre", layer) for layer in range(n_layers)]
@@ -187,7 +193,8 @@ def edge_attribution_patch(
     per_pair, target_scores, source_scores = [], [], []
     parts = list(con.parts(batch_size))
     for part in tqdm(parts, desc=f"edge attribution ({method})", disable=not progress, leave=False):
-        passes = gradient_passes(model, part, grad_sites + writer_sites, con.metric_fn, direction, method, ig_steps)
+        passes = gradient_passes(model, part, grad_sites + writer_sites, con.metric_fn, direction, method, ig_steps,
+                                 freeze_norm=freeze_norm, integrate=grad_sites)
         per_pair.append(_edge_scores(passes, senders, writer_sites, recv, n_layers, W_O))  # [b, sender, receiver]
         target_scores.append(passes.target_scores)
         source_scores.append(passes.source_scores)
@@ -202,8 +209,8 @@ def edge_attribution_patch(
               "comp_head": ("component", [s[2] for s in send]),
               "site_layer": ("site", [r[1] for r in recv])}
     options = {"senders": list(senders), "receivers": list(receivers), **con.options, "method": method,
-               "n_boot": n_boot}
-    if method == "ig":
+               "freeze_norm": freeze_norm, "n_boot": n_boot}
+    if method in ("ig", "ig_activations"):
         options["ig_steps"] = ig_steps
     values, extras, meta = package(con, model, "edge_attribution_patch", scores.movedim(0, -1),
                                    dims=("component", "site"), coords=coords,

@@ -50,6 +50,7 @@ __all__ = [
     "FaithfulnessResult",
     "ablation_patches",
     "check_reference",
+    "CircuitScorer",
     "circuit_parts",
     "circuit_scores",
     "faithfulness",
@@ -208,6 +209,91 @@ def circuit_scores(model: Model, data: AnswerData, metric: str, values: Ablation
             answers = data.answers[start:stop].to(model.device)
             out[draw, start:stop] = faithfulness_scores(logits[:, data.positions], answers, metric).cpu().numpy()
     return out
+
+
+# ---- many circuits of one model and prompt set --------------------------------------------
+
+
+class CircuitScorer:
+    """Scores many circuits on one prompt set: the replacements are built once (``ablation``),
+    then :meth:`keep` / :meth:`remove` score a circuit with one pass per draw and batch."""
+
+    def __init__(self, model: Model, prompts: PromptSet, reference: PromptSet | None, *,
+                 metric: str, answer: AnswerMode, batch_size: int, answer_index: int | None = None,
+                 ablation: str = "mean", n_draws: int = 1, seed: int = 0, corrupt: torch.Tensor | None = None,
+                 neurons: bool = True) -> None:
+        self.model, self.metric, self.batch_size = model, metric, batch_size
+        tok = tokenize(prompts, model.tokenizer, answer=answer)
+        answers, positions = tok.answer_tokens, tok.answer_positions
+        if answer_index is not None:
+            answers = answers[:, answer_index:answer_index + 1]
+            positions = positions[answer_index:answer_index + 1]
+        seqs = tok.prompt_tokens if answer == "single" else tok.tokens[:, :-1]
+        self.seqs = seqs
+        self.data = AnswerData(seqs, answers, positions)
+        ref_data = self.data
+        if reference is None:
+            ref = seqs
+        elif answer == "single" and ablation != "optimal":
+            ref = model.to_tokens(list(reference.prompts)).cpu()
+        else:
+            rtok = tokenize(reference, model.tokenizer, answer=answer)
+            ref = rtok.prompt_tokens if answer == "single" else rtok.tokens[:, :-1]
+            r_answers, r_positions = rtok.answer_tokens, rtok.answer_positions
+            if answer_index is not None:
+                r_answers = r_answers[:, answer_index:answer_index + 1]
+                r_positions = r_positions[answer_index:answer_index + 1]
+            ref_data = AnswerData(ref, r_answers, r_positions)
+        check_reference(seqs, ref)
+        self.values = ablation_values(model, ablation, seqs, reference=ref, self_reference=reference is None,
+                                      corrupt=corrupt, neurons=neurons, n_draws=n_draws, seed=seed,
+                                      batch_size=batch_size, answers=ref_data)
+
+    def run_parts(self, heads: list[set[int]] | None, mlps: list[set[int] | None] | None) -> float:
+        """The mean score with everything outside ``heads`` / ``mlps`` ablated (``None``: nothing)."""
+        return float(circuit_scores(self.model, self.data, self.metric, self.values, heads, mlps,
+                                    batch_size=self.batch_size).mean())
+
+    def keep(self, circuit: Sequence[Site]) -> float:
+        """The score with everything outside ``circuit`` mean-ablated."""
+        heads, mlps = circuit_parts(self.model, circuit)
+        return self.run_parts(heads, mlps)
+
+    def keep_among(self, circuit: Sequence[Site], candidates: Sequence[Site]) -> float:
+        """The score with every candidate outside ``circuit`` ablated; components that are not
+        candidates are kept (MIB's items: only scored components are ever ablated)."""
+        n_heads, d_mlp = self.model.shape.n_heads, self.model.shape.d_mlp
+        cand_heads, cand_mlps = circuit_parts(self.model, candidates)
+        kept_heads, kept_mlps = circuit_parts(self.model, circuit)
+        heads = [(set(range(n_heads)) - c) | k for c, k in zip(cand_heads, kept_heads)]
+        mlps: list[set[int] | None] = []
+        for cand, kept in zip(cand_mlps, kept_mlps):
+            if kept is None or (cand is not None and not cand):
+                mlps.append(None)  # kept whole, or no candidate in this MLP
+            elif cand is None:
+                mlps.append(set())  # the whole MLP is a candidate left out: ablated
+            else:
+                keep = (set(range(d_mlp)) - cand) | kept
+                mlps.append(None if len(keep) == d_mlp else keep)
+        return self.run_parts(heads, mlps)
+
+    def remove(self, circuit: Sequence[Site]) -> float:
+        """The score with only ``circuit`` mean-ablated (the completeness check)."""
+        shape = self.model.shape
+        heads, mlps = circuit_parts(self.model, circuit)
+        all_heads = set(range(shape.n_heads))
+        keep_heads = [all_heads - h for h in heads]
+        keep_mlps: list[set[int] | None] = []
+        for kept in mlps:
+            if kept is None:
+                keep_mlps.append(set())  # the whole MLP is in the circuit: ablate it
+            elif not kept:
+                keep_mlps.append(None)  # untouched
+            else:
+                keep_mlps.append(set(range(shape.d_mlp)) - kept)
+        # A layer whose every head is in the circuit keeps none: ablation_patches then
+        # ablates the whole attention output, which is the same thing.
+        return self.run_parts(keep_heads, keep_mlps)
 
 
 def _faithfulness_inputs(model: Model, prompts: PromptSet | PromptPairs, reference: PromptSet | None,

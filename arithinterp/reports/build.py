@@ -92,6 +92,8 @@ def _summary(inp, accuracy, heads: pd.DataFrame, neurons: pd.DataFrame, n_neuron
             "reached": circuit.reached,
             "trivial": circuit.trivial,
             "note": circuit.note,
+            "cpr": circuit.cpr,
+            "cmd": circuit.cmd,
             "full_score": circuit.full_score,
             "circuit_ablated_score": circuit.circuit_ablated_score,
             "empty_score": circuit.empty_score,

@@ -56,6 +56,9 @@ def _summary_text(report: Any) -> str:
             f"{c.get('target')}): {len(c['components'])} components, faithfulness "
             f"{'undefined' if f is None else f'{f:.3f}'}"
             f"{'' if c.get('reached') else ' (target not reached)'}: {', '.join(c['components'])}."
+            + (f" MIB scores of the component ranking: CPR {c['cpr']:.3f} (area under the faithfulness curve, "
+               f"higher is better), CMD {c['cmd']:.3f} (area between it and 1, lower is better)."
+               if c.get("cpr") is not None and c.get("cmd") is not None else "")
             + (f" Note: {c['note']}." if c.get("note") else "")
         )
     lines.append(

@@ -55,7 +55,7 @@ __all__ = [
 #: The one axis vocabulary: every dim of every result is one of these.
 AXES: tuple[str, ...] = (
     "prompt", "layer", "head", "pos", "neuron", "component", "freq", "digit",
-    "token", "target", "metric", "stat", "site", "class", "checkpoint",
+    "token", "target", "metric", "stat", "site", "class", "checkpoint", "fraction",
 )  # fmt: skip
 
 FORMAT_VERSION = 1

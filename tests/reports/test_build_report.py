@@ -230,6 +230,9 @@ def test_planted_components_top_the_tables_and_form_the_circuit(tmp_path):
     rep = build_report(planted, spec, n=40, seed=3, pairs="random", ablation="counterfactual",
                        methods=["patching", "attribution", "circuit"], progress=False)
     assert rep.summary["circuit"]["ablation"] == "counterfactual"
+    # MIB scores of the ranking (5 components: MIB keeps 0 of them up to 10 %, then 1, 2 and 5).
+    assert rep.summary["circuit"]["cpr"] == pytest.approx(rep.circuit.cpr)
+    assert rep.circuit.mib_n_kept == [0] * 7 + [1, 2, 5] and rep.circuit.mib_faithfulness[-1] == pytest.approx(1.0)
     assert set(rep.heads["component"].head(2)) == {"L0H0", "L0H1"}
     assert rep.heads.set_index("component").loc[["L0H2", "L0H3"], "patch_effect"].abs().max() < 1e-4
     assert rep.neurons.iloc[0]["component"] == f"L0N{CARRY}"
