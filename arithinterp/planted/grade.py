@@ -6,16 +6,19 @@ neurons) an importance score; :func:`grade` compares it with the truth three way
 * **AUROC**: the area under the ROC curve of the scores against the truth labels (1 = every
   circuit component above every other; 0.5 = chance). Decoys and dead components are the
   negatives.
-* **CPR** and **CMD** (MIB, Mueller et al. 2025; ``shared/METHODS.md`` §14): the circuit made
-  of the top ``k`` of the ranked components, for ``k`` at MIB's fractions, is scored by
-  faithfulness ``f = (m(C) − m(∅)) / (m(M) − m(∅))`` with everything outside it ablated;
-  CPR is the area under ``f(k)`` (higher is better, it can pass 1), CMD the area under
-  ``|1 − f(k)|`` (lower is better).
+* **CPR** and **CMD** (MIB, Mueller et al. 2025; ``shared/METHODS.md`` §14), by
+  :func:`arithinterp.methods.mib.mib_curve`: the circuit made of the top ``int(k n)`` of the
+  ``n`` ranked components, at each of MIB's fractions ``k``, is scored by faithfulness
+  ``f = (m(C) − m(∅)) / (m(M) − m(∅))`` with everything outside it patched from the pair's
+  counterfactual prompt (MIB's default ablation) and ``m`` the logit difference; CPR is the
+  area under ``f(k)`` (higher is better, it can pass 1), CMD the area under ``|1 − f(k)|``
+  (lower is better).
 
 With a few components MIB's fractions are coarse (a model of 8 components has circuits of
-0, 1, 2, 4 and 8 of them), so a perfect ranking of a 3-component AND circuit reaches only
+0, 1, 4 and 8 of them), so a perfect ranking of a 3-component AND circuit reaches only
 CPR 0.65; ``f_at_truth``, the faithfulness of the top ``len(truth)`` components, is 1 for a
-perfect ranking whatever the size. Discovery (``discover_circuit``) is graded on the order
+perfect ranking whatever the size. Within a tie the curves keep the non-members first, so
+an order the scores do not resolve earns nothing. Discovery (``discover_circuit``) is graded on the order
 components joined its circuit (then the rest by score); ``exact`` says whether the circuit
 it returned is the truth.
 """
@@ -33,21 +36,18 @@ from arithinterp.errors import ConfigError
 from arithinterp.methods.attribution import attribution_patch
 from arithinterp.methods.components import direct_logit_attribution
 from arithinterp.methods.edge_attribution import edge_attribution_patch
-from arithinterp.methods.faithfulness import faithfulness
 from arithinterp.methods.mediation import mediate
+from arithinterp.methods.mib import MIB_FRACTIONS, mib_curve
 from arithinterp.methods.patching import patch_activations
 from arithinterp.models import Site
 from arithinterp.planted.suite import PLANTED, Planted, planted
 
-__all__ = ["GRADED_METHODS", "MIB_FRACTIONS", "GradedMethod", "auroc", "component_scores", "grade",
-           "grade_model", "grade_records", "markdown_table", "mib_curve", "mib_scores", "regressions"]
+__all__ = ["GRADED_METHODS", "TIE_TOLERANCE", "GradedMethod", "auroc", "component_scores", "curve", "grade",
+           "grade_model", "grade_records", "markdown_table", "pessimistic_ranking", "regressions", "resolved"]
 
 GradedMethod = Literal["patching", "attribution", "edge_attribution", "mediation", "dla",
                        "circuit_topk", "circuit_greedy"]
 GRADED_METHODS: tuple[str, ...] = get_args(GradedMethod)
-
-#: MIB's circuit sizes: fractions of the components kept.
-MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 #: The faithfulness metric of the MIB curves: the answer's logit minus the largest other.
 CURVE_METRIC = "logit_diff"
@@ -152,45 +152,39 @@ def component_scores(p: Planted, method: str) -> tuple[dict[str, float] | None, 
 # ---- grades -----------------------------------------------------------------------------
 
 
+#: Scores closer than this fraction of a method's largest score are ties: a method gets no
+#: credit for an order its scores do not resolve (float noise, a LayerNorm side effect).
+TIE_TOLERANCE = 1e-3
+
+
+def resolved(scores: Mapping[str, float], labels: Sequence[str]) -> np.ndarray:
+    """``|score|`` of each label (0 when unscored), rounded to :data:`TIE_TOLERANCE` of the largest."""
+    s = np.abs(np.array([scores.get(x, 0.0) for x in labels], dtype=float))
+    step = TIE_TOLERANCE * float(s.max()) if s.size and s.max() > 0 else 1.0
+    return np.floor(s / step + 0.5) * step
+
+
 def auroc(scores: Mapping[str, float], truth: frozenset[str] | set[str], labels: Sequence[str]) -> float:
-    """AUROC of ``scores`` (missing components score 0) against membership of ``truth``."""
+    """AUROC of the resolved ``scores`` (:func:`resolved`) against membership of ``truth``
+    (a tie between a member and a non-member counts half)."""
     y = np.array([x in truth for x in labels])
-    s = np.array([scores.get(x, 0.0) for x in labels], dtype=float)
-    return float(roc_auc_score(y, s))
+    return float(roc_auc_score(y, resolved(scores, labels)))
 
 
-def mib_curve(p: Planted, ranking: Sequence[str], *, ablation: str = CURVE_ABLATION,
-              fractions: Sequence[float] = MIB_FRACTIONS) -> np.ndarray:
-    """Faithfulness of the top ``round(k * N)`` ranked components, at each fraction ``k``
-    (everything else ablated by ``ablation``; ``"counterfactual"``: from the pair's corrupt prompt).
-
-    NOTE: this calls :func:`~arithinterp.methods.faithfulness.faithfulness` once per circuit
-    size; it gives way to the MIB curve of the circuits module once that lands.
-    """
-    n = len(ranking)
-    prompts = p.pairs if ablation == "counterfactual" else p.prompts
-    out, seen = [], {}
-    for k in fractions:
-        size = int(np.floor(k * n + 0.5))
-        if size not in seen:
-            sites = [Site.from_label(x) for x in ranking[:size]]
-            res = faithfulness(p.model, sites, prompts, metric=CURVE_METRIC, answer=p.answer, ablation=ablation,
-                               n_boot=1)
-            seen[size] = np.nan if res.faithfulness is None else res.faithfulness
-        out.append(seen[size])
-    return np.array(out, dtype=float)
+def pessimistic_ranking(scores: Mapping[str, float], truth: frozenset[str] | set[str],
+                        labels: Sequence[str]) -> list[str]:
+    """Labels by resolved score, best first; within a tie the non-members come first."""
+    s = resolved(scores, labels)
+    return [labels[i] for i in sorted(range(len(labels)), key=lambda i: (-s[i], labels[i] in truth, i))]
 
 
-def mib_scores(curve: np.ndarray, fractions: Sequence[float] = MIB_FRACTIONS) -> tuple[float, float]:
-    """CPR (area under the curve) and CMD (area under ``|1 − f|``), trapezoids over ``k``."""
-    x = np.asarray(fractions, dtype=float)
-    f = np.asarray(curve, dtype=float)
-    return float(np.trapezoid(f, x)), float(np.trapezoid(np.abs(1.0 - f), x))
-
-
-def _ranking(scores: Mapping[str, float], labels: Sequence[str]) -> list[str]:
-    """Components by score, best first; ties keep layer order."""
-    return sorted(labels, key=lambda x: (-scores.get(x, 0.0), labels.index(x)))
+def curve(p: Planted, scores: Mapping[str, float], *, fractions: Sequence[float] = MIB_FRACTIONS):
+    """MIB's faithfulness curve of a method's scores (:func:`~arithinterp.methods.mib.mib_curve`):
+    every component of the model is an item, ranked by :func:`pessimistic_ranking`; everything
+    outside the kept top is ablated by :data:`CURVE_ABLATION`, faithfulness by :data:`CURVE_METRIC`."""
+    ranking = pessimistic_ranking(scores, p.truth, p.labels)
+    return mib_curve(p.model, p.pairs, ranking, ablation=CURVE_ABLATION, metric=CURVE_METRIC, answer=p.answer,
+                     fractions=fractions)
 
 
 def grade_model(p: Planted, methods: Sequence[str] = GRADED_METHODS) -> list[dict]:
@@ -202,11 +196,12 @@ def grade_model(p: Planted, methods: Sequence[str] = GRADED_METHODS) -> list[dic
         row = {"model": p.name, "method": method, "auroc": np.nan, "cpr": np.nan, "cmd": np.nan,
                "f_at_truth": np.nan, "exact": None}
         if scores is not None:
-            ranking = _ranking(scores, labels)
             row["auroc"] = auroc(scores, p.truth, labels)
-            row["cpr"], row["cmd"] = mib_scores(mib_curve(p, ranking))
-            top = len(p.truth) / len(labels)
-            row["f_at_truth"] = float(mib_curve(p, ranking, fractions=(top,))[0])
+            mib = curve(p, scores)
+            row["cpr"], row["cmd"] = mib.cpr, mib.cmd
+            # MIB keeps int(fraction * n) items: this fraction keeps exactly len(truth).
+            top = min(1.0, (len(p.truth) + 0.5) / len(labels))
+            row["f_at_truth"] = float(curve(p, scores, fractions=(top,)).values[0])
         if circuit is not None:
             row["exact"] = set(circuit) == set(p.truth)
         rows.append(row)
