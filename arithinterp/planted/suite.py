@@ -233,7 +233,8 @@ def planted(name: str, backend: BackendName = "transformer_lens", *, cache_dir: 
         name: the model.
         backend: ``"transformer_lens"`` or ``"nnsight"``.
         cache_dir: where the built directory is kept (default: the system temp dir).
-        n / seed: override the task's prompt count / seed.
+        n: override the task's prompt count.
+        seed: override the task's seed.
     """
     spec = planted_spec(name)
     path = build_dir(name, cache_dir)
