@@ -270,7 +270,7 @@ def markdown_table(table: pd.DataFrame) -> str:
             return "–"
         if isinstance(value, (bool, np.bool_)):
             return "yes" if value else "no"
-        return f"{value:.{digits}f}"
+        return f"{value + 0.0:.{digits}f}"  # + 0.0: no "-0.000"
 
     lines = ["| model | method | AUROC ↑ | CPR ↑ | CMD ↓ | f at truth size ↑ | exact circuit |",
              "|---|---|---|---|---|---|---|"]
