@@ -10,6 +10,7 @@ component that has one, and a description.
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -214,10 +215,11 @@ def _source_hash() -> str:
 
 def build_dir(name: str, cache_dir: str | Path | None = None) -> Path:
     """The model's GPT-2 directory, built on first use under ``cache_dir`` (default:
-    ``arithinterp-planted`` in the system temp dir) and reused while the builders' source is
+    ``arithinterp-planted-<uid>`` in the system temp dir) and reused while the builders' source is
     unchanged."""
     spec = planted_spec(name)
-    root = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "arithinterp-planted"
+    user = f"-{os.getuid()}" if hasattr(os, "getuid") else ""  # the temp dir may be shared between users
+    root = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / f"arithinterp-planted{user}"
     path = root / f"{name}-{_source_hash()}"
     if not (path / "model.safetensors").exists():
         with atomic_dir(path) as tmp:

@@ -145,3 +145,17 @@ def test_truth_labels_are_site_labels():
         for label in spec.roles:
             assert Site.from_label(label).label == label
         assert spec.truth and spec.truth <= set(spec.roles)
+
+
+def test_models_are_built_once_into_the_cache(tmp_path):
+    from arithinterp.errors import ConfigError
+    from arithinterp.planted.suite import build_dir
+
+    path = build_dir("compose", tmp_path)
+    weights = path / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert build_dir("compose", tmp_path) == path and weights.stat().st_mtime_ns == stamp
+    p = planted("compose", "nnsight", cache_dir=tmp_path, n=12, seed=1)
+    assert p.path == path and len(p.prompts) == 12 and p.model.backend_name == "nnsight"
+    with pytest.raises(ConfigError, match="valid: and, decoy"):
+        planted("nope")
