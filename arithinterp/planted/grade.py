@@ -5,7 +5,7 @@ neurons) an importance score; :func:`grade` compares it with the truth three way
 
 * **AUROC**: the area under the ROC curve of the scores against the truth labels (1 = every
   circuit component above every other; 0.5 = chance). Decoys and dead components are the
-  negatives.
+  negatives. Scores within :data:`TIE_TOLERANCE` of the largest are ties (half credit).
 * **CPR** and **CMD** (MIB, Mueller et al. 2025; ``shared/METHODS.md`` §14), by
   :func:`arithinterp.methods.mib.mib_curve`: the circuit made of the top ``int(k n)`` of the
   ``n`` ranked components, at each of MIB's fractions ``k``, is scored by faithfulness
@@ -14,13 +14,13 @@ neurons) an importance score; :func:`grade` compares it with the truth three way
   area under ``f(k)`` (higher is better, it can pass 1), CMD the area under ``|1 − f(k)|``
   (lower is better).
 
-With a few components MIB's fractions are coarse (a model of 8 components has circuits of
-0, 1, 4 and 8 of them), so a perfect ranking of a 3-component AND circuit reaches only
-CPR 0.65; ``f_at_truth``, the faithfulness of the top ``len(truth)`` components, is 1 for a
+With a few components MIB's fractions are coarse (a model of 5 components has circuits of
+0, 1, 2 and 5 of them), so a perfect ranking of the 3-component AND circuit reaches only
+CPR 0.35; ``f_at_truth``, the faithfulness of the top ``len(truth)`` components, is 1 for a
 perfect ranking whatever the size. Within a tie the curves keep the non-members first, so
-an order the scores do not resolve earns nothing. Discovery (``discover_circuit``) is graded on the order
-components joined its circuit (then the rest by score); ``exact`` says whether the circuit
-it returned is the truth.
+an order the scores do not resolve earns nothing. Discovery (``discover_circuit``) is graded
+on the order components joined its circuit (then the rest by score); ``exact`` says whether
+the circuit it returned is the truth.
 """
 
 from __future__ import annotations
