@@ -12,6 +12,7 @@ import arithinterp.methods.tuned_lens
 import arithinterp.methods.patching
 import arithinterp.methods.attribution
 import arithinterp.methods.edge_attribution
+import arithinterp.methods.peap
 import arithinterp.methods.mediation
 import arithinterp.methods.components
 import arithinterp.methods.probe_analyses
@@ -31,6 +32,7 @@ from arithinterp.methods.components import (
     direct_logit_attribution,
 )
 from arithinterp.methods.edge_attribution import EdgeAttributionResult, edge_attribution_patch
+from arithinterp.methods.edge_circuits import mib_edge_curve, run_with_edges
 from arithinterp.methods.evaluate import EvalResult, evaluate
 from arithinterp.methods.faithfulness import FaithfulnessResult, faithfulness
 from arithinterp.methods.fourier import (
@@ -65,7 +67,14 @@ from arithinterp.methods.lens import (
 )
 from arithinterp.methods.mediation import MediationResult, mediate
 from arithinterp.methods.metrics import METRICS, PairBatch, tokenize_pairs
-from arithinterp.methods.mib import MIB_FRACTIONS, MIBCurveResult, area_under_curve, mib_curve
+from arithinterp.methods.mib import (
+    MIB_FRACTIONS,
+    MIBCurveResult,
+    area_under_curve,
+    export_mib_graph,
+    mib_curve,
+    to_mib_graph,
+)
 from arithinterp.methods.neurons import (
     HeuristicResult,
     NeuronMaps,
@@ -76,6 +85,7 @@ from arithinterp.methods.neurons import (
     neuron_maps_from_activations,
 )
 from arithinterp.methods.patching import PatchingResult, patch_activations
+from arithinterp.methods.peap import PositionEdgeResult, position_edge_attribution
 from arithinterp.methods.probe_sweep import ProbeResult, answer_visible, control_columns, fit_probes
 from arithinterp.methods.probes import LinearProbe
 from arithinterp.methods.progress import (
@@ -181,7 +191,13 @@ __all__ = [
     "MIB_FRACTIONS",
     "MIBCurveResult",
     "area_under_curve",
+    "export_mib_graph",
     "mib_curve",
+    "mib_edge_curve",
+    "run_with_edges",
+    "to_mib_graph",
+    "PositionEdgeResult",
+    "position_edge_attribution",
     # helix
     "FourierFilterResult",
     "HelixFit",

@@ -28,10 +28,15 @@ all edges out of a sender add up to the sender's node attribution (the
 differences telescope to the gradient where it writes), and the scores of all
 edges into ``logits`` add up to the node attribution of ``resid_post[L-1]``.
 
-Limitation: a layer's heads share one receiver. All heads of layer ``l`` read
-``resid_pre[l]`` through one norm, and separating their q / k / v inputs needs
-the norm's Jacobian, which the backends do not expose; ``attn_in`` scores the
-attention block as a whole. Models with a parallel residual (attention and
+Per-head receivers (``receivers`` ``"q"``, ``"k"``, ``"v"``; Hanna et al.'s and MIB's
+``a{l}.h{h}<q>``): every head of layer ``l`` reads ``resid_pre[l]`` through one norm, so the
+gradient of head ``h``'s query input is the gradient at its query ``∂m/∂q[h]`` pulled back
+through ``W_Q[h]`` and the norm's Jacobian at the run's ``resid_pre[l]`` (the functional
+forward, :mod:`arithinterp.models.functional`; with ``freeze_norm`` the norm's scale is held
+constant there too). Summed over heads and q / k / v, these are exactly ``attn_in``'s gradient,
+so the scores into a layer's q / k / v receivers add up to the score into its ``attn_in`` (the
+tests check it). They need a gradient at one point (``method`` ``atp`` / ``atp_star``) and
+learned positions (no rotary embedding). Models with a parallel residual (attention and
 MLP both read ``resid_pre``) have no ``resid_mid`` and are refused.
 """
 
@@ -45,10 +50,10 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
-from arithinterp.errors import ConfigError
+from arithinterp.errors import ConfigError, MethodError
 from arithinterp.methods._common import make_meta
 from arithinterp.methods.attribution import attribution_contrast
-from arithinterp.methods.attribution_rules import AttributionMethod, gradient_passes
+from arithinterp.methods.attribution_rules import AttributionMethod, functional, gradient_passes
 from arithinterp.methods.contrast import Direction, package
 from arithinterp.methods.metrics import AnswerMode, MetricFn, PairBatch
 from arithinterp.methods.registry import MethodSpec, register
@@ -59,9 +64,13 @@ from arithinterp.tasks import PromptPairs
 __all__ = ["EdgeAttributionResult", "Receiver", "Sender", "edge_attribution_patch"]
 
 Sender = Literal["embed", "attn_head", "mlp_out"]
-Receiver = Literal["attn_in", "mlp_in", "logits"]
+Receiver = Literal["attn_in", "q", "k", "v", "mlp_in", "logits"]
 SENDERS: tuple[str, ...] = get_args(Sender)
 RECEIVERS: tuple[str, ...] = get_args(Receiver)
+#: The default receivers: one per attention block, MLP and the logits.
+LAYER_RECEIVERS: tuple[str, ...] = ("attn_in", "mlp_in", "logits")
+#: Per-head receivers: each head's query, key and value input.
+HEAD_RECEIVERS: tuple[str, ...] = ("q", "k", "v")
 
 
 class EdgeAttributionResult(Result):
@@ -114,6 +123,9 @@ def _edge_layout(model: Model, senders: Sequence[str], receivers: Sequence[str])
     for layer in range(n_layers):
         if "attn_in" in receivers:
             recv.append((Site("attn_out", layer).label, layer, 2 * layer))
+        for kind in (k for k in HEAD_RECEIVERS if k in receivers):
+            recv.extend((Site(kind, layer, head=h).label, layer, 2 * layer)
+                        for h in range(model.shape.heads_of(kind)))
         if "mlp_in" in receivers:
             recv.append((Site("mlp_out", layer).label, layer, 2 * layer + 1))
     if "logits" in receivers:
@@ -121,19 +133,49 @@ def _edge_layout(model: Model, senders: Sequence[str], receivers: Sequence[str])
     return send, recv
 
 
-def _receiver_grads(grad: dict[Site, torch.Tensor], n_layers: int, recv) -> list[torch.Tensor]:
+def _receiver_grads(grad: dict[Site, torch.Tensor], n_layers: int, recv,
+                    head_grads: dict[Site, torch.Tensor] | None = None) -> list[torch.Tensor]:
     """The gradient of each receiver's own input, ``[batch, pos, d_model]``."""
     pre = [grad[Site("resid_pre", layer)] for layer in range(n_layers)]
     mid = [grad[Site("resid_mid", layer)] for layer in range(n_layers)]
     post = pre[1:] + [grad[Site("resid_post", n_layers - 1)]]
     out = []
     for label, layer, _ in recv:
-        if label == "logits":
+        site = None if label == "logits" else Site.from_label(label)
+        if site is None:
             out.append(post[-1])
-        elif Site.from_label(label).kind == "attn_out":
+        elif site.kind == "attn_out":
             out.append(pre[layer] - mid[layer])
+        elif site.kind in HEAD_RECEIVERS:
+            out.append(head_grads[site])
         else:
             out.append(mid[layer] - post[layer])
+    return out
+
+
+def head_input_grads(ft, layer: int, resid: torch.Tensor, grads: dict[str, torch.Tensor], *,
+                     freeze_norm: bool = False) -> dict[Site, torch.Tensor]:
+    """The gradient of each head's q / k / v input: ``grads[kind]`` (``∂m/∂kind``,
+    ``[batch, pos, head, d_head]``) pulled back through the head's projection and the norm's
+    Jacobian at ``resid`` (``resid_pre[layer]`` of the run the gradient was taken on)."""
+    blk = ft.blocks[layer]
+    x = resid.detach().clone().requires_grad_(True)
+    w, b = blk["ln1"]
+    if ft.norm == "LN":
+        centred = x - x.mean(-1, keepdim=True)
+        scale = torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + ft.eps)
+        normed = centred * (scale.detach() if freeze_norm else scale) * w + (0 if b is None else b)
+    else:
+        scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + ft.eps)
+        normed = x * (scale.detach() if freeze_norm else scale) * w
+    out: dict[Site, torch.Tensor] = {}
+    for kind, g in grads.items():
+        W, bias = blk[f"W_{kind.upper()}"], blk[f"b_{kind.upper()}"]
+        proj = normed @ W.to(x.dtype) + (0 if bias is None else bias.to(x.dtype))
+        proj = proj.view(*x.shape[:2], -1, ft.d_head)
+        for h in range(proj.shape[2]):
+            (gx,) = torch.autograd.grad(proj[:, :, h], x, grad_outputs=g[:, :, h].to(x.dtype), retain_graph=True)
+            out[Site(kind, layer, head=h)] = gx.detach()
     return out
 
 
@@ -142,7 +184,7 @@ def edge_attribution_patch(
     pairs: PromptPairs | PairBatch,
     *,
     senders: Sequence[Sender] = SENDERS,
-    receivers: Sequence[Receiver] = RECEIVERS,
+    receivers: Sequence[Receiver] = LAYER_RECEIVERS,
     direction: Direction = "denoise",
     metric: str | MetricFn = "logit_diff",
     normalize: bool = True,
@@ -161,7 +203,9 @@ def edge_attribution_patch(
         model: the model (sequential residual: attention, then MLP).
         pairs: clean/corrupt pairs or a tokenized batch.
         senders: which writers: ``embed``, ``attn_head`` (one per head), ``mlp_out``.
-        receivers: which readers: ``attn_in`` (a layer's attention block), ``mlp_in``, ``logits``.
+        receivers: which readers: ``attn_in`` (a layer's attention block), ``q`` / ``k`` / ``v``
+            (each head's query, key, value input: one receiver per head and kind), ``mlp_in``,
+            ``logits``.
         direction: ``"denoise"`` (clean edge into the corrupt run) or ``"noise"``.
         metric: ``logit_diff``, ``logprob``, ``prob`` or a differentiable callable.
         normalize: divide by ``clean_mean - corrupt_mean``.
@@ -182,11 +226,14 @@ def edge_attribution_patch(
                                answer=answer, method=method, ig_steps=ig_steps, batch_size=batch_size,
                                n_boot=n_boot, freeze_norm=freeze_norm)
     n_layers = model.shape.n_layers
+    head_kinds = [k for k in HEAD_RECEIVERS if k in receivers]
+    ft = _head_receiver_model(model, head_kinds, method)
     send, recv = _edge_layout(model, senders, receivers)
     grad_sites = [Site("resid_pre", layer) for layer in range(n_layers)]
     grad_sites += [Site("resid_mid", layer) for layer in range(n_layers)] + [Site("resid_post", n_layers - 1)]
     writer_sites = [Site("attn_head", layer) for layer in range(n_layers)] if "attn_head" in senders else []
     writer_sites += [Site("mlp_out", layer) for layer in range(n_layers)] if "mlp_out" in senders else []
+    grad_sites += [Site(kind, layer) for layer in range(n_layers) for kind in head_kinds]
     model.validate(grad_sites + writer_sites, con.batch.seq_len)
     W_O = model.weights().W_O.detach() if "attn_head" in senders else None
 
@@ -195,7 +242,13 @@ def edge_attribution_patch(
     for part in tqdm(parts, desc=f"edge attribution ({method})", disable=not progress, leave=False):
         passes = gradient_passes(model, part, grad_sites + writer_sites, con.metric_fn, direction, method, ig_steps,
                                  freeze_norm=freeze_norm, integrate=grad_sites)
-        per_pair.append(_edge_scores(passes, senders, writer_sites, recv, n_layers, W_O))  # [b, sender, receiver]
+        head_grads: dict[Site, torch.Tensor] = {}
+        for layer in range(n_layers if head_kinds else 0):
+            head_grads.update(head_input_grads(ft, layer, passes.target[Site("resid_pre", layer)],
+                                               {k: passes.grad[Site(k, layer)] for k in head_kinds},
+                                               freeze_norm=freeze_norm))
+        per_pair.append(_edge_scores(passes, senders, writer_sites, recv, n_layers, W_O,
+                                     head_grads))  # [b, sender, receiver]
         target_scores.append(passes.target_scores)
         source_scores.append(passes.source_scores)
     scores = torch.cat(per_pair)
@@ -220,12 +273,26 @@ def edge_attribution_patch(
     return EdgeAttributionResult(values=values, meta=meta, extras=extras)
 
 
+def _head_receiver_model(model: Model, head_kinds: list[str], method: str):
+    """The functional forward per-head receivers pull gradients back through (``None`` if none)."""
+    if not head_kinds:
+        return None
+    if method not in ("atp", "atp_star"):
+        raise MethodError(f"per-head receivers ({', '.join(head_kinds)}) pull one gradient back through the "
+                          f"norm's Jacobian at one run: method 'atp' (or 'atp_star'), not {method!r}")
+    ft = functional(model)
+    if ft.rotary is not None:
+        raise MethodError("per-head receivers need learned positions: with rotary embeddings a head's q / k "
+                          "input reaches it through a position-dependent rotation")
+    return ft
+
+
 def _edge_scores(passes, senders: Sequence[str], writer_sites: list[Site], recv, n_layers: int,
-                 W_O: torch.Tensor | None) -> torch.Tensor:
+                 W_O: torch.Tensor | None, head_grads: dict[Site, torch.Tensor] | None = None) -> torch.Tensor:
     """Per-pair scores of every edge of one batch, ``[b, sender, receiver]`` (float64)."""
     delta = {s: passes.source[s] - passes.target[s] for s in [Site("resid_pre", 0), *writer_sites]}
     columns = []
-    for g in _receiver_grads(passes.grad, n_layers, recv):
+    for g in _receiver_grads(passes.grad, n_layers, recv, head_grads):
         rows = []
         if "embed" in senders:
             rows.append((delta[Site("resid_pre", 0)] * g).sum((1, 2)).unsqueeze(1))

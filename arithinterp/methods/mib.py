@@ -21,7 +21,9 @@ CPR / CMD of its own ranking (``CircuitResult.cpr`` / ``.cmd``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -35,9 +37,11 @@ from arithinterp.methods.circuit_growth import rank_components, tie_tolerance
 from arithinterp.methods.faithfulness import FAITHFULNESS_METRICS, CircuitScorer, FaithfulnessMetric
 from arithinterp.models import Model, Site
 from arithinterp.results import Result, resultclass
+from arithinterp.results.io import atomic_write_json
 from arithinterp.tasks import PromptPairs, PromptSet
 
-__all__ = ["MIB_FRACTIONS", "MIBCurveResult", "area_under_curve", "curve_points", "mib_curve"]
+__all__ = ["MIB_FRACTIONS", "MIB_RECEIVERS", "MIBCurveResult", "area_under_curve", "curve_points",
+           "export_mib_graph", "mib_curve", "mib_edge_count", "to_mib_graph"]
 
 #: MIB's fractions of items kept (``evaluate_area_under_curve``'s ``percentages``).
 MIB_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -217,3 +221,78 @@ def mib_curve(
 def _keep_only_unscored(scorer: CircuitScorer, sites: list[Site]) -> float:
     """m(∅): every scored item ablated, every unscored component kept."""
     return scorer.keep_among([], sites)
+
+
+# ---- MIB's submission layout of edge scores ------------------------------------------------------
+
+#: The receivers an MIB graph has: every head's q / k / v input, every MLP and the logits.
+MIB_RECEIVERS: tuple[str, ...] = ("q", "k", "v", "mlp_in", "logits")
+
+
+def _mib_node(label: str) -> str:
+    """Our component label as MIB's node name: ``input``, ``a{l}.h{h}``, ``m{l}``, ``logits``."""
+    if label in ("embed", "logits"):
+        return "input" if label == "embed" else "logits"
+    site = Site.from_label(label)
+    if site.kind == "attn_head":
+        return f"a{site.layer}.h{site.head}"
+    if site.kind == "mlp_out":
+        return f"m{site.layer}"
+    if site.kind in ("q", "k", "v"):
+        return f"a{site.layer}.h{site.head}<{site.kind}>"
+    raise MethodError(f"{label!r} has no MIB node name")
+
+
+def mib_edge_count(n_layers: int, n_heads: int) -> int:
+    """How many edges MIB's graph of a sequential model has (GPT-2 small: 32491)."""
+    total = n_layers * (3 * n_heads + 1) + 1  # from the input: every receiver
+    for layer in range(n_layers):
+        later = n_layers - layer - 1  # layers strictly after this one
+        total += n_heads * (3 * n_heads * later + later + 2)  # a head: later q/k/v and MLPs, its own MLP, logits
+        total += 3 * n_heads * later + later + 1  # the MLP: later q/k/v and MLPs, logits
+    return total
+
+
+def to_mib_graph(edges: Result, *, top_n: int | None = None, absolute: bool = True) -> dict:
+    """An :class:`~arithinterp.methods.edge_attribution.EdgeAttributionResult` in MIB's graph
+    layout (EAP-IG's ``Graph.to_json``): ``{"cfg", "nodes": {name: in_graph}, "edges": {"a0.h1->
+    a1.h0<q>": {"score", "in_graph"}}}``. It must score every sender (``embed``, ``attn_head``,
+    ``mlp_out``) into every receiver MIB has (per-head ``q`` / ``k`` / ``v``, ``mlp_in``,
+    ``logits``). ``top_n``: mark only the top ``n`` edges by ``|score|`` (else every edge) and the
+    nodes they touch as ``in_graph``; MIB's evaluation re-selects its own top edges from the scores.
+    """
+    opts = edges.meta.options
+    if set(opts.get("senders", ())) != {"embed", "attn_head", "mlp_out"} or \
+            not set(MIB_RECEIVERS) <= set(opts.get("receivers", ())):
+        raise MethodError("an MIB graph needs every edge: edge_attribution_patch(..., senders=('embed', "
+                          "'attn_head', 'mlp_out'), receivers=('q', 'k', 'v', 'mlp_in', 'logits'))")
+    v = edges.values
+    scores: dict[str, float] = {}
+    for sender in v.coords["component"].values:
+        for receiver in v.coords["site"].values:
+            if str(receiver).startswith("ATTN"):
+                continue  # a whole attention block: MIB has per-head receivers instead
+            value = float(v.sel(component=sender, site=receiver))
+            if np.isfinite(value):
+                scores[f"{_mib_node(str(sender))}->{_mib_node(str(receiver))}"] = value
+    order = sorted(scores, key=lambda k: -abs(scores[k]) if absolute else -scores[k])
+    kept = set(order if top_n is None else order[:top_n])
+    nodes = {"input": False, "logits": False}
+    layers = sorted({int(c) for c in v.coords["comp_layer"].values if int(c) >= 0})
+    heads = sorted({int(c) for c in v.coords["comp_head"].values if int(c) >= 0})
+    for layer in layers:
+        nodes.update({f"a{layer}.h{h}": False for h in heads})
+        nodes[f"m{layer}"] = False
+    for name in kept:
+        parent, child = name.split("->")
+        nodes[parent] = True
+        nodes[child.split("<")[0]] = True
+    cfg = {"n_layers": len(layers), "n_heads": len(heads), "parallel_attn_mlp": False, "model": edges.meta.model}
+    return {"cfg": cfg, "nodes": nodes,
+            "edges": {k: {"score": scores[k], "in_graph": k in kept} for k in scores}}
+
+
+def export_mib_graph(edges: Result, path: str | os.PathLike[str], *, top_n: int | None = None,
+                     absolute: bool = True) -> Path:
+    """Write :func:`to_mib_graph` as JSON at ``path`` (atomically); returns the path."""
+    return atomic_write_json(path, to_mib_graph(edges, top_n=top_n, absolute=absolute), indent=None)

@@ -144,3 +144,16 @@ def test_zoo_discovery_is_backend_invariant(name):
               f"trivial={got[0].trivial} {got[0].note!r}")
         assert got[0].circuit == got[1].circuit and not got[0].trivial
         assert got[0].reached and got[0].circuit_faithfulness >= 0.9 - got[0].tolerance
+
+
+def test_an_unreachable_target_is_a_result_that_says_so():
+    """Target 1.5 on the AND model: greedy growth stops once nothing raises F (the three planted
+    components, F = 1) and says the target was not reached; top-k growth tries every component and
+    flags the whole model as trivial. Neither raises."""
+    p = planted("and")
+    greedy = p.discover(grow="greedy", target=1.5)
+    assert not greedy.reached and set(greedy.circuit) == set(p.truth) and not greedy.trivial
+    assert "target 1.5 was not reached" in greedy.note
+    topk = p.discover(grow="topk", target=1.5)
+    assert not topk.reached and topk.trivial and "whole model" in topk.note
+    assert topk.summary()["note"] == topk.note

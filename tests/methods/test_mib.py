@@ -12,10 +12,14 @@ from arithinterp.errors import MethodError
 from arithinterp.methods.faithfulness import faithfulness
 from arithinterp.methods.mib import (
     MIB_FRACTIONS,
+    MIB_RECEIVERS,
     MIBCurveResult,
     area_under_curve,
     curve_points,
+    export_mib_graph,
     mib_curve,
+    mib_edge_count,
+    to_mib_graph,
 )
 from arithinterp.models import Site
 from arithinterp.planted import planted
@@ -107,3 +111,36 @@ def test_result_conformance_and_bad_input(and_model):
         mib_curve(p.model, p.pairs, ["MLP0"], fractions=(0.5, 0.2))
     with pytest.raises(MethodError, match="pairs"):
         mib_curve(p.model, p.prompts, ["MLP0"])
+
+
+# ---- MIB's submission layout --------------------------------------------------------------------
+
+
+def test_mib_edge_count_is_mibs():
+    assert mib_edge_count(12, 12) == 32491  # MIB's EDGE_COUNTS["gpt2"]
+
+
+def test_export_mib_graph(and_model, tmp_path):
+    import json
+
+    from arithinterp.methods.edge_attribution import edge_attribution_patch
+
+    p = and_model
+    edges = edge_attribution_patch(p.model, p.pairs, receivers=MIB_RECEIVERS, n_boot=10, progress=False)
+    path = export_mib_graph(edges, tmp_path / "graph.json", top_n=6)
+    graph = json.loads(path.read_text())
+    assert set(graph) == {"cfg", "nodes", "edges"} and graph["cfg"]["n_layers"] == 1
+    assert len(graph["edges"]) == mib_edge_count(1, p.model.shape.n_heads)
+    assert set(graph["nodes"]) == {"input", "logits", "m0"} | {f"a0.h{h}" for h in range(4)}
+    # Every score is the edge's EAP value, under MIB's names.
+    assert graph["edges"]["a0.h0->m0"]["score"] == pytest.approx(float(edges.values.sel(component="L0H0",
+                                                                                          site="MLP0")))
+    assert graph["edges"]["input->a0.h1<v>"]["score"] == pytest.approx(float(edges.values.sel(component="embed",
+                                                                                               site="L0H1.v")))
+    # The planted circuit's edges are among the top 6 (EAP is first order: the heads also get a direct
+    # edge to the logits through the final norm); decoys write nothing anyone reads.
+    top = {k for k, e in graph["edges"].items() if e["in_graph"]}
+    assert {"a0.h0->m0", "a0.h1->m0", "m0->logits"} <= top
+    assert abs(graph["edges"]["a0.h2->m0"]["score"]) < 1e-6
+    with pytest.raises(MethodError, match="every edge"):
+        to_mib_graph(edge_attribution_patch(p.model, p.pairs, n_boot=10, progress=False))

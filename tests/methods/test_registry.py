@@ -29,6 +29,7 @@ from arithinterp.tasks import PromptSet, TaskSpec, generate, make_pairs
 from tests.conftest import scaled_variant
 
 BUILTIN = ("evaluate", "logit_lens", "number_lens", "tuned_lens", "patching", "attribution", "edge_attribution",
+           "position_edges",
            "mediation", "dla", "probes", "helix", "fourier", "heuristics", "circuit")
 
 
