@@ -1,8 +1,9 @@
 """The planted-circuit benchmark: grade every attribution and discovery method against the truth.
 
 Builds the planted models (``arithinterp.planted``), scores each with exact activation
-patching, attribution patching (AtP), edge attribution (EAP), causal mediation, DLA and
-``discover_circuit`` (top-k and greedy, resample ablation), and prints the grade table
+patching, attribution patching (AtP; with frozen norms, AtP*, RelP, IG on activations), edge
+attribution (EAP), causal mediation, DLA and ``discover_circuit`` (top-k and greedy, resample
+ablation), and prints the grade table
 (AUROC, MIB's CPR and CMD, faithfulness at the truth's size, exact circuit) as markdown,
 the table recorded in ``docs/methods/planted-benchmark.md``.
 

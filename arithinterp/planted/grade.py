@@ -26,6 +26,7 @@ the circuit it returned is the truth.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Literal, get_args
 
 import numpy as np
@@ -45,8 +46,8 @@ from arithinterp.planted.suite import PLANTED, Planted, planted
 __all__ = ["GRADED_METHODS", "TIE_TOLERANCE", "GradedMethod", "auroc", "component_scores", "curve", "grade",
            "grade_model", "grade_records", "markdown_table", "pessimistic_ranking", "regressions", "resolved"]
 
-GradedMethod = Literal["patching", "attribution", "edge_attribution", "mediation", "dla",
-                       "circuit_topk", "circuit_greedy"]
+GradedMethod = Literal["patching", "attribution", "atp_frozen_norm", "atp_star", "relp", "ig_activations",
+                       "edge_attribution", "mediation", "dla", "circuit_topk", "circuit_greedy"]
 GRADED_METHODS: tuple[str, ...] = get_args(GradedMethod)
 
 #: The faithfulness metric of the MIB curves: the answer's logit minus the largest other.
@@ -131,6 +132,15 @@ def _circuit_ranking(p: Planted, grow: str) -> tuple[dict[str, float], list[str]
     return {x: float(len(order) - i) for i, x in enumerate(order)}, list(res.circuit)
 
 
+#: Attribution patching beyond plain AtP (``shared/METHODS.md`` §16), as ``attribution_patch`` options.
+_ATTRIBUTION_VARIANTS: dict[str, dict] = {
+    "atp_frozen_norm": {"freeze_norm": True},
+    "atp_star": {"method": "atp_star"},
+    "relp": {"method": "relp"},
+    "ig_activations": {"method": "ig_activations"},
+}
+
+
 def component_scores(p: Planted, method: str) -> tuple[dict[str, float] | None, list[str] | None]:
     """Each component's importance by ``method`` (higher = more important; ``None``: the
     method does not apply to this model), and the circuit it returned (discovery only)."""
@@ -138,6 +148,8 @@ def component_scores(p: Planted, method: str) -> tuple[dict[str, float] | None, 
         return _sweep_scores(p, patch_activations, lambda r: r.values), None
     if method == "attribution":
         return _sweep_scores(p, attribution_patch, lambda r: r.effect), None
+    if method in _ATTRIBUTION_VARIANTS:
+        return _sweep_scores(p, partial(attribution_patch, **_ATTRIBUTION_VARIANTS[method]), lambda r: r.effect), None
     if method == "edge_attribution":
         return _edge_scores(p), None
     if method == "mediation":
