@@ -51,9 +51,10 @@ def _answer_logit(p, logits):
     return logits.gather(-1, answers.unsqueeze(-1)).squeeze(-1).mean(-1)
 
 
+@pytest.mark.parametrize("backend", ["transformer_lens", "nnsight"])
 @pytest.mark.parametrize("name", PLANTED)
-def test_answers_and_circuit_is_sufficient(suite, name):
-    p = _get(suite, name)
+def test_answers_and_circuit_is_sufficient(suite, name, backend):
+    p = _get(suite, name, backend)
     full = _answers(p)
     assert _accuracy(p, full) == 1.0
     outside = [x for x in p.labels if x not in p.truth]
