@@ -33,8 +33,8 @@ import torch
 
 from arithinterp.models import Site
 
-__all__ = ["MIN_TOL", "PAIR_LIMIT", "TIE_ULPS", "grow_greedy", "grow_topk", "model_order", "rank_components",
-           "tie_tolerance", "trivial_reason"]
+__all__ = ["MIN_TOL", "PAIR_LIMIT", "TIE_ULPS", "grow_greedy", "grow_topk", "model_order", "rank_by_score",
+           "rank_components", "tie_tolerance", "trivial_reason"]
 
 #: Machine epsilons of float error a normalised value is allowed (before scaling by the span).
 TIE_ULPS = 256
@@ -60,7 +60,13 @@ def model_order(site: Site) -> tuple[int, int, int]:
 
 def rank_components(sites: Sequence[Site], scores: Sequence[float], tol: float) -> list[int]:
     """Indices of ``sites`` by score, largest first; ties (within ``tol``) in model order."""
-    by_size = sorted(range(len(sites)), key=lambda i: (-scores[i], model_order(sites[i])))
+    return rank_by_score(scores, tol, key=lambda i: model_order(sites[i]))
+
+
+def rank_by_score(scores: Sequence[float], tol: float, key: Callable[[int], object] = lambda i: i) -> list[int]:
+    """Indices by score, largest first: a run of scores within ``tol`` of the run's largest is one
+    tie group, ordered by ``key`` (default: the index itself)."""
+    by_size = sorted(range(len(scores)), key=lambda i: (-scores[i], key(i)))
     out: list[int] = []
     start = 0
     while start < len(by_size):
@@ -68,7 +74,7 @@ def rank_components(sites: Sequence[Site], scores: Sequence[float], tol: float) 
         stop = start
         while stop < len(by_size) and top - scores[by_size[stop]] <= tol:
             stop += 1
-        out += sorted(by_size[start:stop], key=lambda i: model_order(sites[i]))
+        out += sorted(by_size[start:stop], key=key)
         start = stop
     return out
 

@@ -33,7 +33,7 @@ from arithinterp.errors import MethodError
 from arithinterp.methods._common import make_meta
 from arithinterp.methods.attribution_rules import functional
 from arithinterp.methods.circuit_ablation import site_means
-from arithinterp.methods.circuit_growth import rank_components, tie_tolerance
+from arithinterp.methods.circuit_growth import rank_by_score, tie_tolerance
 from arithinterp.methods.faithfulness import FAITHFULNESS_METRICS, faithfulness_scores
 from arithinterp.methods.metrics import tokenize_pairs
 from arithinterp.methods.mib import MIB_FRACTIONS, MIBCurveResult, area_under_curve, curve_points
@@ -213,8 +213,8 @@ def mib_edge_curve(
         raise MethodError("the edge-attribution result scores no edge")
     values = [abs(s) if absolute else s for s in scores]
     top = max(abs(v) for v in values)
-    order_sites = [Site("attn_head", 0, head=i) for i in range(len(all_edges))]  # tie rule: the result's order
-    ranked = rank_components(order_sites, values, tie_tolerance(top, 0.0, model.dtype) if top else 0.0)
+    # Ties within the float tolerance of the largest score keep the result's order (senders by layer).
+    ranked = rank_by_score(values, tie_tolerance(top, 0.0, model.dtype) if top else 0.0)
     batch = tokenize_pairs(pairs, model.tokenizer, answer=answer)
     ablated = _ablated_writes(model, ablation, batch.clean, batch.corrupt, batch_size)
     per_prompt = ablation == "counterfactual"
