@@ -10,6 +10,7 @@ component that has one, and a description.
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -182,7 +183,7 @@ _SPECS = (
     ),
     PlantedSpec(
         name="lookup", plants=("lookup", "decoy"), build=models.build_lookup, components=("attn_head", "mlp_post"),
-        task={**_SINGLE, "operand_range": (0, models.LOOKUP_N - 1), "n": 50}, roles=_LOOKUP_ROLES,
+        task={**_SINGLE, "operand_range": (0, models.LOOKUP_N - 1)}, roles=_LOOKUP_ROLES,
         description=f"One layer, neuron level, operands 0..{models.LOOKUP_N - 1}. L0H0 / L0H1 copy a / b; "
                     f"neuron {models.LOOKUP_N}a + b of MLP0 (0..{models.LOOKUP_N**2 - 1}) fires only for "
                     "its pair and writes the sum: a lookup table. Neurons "
@@ -214,10 +215,11 @@ def _source_hash() -> str:
 
 def build_dir(name: str, cache_dir: str | Path | None = None) -> Path:
     """The model's GPT-2 directory, built on first use under ``cache_dir`` (default:
-    ``arithinterp-planted`` in the system temp dir) and reused while the builders' source is
+    ``arithinterp-planted-<uid>`` in the system temp dir) and reused while the builders' source is
     unchanged."""
     spec = planted_spec(name)
-    root = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "arithinterp-planted"
+    user = f"-{os.getuid()}" if hasattr(os, "getuid") else ""  # the temp dir may be shared between users
+    root = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / f"arithinterp-planted{user}"
     path = root / f"{name}-{_source_hash()}"
     if not (path / "model.safetensors").exists():
         with atomic_dir(path) as tmp:
@@ -233,7 +235,8 @@ def planted(name: str, backend: BackendName = "transformer_lens", *, cache_dir: 
         name: the model.
         backend: ``"transformer_lens"`` or ``"nnsight"``.
         cache_dir: where the built directory is kept (default: the system temp dir).
-        n / seed: override the task's prompt count / seed.
+        n: override the task's prompt count.
+        seed: override the task's seed.
     """
     spec = planted_spec(name)
     path = build_dir(name, cache_dir)

@@ -56,10 +56,15 @@ class Planter:
 
     Args:
         vocab: vocabulary size.
-        n_layer / n_head / d_model / d_mlp / n_pos: the GPT-2 shape (``d_head = d_model / n_head``).
-        ballast: size of the constant pair written at every position.
+        n_layer: layers.
         token_index: token id -> index of the ``TOK`` one-hot (one unit pair per position).
-        bos / eos: the tokenizer's special ids (recorded in the config).
+        n_head: heads per layer (``d_head = d_model / n_head``).
+        d_model: residual width.
+        d_mlp: MLP width.
+        n_pos: positions.
+        ballast: size of the constant pair written at every position.
+        bos: the tokenizer's BOS id (recorded in the config).
+        eos: the tokenizer's EOS id.
     """
 
     def __init__(self, *, vocab: int, n_layer: int, token_index: Sequence[int], n_head: int = 4,

@@ -19,9 +19,13 @@ from arithinterp.errors import ConfigError
 from arithinterp.methods.ablation import faithfulness
 from arithinterp.methods.circuits import CircuitResult, circuit_figure, discover_circuit
 from arithinterp.models import load_model
-from arithinterp.planted.and_model import CARRY, N_INNER
+from arithinterp.planted import and_model
 from arithinterp.planted.and_model import build_and_model as build_planted
 from arithinterp.tasks import TaskSpec, generate, make_pairs
+
+# The construction's constants, importable from here (tests of other methods modify the model).
+D, D_HEAD, POS, DEC, HEAD_TARGET = and_model.D, and_model.D_HEAD, and_model.POS, and_model.DEC, and_model.HEAD_TARGET
+CARRY, N_INNER = and_model.CARRY, and_model.N_INNER
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 

@@ -51,9 +51,10 @@ def _answer_logit(p, logits):
     return logits.gather(-1, answers.unsqueeze(-1)).squeeze(-1).mean(-1)
 
 
+@pytest.mark.parametrize("backend", ["transformer_lens", "nnsight"])
 @pytest.mark.parametrize("name", PLANTED)
-def test_answers_and_circuit_is_sufficient(suite, name):
-    p = _get(suite, name)
+def test_answers_and_circuit_is_sufficient(suite, name, backend):
+    p = _get(suite, name, backend)
     full = _answers(p)
     assert _accuracy(p, full) == 1.0
     outside = [x for x in p.labels if x not in p.truth]
@@ -129,7 +130,8 @@ def test_lookup_neurons_each_answer_their_pair(suite):
     p = _get(suite, "lookup")
     full = _answers(p)
     own = torch.tensor(LOOKUP_N * p.prompts.frame["operand_a"].to_numpy() + p.prompts.frame["operand_b"].to_numpy())
-    for neuron in sorted(set(own.tolist()))[:6]:
+    assert sorted(set(own.tolist())) == list(range(LOOKUP_N**2))  # the prompts use every entry
+    for neuron in range(LOOKUP_N**2):
         rows = own == neuron
         ablated = _answers(p, [f"L0N{neuron}"], "zero")
         assert _accuracy(p, ablated[rows], rows) == 0.0
@@ -144,3 +146,17 @@ def test_truth_labels_are_site_labels():
         for label in spec.roles:
             assert Site.from_label(label).label == label
         assert spec.truth and spec.truth <= set(spec.roles)
+
+
+def test_models_are_built_once_into_the_cache(tmp_path):
+    from arithinterp.errors import ConfigError
+    from arithinterp.planted.suite import build_dir
+
+    path = build_dir("compose", tmp_path)
+    weights = path / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    assert build_dir("compose", tmp_path) == path and weights.stat().st_mtime_ns == stamp
+    p = planted("compose", "nnsight", cache_dir=tmp_path, n=12, seed=1)
+    assert p.path == path and len(p.prompts) == 12 and p.model.backend_name == "nnsight"
+    with pytest.raises(ConfigError, match="valid: and, decoy"):
+        planted("nope")
