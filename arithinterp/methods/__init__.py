@@ -18,7 +18,8 @@ import arithinterp.methods.probe_analyses
 import arithinterp.methods.fourier_analyses
 import arithinterp.methods.helix
 import arithinterp.methods.neurons
-import arithinterp.methods.circuits  # noqa: F401
+import arithinterp.methods.circuits
+import arithinterp.methods.localize  # noqa: F401
 # isort: on
 from arithinterp.methods.ablation import PathPatchingResult, ablate, path_patch
 from arithinterp.methods.attribution import AttributionResult, attribution_patch, compare_with_exact
@@ -29,6 +30,7 @@ from arithinterp.methods.components import (
     comparative_neuron_analysis,
     direct_logit_attribution,
 )
+from arithinterp.methods.das import DASResult, das
 from arithinterp.methods.edge_attribution import EdgeAttributionResult, edge_attribution_patch
 from arithinterp.methods.evaluate import EvalResult, evaluate
 from arithinterp.methods.faithfulness import FaithfulnessResult, faithfulness
@@ -55,6 +57,7 @@ from arithinterp.methods.helix import (
     helix_baselines,
     patch_with_fit,
 )
+from arithinterp.methods.interchange import Featurizer, InterchangeResult, interchange_intervention
 from arithinterp.methods.lens import (
     LensResult,
     NumberLensResult,
@@ -62,6 +65,7 @@ from arithinterp.methods.lens import (
     number_lens,
     number_token_ids,
 )
+from arithinterp.methods.localize import LocalizationResult, localize_variables
 from arithinterp.methods.mediation import MediationResult, mediate
 from arithinterp.methods.metrics import METRICS, PairBatch, tokenize_pairs
 from arithinterp.methods.neurons import (
@@ -193,6 +197,14 @@ __all__ = [
     "heuristic_knockout",
     "neuron_maps",
     "neuron_maps_from_activations",
+    # causal variables
+    "DASResult",
+    "Featurizer",
+    "InterchangeResult",
+    "LocalizationResult",
+    "das",
+    "interchange_intervention",
+    "localize_variables",
     # operand grids
     "grid_activations",
     "operand_grid",
