@@ -142,7 +142,7 @@ class _Rotation(torch.nn.Module):
     def learned_dim(self) -> int:
         if self.boundary is None:
             return int(self.linear.weight.shape[0])
-        return int(min(max(round(float(self.boundary)), 1), self.linear.weight.shape[0]))
+        return int(min(max(round(float(self.boundary.detach())), 1), self.linear.weight.shape[0]))
 
     def basis(self) -> torch.Tensor:
         return self.linear.weight.detach()[: self.learned_dim()].clone()
@@ -173,7 +173,11 @@ def _train(model: Model, batch: InterchangeBatch, site: Site, source: torch.Tens
 def probe_direction(activations: torch.Tensor, values: np.ndarray) -> torch.Tensor:
     """The unit direction ``[1, width]`` of a ridge probe of ``values`` on ``activations [n, width]``."""
     probe = LinearProbe("ridge").fit(activations.double(), values.astype(np.float64))
-    coef = (probe.coef_[..., 0] / probe.scale_).float()
+    scale = probe.scale_
+    # Features constant up to float noise (dead neurons) would get huge raw-space weights from
+    # the standardised fit: they carry nothing, so they get none.
+    live = scale > 1e-4 * scale.max()
+    coef = torch.where(live, probe.coef_[..., 0] / torch.where(live, scale, 1.0), 0.0).float()
     norm = coef.norm()
     if not torch.isfinite(norm) or norm == 0:
         raise MethodError("the probe found no direction (the variable is constant on the training pairs)")
