@@ -167,3 +167,27 @@ def test_bad_input_is_a_method_error_before_training(decoy, monkeypatch):
         das(p.model, cm, pairs, variable="b_digit_0", site=site)
     with pytest.raises(MethodError, match="needs a position"):
         interchange_intervention(p.model, cm, pairs, variable="a_digit_0", site=Site("attn_head", 0, head=0))
+
+
+def test_mib_export_round_trip(and_model, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from arithinterp.methods.mib_export import export_mib
+
+    p, cm, pairs = and_model
+    site = Site("resid_post", 0, pos=3)
+    res = das(p.model, cm, pairs, variable="carry_in_1", site=site, dim=1, steps=40, lr=0.05, controls=False)
+    assert res.iia == 1.0
+    folder = export_mib(res, p.model, tmp_path)
+    assert folder.name == "arithmetic_GPT2LMHeadModel_ones_carry"
+    stem = folder / "ResidualStream(Layer-0,Token-3)"
+    rot = load_file(f"{stem}_featurizer")["weight"]
+    inv = load_file(f"{stem}_inverse_featurizer")["weight"]
+    indices = json.loads(open(f"{stem}_indices").read())
+    assert indices == [0]
+    torch.testing.assert_close(rot @ inv, torch.eye(128), atol=1e-5, rtol=0)
+    torch.testing.assert_close(rot[indices], res.featurizer.basis, atol=1e-6, rtol=0)
+    again = interchange_intervention(p.model, cm, pairs, variable="ones_carry", site=site, subspace=rot[indices])
+    assert again.iia == 1.0

@@ -29,7 +29,7 @@ from arithinterp.tasks import PromptSet, TaskSpec, generate, make_pairs
 from tests.conftest import scaled_variant
 
 BUILTIN = ("evaluate", "logit_lens", "number_lens", "tuned_lens", "patching", "attribution", "edge_attribution",
-           "mediation", "dla", "probes", "helix", "fourier", "heuristics", "circuit")
+           "mediation", "dla", "probes", "helix", "fourier", "heuristics", "circuit", "causal_variables")
 
 
 def test_the_builtin_methods_are_registered_once_each():
