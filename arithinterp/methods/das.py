@@ -126,7 +126,7 @@ class _Rotation(torch.nn.Module):
         rows = width if boundless else dim
         self.linear = torch.nn.utils.parametrizations.orthogonal(torch.nn.Linear(width, rows, bias=False))
         self.boundless = boundless
-        self.boundary = torch.nn.Parameter(torch.tensor(float(width) / 2)) if boundless else None
+        self.boundary = torch.nn.Parameter(torch.tensor(1.0)) if boundless else None
         self.temperature = 1.0
         self.register_buffer("index", torch.arange(rows, dtype=torch.float32) + 0.5)
 
@@ -150,7 +150,11 @@ class _Rotation(torch.nn.Module):
 
 def _train(model: Model, batch: InterchangeBatch, site: Site, source: torch.Tensor, rot: _Rotation, *,
            steps: int, lr: float, batch_size: int, penalty: float, seed: int) -> None:
-    opt = torch.optim.Adam(rot.parameters(), lr=lr)
+    groups = [{"params": list(rot.linear.parameters()), "lr": lr}]
+    if rot.boundary is not None:
+        # the boundary counts dims: a step size that can cross the width within the schedule
+        groups.append({"params": [rot.boundary], "lr": 4.0 * source.shape[1] / steps})
+    opt = torch.optim.Adam(groups)
     gen = torch.Generator().manual_seed(seed)
     width = source.shape[1]
     with model.enabled(requires_grad=False):
@@ -197,7 +201,7 @@ def das(
     steps: int = 300,
     lr: float = 0.01,
     batch_size: int = 64,
-    penalty: float = 0.1,
+    penalty: float = 1.0,
     controls: bool = True,
     seed: int = 0,
 ) -> DASResult:

@@ -26,6 +26,7 @@ import plotly.graph_objects as go
 import torch
 import xarray as xr
 from plotly.subplots import make_subplots
+from tqdm.auto import tqdm
 
 from arithinterp.errors import MethodError
 from arithinterp.methods._common import make_meta
@@ -135,8 +136,8 @@ def _resid_cache(model: Model, tokens: torch.Tensor, sites: list[Site]) -> torch
 
 
 def _localize_one(model: Model, cm: CausalModel, train_ps: PromptSet, test_ps: PromptSet, variable: str, *,
-                  positions: list[int], subspace: Subspace, dim: int, steps: int, lr: float, seed: int
-                  ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+                  positions: list[int], subspace: Subspace, dim: int, steps: int, lr: float, seed: int,
+                  bar: tqdm) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     train_pairs = cm.make_pairs(train_ps, variable, seed=seed)
     test_pairs = cm.make_pairs(test_ps, variable, seed=seed + 1)
     train = interchange_batch(model, cm, train_pairs, variable)
@@ -156,6 +157,7 @@ def _localize_one(model: Model, cm: CausalModel, train_ps: PromptSet, test_ps: P
                 _train(model, train, site, s_train, rot, steps=steps, lr=lr, batch_size=64, penalty=0.0, seed=seed)
                 swap = Featurizer(rot.basis()).swap
             iia[k, j] = successes(model, test, site, s_test, swap).mean()
+            bar.update()
     y_train, y_test = cm.values(train_pairs.corrupt, variable), cm.values(test_pairs.corrupt, variable)
     cells = lambda t: t[:, :, positions].permute(0, 2, 1, 3).reshape(-1, t.shape[1], t.shape[3])  # noqa: E731
     probe = _probe_scores(cells(src_train), y_train, cells(src_test), y_test).reshape(n + 1, len(positions))
@@ -174,6 +176,7 @@ def localize_variables(
     lr: float = 0.05,
     n_test: int = 128,
     seed: int = 0,
+    progress: bool = True,
 ) -> LocalizationResult:
     """IIA and probe accuracy of each causal variable at every residual site and position.
 
@@ -187,6 +190,7 @@ def localize_variables(
         subspace: ``"das"`` (a ``dim``-dimensional subspace trained for ``steps`` Adam steps at
             ``lr`` per cell) or ``"full"`` (the whole vector).
         seed: seeds the pairs and the rotations.
+        progress: show a progress bar over the (variable, layer, position) cells.
 
     Raises:
         MethodError: an unknown variable or option, before any forward pass.
@@ -201,10 +205,12 @@ def localize_variables(
     results, tokens = [], ()
     seq_len = interchange_batch(model, cm, cm.make_pairs(prompts[:64], names[0], seed=seed), names[0]).base.shape[1]
     pos = list(range(seq_len)) if positions is None else [p % seq_len for p in positions]
-    for name in names:
-        iia, probe, tokens = _localize_one(model, cm, prompts, test_ps, name, positions=pos, subspace=subspace,
-                                           dim=dim, steps=steps, lr=lr, seed=seed)
-        results.append((iia, probe))
+    n_cells = len(names) * (model.shape.n_layers + 1) * len(pos)
+    with tqdm(total=n_cells, desc="causal variables", disable=not progress, leave=False) as bar:
+        for name in names:
+            iia, probe, tokens = _localize_one(model, cm, prompts, test_ps, name, positions=pos, subspace=subspace,
+                                               dim=dim, steps=steps, lr=lr, seed=seed, bar=bar)
+            results.append((iia, probe))
     n = model.shape.n_layers
     coords = {"target": names, "layer": np.arange(n + 1), "site": ("layer", [depth_site(k, n).label for k in range(n + 1)]),
               "pos": pos, "pos_token": ("pos", [tokens[p] for p in pos])}
@@ -230,7 +236,7 @@ def _report(ctx: RunContext) -> dict[str, Result]:
         # The full vector at the answer positions keeps the report fast (one forward pass per
         # cell); run the step with subspace="das" for learned subspaces.
         result = localize_variables(ctx.model, prompts, variables=names, positions=list(range(-answer_len, 0)),
-                                    subspace="full", seed=ctx.seed)
+                                    subspace="full", seed=ctx.seed, progress=ctx.progress)
         return {"causal_variables": result}
     except MethodError as err:
         raise NotApplicable(str(err)) from None

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -185,7 +187,7 @@ def test_mib_export_round_trip(and_model, tmp_path):
     stem = folder / "ResidualStream(Layer-0,Token-3)"
     rot = load_file(f"{stem}_featurizer")["weight"]
     inv = load_file(f"{stem}_inverse_featurizer")["weight"]
-    indices = json.loads(open(f"{stem}_indices").read())
+    indices = json.loads(Path(f"{stem}_indices").read_text())
     assert indices == [0]
     torch.testing.assert_close(rot @ inv, torch.eye(128), atol=1e-5, rtol=0)
     torch.testing.assert_close(rot[indices], res.featurizer.basis, atol=1e-6, rtol=0)
