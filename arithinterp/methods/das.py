@@ -208,14 +208,19 @@ def das(
     """Learn the subspace of ``variable`` at ``site`` that maximises IIA; report held-out IIA.
 
     Args:
-        model / causal_model: the model and the task's causal model.
+        model: the model.
+        causal_model: the task's causal model (:func:`arithinterp.tasks.causal_model`).
         pairs: (base, source) pairs changing the variable, split into training and held-out
             pairs by ``test_fraction``; ``None`` draws ``n_pairs`` training pairs (and a quarter
             as many held out, from another seed) from the causal model's task spec.
         variable: a variable of the causal model.
         site: a :class:`Site` with a position.
         dim: the subspace dimension (DAS); ``None`` learns it (boundless DAS).
-        steps / lr / batch_size: Adam on the rotation, batches of pairs drawn with replacement.
+        n_pairs: training prompts drawn when ``pairs`` is ``None``.
+        test_fraction: the share of ``pairs`` held out.
+        steps: Adam steps on the rotation.
+        lr: Adam's learning rate.
+        batch_size: pairs per step, drawn with replacement.
         penalty: boundless DAS's weight on the boundary (``λ``).
         controls: also score a random subspace, the full vector and the probe direction.
         seed: seeds the pairs, the initial rotation, the batches and the random control.
