@@ -10,7 +10,8 @@ by side separate *decodable and causal*, *decodable only* and *causal only* site
 (:meth:`LocalizationResult.agreement`).
 
 It is also the pipeline step and report method ``causal_variables``. The report runs it with
-the full vector at the answer positions on the task's first four intermediate variables (fast:
+the full vector at the answer positions on the task's first four intermediate variables that
+vary (its inputs when none does) (fast:
 one forward pass per cell); its ``iia_best`` column gives, per head / neuron, the best IIA of
 any variable in the stream right after the component's layer, and the result's
 :meth:`~LocalizationResult.best` table the best site and its IIA per variable.
@@ -231,7 +232,11 @@ def _report(ctx: RunContext) -> dict[str, Result]:
     try:
         prompts = generate(ctx.spec.model_copy(update={"n": max(len(ctx.prompts), 256), "seed": ctx.seed}))
         cm = causal_model(ctx.spec)
-        names = default_variables(cm)[:4]
+        # the intermediate variables that vary on this task, else its inputs (a 1-digit task with
+        # small operands never carries)
+        varies = [v.name for v in cm.variables if len(np.unique(cm.values(prompts, v.name))) > 1]
+        names = ([v for v in default_variables(cm) if v in varies] or
+                 [v.name for v in cm.variables if v.role == "input" and v.name in varies])[:4]
         answer_len = ctx.tokens("multi").answer_len
         # The full vector at the answer positions keeps the report fast (one forward pass per
         # cell); run the step with subspace="das" for learned subspaces.
