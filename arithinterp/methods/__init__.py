@@ -21,7 +21,8 @@ import arithinterp.methods.helix
 import arithinterp.methods.neurons
 import arithinterp.methods.operand_maps
 import arithinterp.methods.circuits
-import arithinterp.methods.attention  # noqa: F401
+import arithinterp.methods.attention
+import arithinterp.methods.localize  # noqa: F401
 # isort: on
 from arithinterp.methods.ablation import PathPatchingResult, ablate, path_patch
 from arithinterp.methods.attention import AttentionResult, attention_patterns
@@ -34,6 +35,7 @@ from arithinterp.methods.components import (
     comparative_neuron_analysis,
     direct_logit_attribution,
 )
+from arithinterp.methods.das import DASResult, das
 from arithinterp.methods.edge_attribution import EdgeAttributionResult, edge_attribution_patch
 from arithinterp.methods.edge_circuits import mib_edge_curve, run_with_edges
 from arithinterp.methods.evaluate import EvalResult, evaluate
@@ -61,6 +63,7 @@ from arithinterp.methods.helix import (
     helix_baselines,
     patch_with_fit,
 )
+from arithinterp.methods.interchange import Featurizer, InterchangeResult, interchange_intervention
 from arithinterp.methods.lens import (
     LensResult,
     NumberLensResult,
@@ -68,6 +71,7 @@ from arithinterp.methods.lens import (
     number_lens,
     number_token_ids,
 )
+from arithinterp.methods.localize import LocalizationResult, localize_variables
 from arithinterp.methods.mediation import MediationResult, mediate
 from arithinterp.methods.metrics import METRICS, PairBatch, tokenize_pairs
 from arithinterp.methods.mib import (
@@ -228,6 +232,14 @@ __all__ = [
     "OperandMapResult",
     "classify_operand_map",
     "operand_maps",
+    # causal variables
+    "DASResult",
+    "Featurizer",
+    "InterchangeResult",
+    "LocalizationResult",
+    "das",
+    "interchange_intervention",
+    "localize_variables",
     # operand grids
     "grid_activations",
     "operand_grid",

@@ -169,9 +169,16 @@ class Model:
         return self.tokenizer.convert_ids_to_tokens(tokens.tolist())
 
     # -- running ---------------------------------------------------------
-    def logits(self, tokens: torch.Tensor, patches: Mapping[Site, Patch] | None = None) -> torch.Tensor:
-        """Logits ``[batch, pos, d_vocab]``, with optional patches applied."""
-        return self._run(tokens, patches or {}, cache_sites=(), keep={}, grad=False)
+    def logits(
+        self, tokens: torch.Tensor, patches: Mapping[Site, Patch] | None = None, *, grad: bool = False
+    ) -> torch.Tensor:
+        """Logits ``[batch, pos, d_vocab]``, with optional patches applied.
+
+        ``grad=True`` keeps the autograd graph, so a loss on the logits can train the
+        parameters of a patch function (DAS's rotation); freeze the model's own parameters
+        with :meth:`enabled` (``requires_grad=False``).
+        """
+        return self._run(tokens, patches or {}, cache_sites=(), keep={}, grad=grad)
 
     def run_with_cache(
         self,

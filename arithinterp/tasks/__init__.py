@@ -15,6 +15,7 @@ counterfactuals and :mod:`.tokenization` for tokenizer checks.
 """
 
 from arithinterp.tasks.arithmetic import COMPLEXITY_CLASSES
+from arithinterp.tasks.causal import CausalModel, CausalVariable, causal_model
 from arithinterp.tasks.pairs import PAIR_KINDS, PairKind, PromptPairs, make_pairs
 from arithinterp.tasks.promptset import PromptSet, generate
 from arithinterp.tasks.spec import (
@@ -40,6 +41,9 @@ from arithinterp.tasks.tokenization import (
 
 __all__ = [
     "COMPLEXITY_CLASSES",
+    "CausalModel",
+    "CausalVariable",
+    "causal_model",
     "FORMATS",
     "OPERATIONS",
     "PAIR_KINDS",

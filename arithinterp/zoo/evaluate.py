@@ -118,7 +118,7 @@ def final_metrics(model, recipe, fmt: TaskFormat, *, seed: int) -> dict[str, Any
             for c in range(6)
         }
         balanced = {}
-        for c in range(6):
+        for c in range(min(6, n + 1)):  # class S_c needs a cascade of c - 1 columns over a carry: c digits
             ca, cb = cascade_operands(rng, ev.n_per_class, n, c)
             r = score(model, fmt, fmt.sequences(ca, cb))
             balanced[CLASS_NAMES[c]] = {"n": r["n"], "exact_match": r["exact_match"]}

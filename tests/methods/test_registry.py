@@ -30,7 +30,7 @@ from tests.conftest import scaled_variant
 
 BUILTIN = ("evaluate", "logit_lens", "number_lens", "tuned_lens", "patching", "attribution", "edge_attribution",
            "position_edges", "mediation", "dla", "probes", "helix", "fourier", "heuristics", "operand_maps",
-           "circuit", "attention")
+           "circuit", "attention", "causal_variables")
 
 
 def test_the_builtin_methods_are_registered_once_each():

@@ -61,8 +61,9 @@ def row(frame: pd.DataFrame, label: str) -> pd.Series:
 
 
 def test_tables_equal_the_methods_called_directly(tiny, report):
-    assert report.summary["methods"] == ["patching", "attribution", "mediation", "dla", "probes", "fourier",
-                                         "heuristics", "logit_lens", "operand_maps", "circuit", "attention"]
+    assert report.summary["methods"] == ["patching", "attribution", "mediation", "dla", "probes",
+                                         "causal_variables", "fourier", "heuristics", "logit_lens",
+                                         "operand_maps", "circuit", "attention"]
     assert report.summary["skipped"] == {}
     assert list(report.heads.columns) == list(HEAD_COLUMNS)
     assert list(report.neurons.columns) == list(NEURON_COLUMNS)
