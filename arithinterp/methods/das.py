@@ -177,11 +177,11 @@ def _train(model: Model, batch: InterchangeBatch, site: Site, source: torch.Tens
 def probe_direction(activations: torch.Tensor, values: np.ndarray) -> torch.Tensor:
     """The unit direction ``[1, width]`` of a ridge probe of ``values`` on ``activations [n, width]``."""
     probe = LinearProbe("ridge").fit(activations.double(), values.astype(np.float64))
-    scale = probe.scale_
-    # Features constant up to float noise (dead neurons) would get huge raw-space weights from
-    # the standardised fit: they carry nothing, so they get none.
+    scale = torch.as_tensor(probe.scale_)
+    # Features constant up to float noise (dead neurons) would get huge input-space weights from
+    # the standardised fit: they carry nothing, so they get none. (coef_ is in the input space.)
     live = scale > 1e-4 * scale.max()
-    coef = torch.where(live, probe.coef_[..., 0] / torch.where(live, scale, 1.0), 0.0).float()
+    coef = torch.where(live, torch.as_tensor(probe.coef_), 0.0).float()
     norm = coef.norm()
     if not torch.isfinite(norm) or norm == 0:
         raise MethodError("the probe found no direction (the variable is constant on the training pairs)")
