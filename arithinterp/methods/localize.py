@@ -29,7 +29,7 @@ import xarray as xr
 from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
-from arithinterp.errors import MethodError
+from arithinterp.errors import MethodError, TokenizationError
 from arithinterp.methods._common import make_meta
 from arithinterp.methods.das import _Rotation, _train
 from arithinterp.methods.interchange import Featurizer, full_swap, interchange_batch, successes
@@ -243,7 +243,9 @@ def _report(ctx: RunContext) -> dict[str, Result]:
         result = localize_variables(ctx.model, prompts, variables=names, positions=list(range(-answer_len, 0)),
                                     subspace="full", seed=ctx.seed, progress=ctx.progress)
         return {"causal_variables": result}
-    except MethodError as err:
+    except (MethodError, TokenizationError) as err:
+        # TokenizationError: a counterfactual answer the tokenizer has no token for (a number-level
+        # vocabulary ends at the task's largest answer; an intervened carry can exceed it)
         raise NotApplicable(str(err)) from None
 
 
