@@ -17,7 +17,7 @@ __all__ = ["build_config", "build_model", "build_tokenizer_for", "lean_last_logi
 
 def build_tokenizer_for(fmt: TaskFormat) -> PreTrainedTokenizerFast:
     """The tokenizer a task is written in."""
-    if fmt.kind in ("add", "mul"):
+    if fmt.digit_level:
         return digit_tokenizer()
     return number_tokenizer(fmt.n_numbers)
 

@@ -10,11 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from arithinterp.errors import ConfigError
 
-__all__ = ["RECIPE_DIR", "Recipe", "load_recipe", "recipe_names"]
+__all__ = ["RECIPE_DIR", "AuxLoss", "Recipe", "load_recipe", "recipe_names"]
 
 RECIPE_DIR = Path(__file__).parent / "recipes"
 
-TaskKind = Literal["add", "mul", "modadd", "add_tok"]
+TaskKind = Literal["add", "sub", "addsub", "mul", "modadd", "add_tok", "ops_tok"]
 
 
 class _Strict(BaseModel):
@@ -25,28 +25,49 @@ class TaskSpec(_Strict):
     """What the model computes and how prompts are written.
 
     ``add``: ``n_digits``-digit addition, digit tokens, answer MSD first.
-    ``mul``: ``n_digits``-digit multiplication, digit tokens, answer LSD first.
+    ``sub``: ``n_digits``-digit subtraction, digit tokens, answer a sign (``+``/``-``)
+    then ``n_digits`` digits MSD first (``00123-45678=`` -> ``-45555``).
+    ``addsub``: ``add`` and ``sub`` mixed, the operator token chooses.
+    ``mul``: ``n_digits``-digit multiplication, digit tokens, answer LSD first
+    (``answer_order: msd`` writes it most significant digit first).
     ``modadd``: ``(a + b) mod p``, number tokens, prompt ``"{a} {b} ="``.
     ``add_tok``: ``a + b`` with ``a, b < max_operand``, number tokens.
+    ``ops_tok``: ``a ⊕ b`` for ⊕ in ``+ - * /`` (floor division), ``a, b < max_operand``,
+    every number up to ``max_result`` one token; only problems whose result is in
+    ``0..max_result`` (Nikankin et al.'s single-token filter).
     """
 
     kind: TaskKind
     n_digits: int | None = Field(default=None, ge=1, le=12)
     p: int | None = Field(default=None, ge=2)
     max_operand: int | None = Field(default=None, ge=2)
+    max_result: int | None = Field(default=None, ge=1, le=20000)
     train_fraction: float | None = Field(default=None, gt=0, lt=1)
+    answer_order: Literal["msd", "lsd"] | None = None
 
     @model_validator(mode="after")
     def _needs(self) -> TaskSpec:
         need = {
             "add": ("n_digits",),
+            "sub": ("n_digits",),
+            "addsub": ("n_digits",),
             "mul": ("n_digits",),
             "modadd": ("p", "train_fraction"),
             "add_tok": ("max_operand", "train_fraction"),
+            "ops_tok": ("max_operand", "max_result", "train_fraction"),
         }[self.kind]
         missing = [f for f in need if getattr(self, f) is None]
         if missing:
             raise ValueError(f"task kind {self.kind!r} needs {missing}")
+        if self.answer_order is not None and self.kind != "mul":
+            raise ValueError(
+                f"task.answer_order is a choice of kind 'mul' only; {self.kind!r} has a fixed order"
+            )
+        if self.kind == "ops_tok" and self.max_result < 2 * (self.max_operand - 1):
+            raise ValueError(
+                f"task.max_result {self.max_result} must be at least 2 * (max_operand - 1) = "
+                f"{2 * (self.max_operand - 1)}, so that every sum is one token"
+            )
         return self
 
 
@@ -108,10 +129,23 @@ class Schedule(_Strict):
 
 class Enrichment(_Strict):
     """Quirke-style enrichment: in ``batch_fraction`` of batches, each digit pair is
-    forced to sum to 9 with probability ``pair_fraction``."""
+    forced to sum to 9 (addition) or to be equal (subtraction: a zero-difference
+    column) with probability ``pair_fraction``."""
 
     batch_fraction: float = Field(ge=0, le=1)
     pair_fraction: float = Field(ge=0, le=1)
+
+
+class AuxLoss(_Strict):
+    """Bai et al.'s auxiliary loss for multiplication: a ``Linear(d, 1, bias=False)``
+    head on the attention output of layer ``layer`` regresses the running sum
+    ``c^_k`` at the position that predicts answer digit ``k`` (mean squared error on
+    ``c^_k / scale``, added to the answer loss with ``weight``). The head is used in
+    training only; the shipped model is a plain GPT-2."""
+
+    weight: float = Field(default=1.0, gt=0)
+    layer: int = Field(default=-1, description="attention layer the head reads; -1: the last")
+    scale: float = Field(default=100.0, gt=0)
 
 
 class EvalSpec(_Strict):
@@ -151,6 +185,7 @@ class Recipe(_Strict):
         default=None, ge=1, description="keep weights every N steps to publish phase checkpoints"
     )
     early_stop: EarlyStop | None = None
+    aux_loss: AuxLoss | None = None
     loss_float64: bool = Field(default=False, description="cross-entropy in float64")
     lean_forward: bool = Field(
         default=False, description="train with the exact last-position forward (1 layer only)"
@@ -161,10 +196,25 @@ class Recipe(_Strict):
     def _consistent(self) -> Recipe:
         if self.lean_forward and self.architecture.n_layer != 1:
             raise ValueError("lean_forward is exact only for 1-layer models")
-        if self.enrichment is not None and self.task.kind != "add":
-            raise ValueError("enrichment applies to digit addition only")
-        if self.batch_size is None and self.task.kind in ("add", "mul"):
+        kind = self.task.kind
+        if self.enrichment is not None and kind not in ("add", "sub", "addsub"):
+            raise ValueError(
+                f"enrichment applies to digit addition and subtraction only, not task kind {kind!r}"
+            )
+        if self.batch_size is None and kind in ("add", "sub", "addsub", "mul"):
             raise ValueError("tasks with fresh data need a batch_size")
+        if self.aux_loss is not None:
+            if kind != "mul":
+                raise ValueError(
+                    f"aux_loss regresses multiplication's running sums c^_k, and task kind "
+                    f"{kind!r} has none; use it with kind 'mul' or remove aux_loss"
+                )
+            n_layer = self.architecture.n_layer
+            if not -n_layer <= self.aux_loss.layer < n_layer:
+                raise ValueError(
+                    f"aux_loss.layer {self.aux_loss.layer} is not a layer of this "
+                    f"{n_layer}-layer architecture (valid: {-n_layer}..{n_layer - 1})"
+                )
         return self
 
     def with_overrides(self, *, steps: int | None = None, seed: int | None = None) -> Recipe:

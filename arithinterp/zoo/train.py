@@ -27,8 +27,21 @@ from safetensors.torch import load_file, save_file
 from arithinterp.errors import ConfigError
 from arithinterp.progress_bars import hf_progress, tqdm
 from arithinterp.zoo.card import build_card, render_readme
-from arithinterp.zoo.data import TaskFormat, sample_addition_operands, sample_uniform_operands
-from arithinterp.zoo.evaluate import answer_loss, final_metrics, score, task_pairs
+from arithinterp.zoo.data import (
+    TaskFormat,
+    running_sums,
+    sample_addition_operands,
+    sample_subtraction_operands,
+    sample_uniform_operands,
+)
+from arithinterp.zoo.evaluate import (
+    answer_loss,
+    final_metrics,
+    pair_sequences,
+    score,
+    task_pairs,
+    uniform_problems,
+)
 from arithinterp.zoo.modeling import build_model, build_tokenizer_for, lean_last_logits
 from arithinterp.zoo.recipe import Recipe, load_recipe
 from arithinterp.zoo.state import STATE_DIRNAME, load_state, replace_dir, save_state
@@ -52,41 +65,91 @@ def lr_factor(step: int, recipe: Recipe) -> float:
 
 
 class _Batches:
-    """Training batches as (input_ids, answers) tensors, drawn from ``rng``."""
+    """Training batches as (input_ids, answers, aux targets or None), drawn from ``rng``."""
 
     def __init__(self, recipe: Recipe, fmt: TaskFormat, rng: np.random.Generator):
         self.recipe, self.fmt, self.rng = recipe, fmt, rng
         self.train_seqs = None
-        if fmt.kind in ("modadd", "add_tok"):
+        self.train_by_op: list[torch.Tensor] = []
+        if fmt.kind in ("modadd", "add_tok", "ops_tok"):
             train, _ = task_pairs(fmt, recipe.task.train_fraction, recipe.seed)
-            self.train_seqs = torch.from_numpy(fmt.sequences(train[:, 0], train[:, 1]))
+            self.train_seqs = torch.from_numpy(pair_sequences(fmt, train))
+            if fmt.kind == "ops_tok":  # each operator equally often, whatever its table's size
+                self.train_by_op = [self.train_seqs[torch.from_numpy(train[:, 2] == op)]
+                                    for op in range(len(fmt.ops))]
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _enrich(self) -> float:
+        enr = self.recipe.enrichment
+        if enr is not None and self.rng.random() < enr.batch_fraction:
+            return enr.pair_fraction
+        return 0.0
+
+    def _fresh(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        fmt, size, n = self.fmt, self.recipe.batch_size, self.fmt.n_digits
+        if fmt.kind == "mul":
+            a, b = sample_uniform_operands(self.rng, size, n)
+            return a, b, np.zeros(size, np.int64)
+        frac = self._enrich()
+        if fmt.kind == "add":
+            a, b = sample_addition_operands(self.rng, size, n, enrich_pair_fraction=frac)
+            return a, b, np.zeros(size, np.int64)
+        sa, sb = sample_subtraction_operands(self.rng, size, n, enrich_pair_fraction=frac)
+        if fmt.kind == "sub":
+            return sa, sb, np.zeros(size, np.int64)
+        aa, ab = sample_addition_operands(self.rng, size, n, enrich_pair_fraction=frac)
+        op = self.rng.integers(0, 2, size)
+        return np.where(op == 1, sa, aa), np.where(op == 1, sb, ab), op
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         fmt, r = self.fmt, self.recipe
+        aux = None
         if self.train_seqs is not None:
             seqs = self.train_seqs
-            if r.batch_size is not None:
+            if r.batch_size is not None and self.train_by_op:
+                op = self.rng.integers(0, len(self.train_by_op), r.batch_size)
+                parts = [t[torch.from_numpy(self.rng.integers(0, len(t), int((op == i).sum())))]
+                         for i, t in enumerate(self.train_by_op)]
+                seqs = torch.cat(parts)
+            elif r.batch_size is not None:
                 idx = self.rng.integers(0, len(seqs), r.batch_size)
                 seqs = seqs[torch.from_numpy(idx)]
         else:
-            if fmt.kind == "add":
-                frac = 0.0
-                enr = r.enrichment
-                if enr is not None and self.rng.random() < enr.batch_fraction:
-                    frac = enr.pair_fraction
-                a, b = sample_addition_operands(
-                    self.rng, r.batch_size, fmt.n_digits, enrich_pair_fraction=frac
-                )
-            else:
-                a, b = sample_uniform_operands(self.rng, r.batch_size, fmt.n_digits)
-            seqs = torch.from_numpy(fmt.sequences(a, b))
-        return seqs[:, :-1], seqs[:, fmt.prompt_len :]
+            a, b, op = self._fresh()
+            seqs = torch.from_numpy(fmt.sequences(a, b, op if len(fmt.ops) > 1 else None))
+            if r.aux_loss is not None:
+                sums = running_sums(a, b, fmt.n_digits)  # column k: answer digit k, LSD first
+                aux = torch.from_numpy(sums[:, ::-1].copy() if fmt.msd_first else sums).double()
+        return seqs[:, :-1], seqs[:, fmt.prompt_len :], aux
 
 
 def _answer_logits(model, ids: torch.Tensor, fmt: TaskFormat, lean: bool) -> torch.Tensor:
     if lean:
         return lean_last_logits(model, ids)[:, None]
     return model(input_ids=ids).logits[:, fmt.answer_positions]
+
+
+class _AuxHead(torch.nn.Module):
+    """Bai et al.'s auxiliary regression head: reads one attention block's output at
+    the answer positions (captured by a forward hook) and predicts ``c^_k / scale``."""
+
+    def __init__(self, model, recipe: Recipe, fmt: TaskFormat):
+        super().__init__()
+        self.spec, self.fmt = recipe.aux_loss, fmt
+        self.head = torch.nn.Linear(model.config.n_embd, 1, bias=False)
+        self._captured: torch.Tensor | None = None
+        block = model.transformer.h[self.spec.layer]
+        self._handle = block.attn.register_forward_hook(self._capture)
+
+    def _capture(self, module, args, output) -> None:
+        self._captured = output[0] if isinstance(output, tuple) else output
+
+    def loss(self, targets: torch.Tensor) -> torch.Tensor:
+        out = self._captured[:, self.fmt.answer_positions]
+        pred = self.head(out).squeeze(-1).double()
+        return torch.nn.functional.mse_loss(pred, targets / self.spec.scale)
+
+    def remove(self) -> None:
+        self._handle.remove()
 
 
 def _optimizer(model, recipe: Recipe) -> torch.optim.AdamW:
@@ -109,7 +172,7 @@ def _periodic_eval(model, recipe: Recipe, fmt: TaskFormat, batches: _Batches, st
         _, test = task_pairs(fmt, recipe.task.train_fraction, recipe.seed)
         splits = {
             "train": batches.train_seqs,
-            "test": torch.from_numpy(fmt.sequences(test[:, 0], test[:, 1])),
+            "test": torch.from_numpy(pair_sequences(fmt, test)),
         }
         for split, seqs in splits.items():
             logits = _answer_logits(model, seqs[:, :-1], fmt, recipe.lean_forward)
@@ -119,8 +182,8 @@ def _periodic_eval(model, recipe: Recipe, fmt: TaskFormat, batches: _Batches, st
             row[f"{split}_accuracy"] = (vocab.argmax(-1) == answers).all(-1).double().mean().item()
     else:
         rng = np.random.default_rng([recipe.seed, step, 104729])
-        a, b = sample_uniform_operands(rng, recipe.eval.n_periodic, fmt.n_digits)
-        res = score(model, fmt, fmt.sequences(a, b))
+        problems = uniform_problems(rng, fmt, recipe.eval.n_periodic)
+        res = score(model, fmt, pair_sequences(fmt, problems))
         row["test_loss"], row["test_accuracy"] = res["loss"], res["exact_match"]
         row["per_token"] = [round(x, 4) for x in res["per_token"]]
     model.train()
@@ -256,14 +319,17 @@ def _train(
     torch.manual_seed(recipe.seed)
     model = build_model(recipe, tok)
     model.train()
-    opt = _optimizer(model, recipe)
+    aux_head = _AuxHead(model, recipe, fmt) if recipe.aux_loss is not None else None
+    # what the optimizer and the training state hold: the model, and the aux head if any
+    trained = model if aux_head is None else torch.nn.ModuleDict({"model": model, "aux": aux_head})
+    opt = _optimizer(trained, recipe)
     rng = np.random.default_rng(recipe.seed)
     batches = _Batches(recipe, fmt, rng)
     state_dir = out_dir / STATE_DIRNAME
     recipe_json = recipe.model_dump(mode="json")
     info: dict[str, Any] = {"step": 0, "history": [], "snapshots": [], "elapsed_s": 0.0}
     if resume and (state_dir / "state.json").exists():
-        loaded = load_state(state_dir, model, opt, rng)
+        loaded = load_state(state_dir, trained, opt, rng)
         if loaded["recipe"] != recipe_json:
             raise ConfigError(
                 f"{state_dir} was written by a different recipe; pass resume=False "
@@ -274,7 +340,7 @@ def _train(
         shutil.rmtree(state_dir)
 
     def checkpoint() -> None:
-        save_state(state_dir, model, opt, rng, info | {"recipe": recipe_json})
+        save_state(state_dir, trained, opt, rng, info | {"recipe": recipe_json})
 
     for g in opt.param_groups:
         g["initial_lr"] = g["lr"]  # the recipe's lr; the schedule scales it every step
@@ -298,13 +364,15 @@ def _train(
         factor = lr_factor(step, recipe)
         for g in opt.param_groups:
             g["lr"] = g["initial_lr"] * factor
-        ids, answers = batches.next()
+        ids, answers, aux_targets = batches.next()
         logits = _answer_logits(model, ids, fmt, recipe.lean_forward)
         loss = answer_loss(logits, answers, fmt, float64=recipe.loss_float64)
+        if aux_head is not None:
+            loss = loss + recipe.aux_loss.weight * aux_head.loss(aux_targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if recipe.optimizer.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.optimizer.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trained.parameters(), recipe.optimizer.grad_clip)
         opt.step()
         info["step"] = step = step + 1
         bar.update(1)
@@ -346,6 +414,8 @@ def _train(
     bar.close()
     info["elapsed_s"] = time.perf_counter() - start
     model.eval()
+    if aux_head is not None:
+        aux_head.remove()
     with hf_progress():  # transformers' "Writing model shards" bars, as lines in a log file
         return _finish(model, tok, recipe, fmt, out_dir, info, stopped_early)
 
