@@ -23,10 +23,33 @@ _FORMATS = {
         "character (digit-level tokenizer). The answer is {n1} digits, most significant "
         "first, zero-padded: `12345+67890=` -> `080235`."
     ),
+    "sub": (
+        "Prompt `{{a}}-{{b}}=` with both operands zero-padded to {n} digits, one token per "
+        "character (digit-level tokenizer). The answer is a sign token (`+` or `-`) then "
+        "{n} digits of |a - b|, most significant first: `00123-45678=` -> `-45555`, "
+        "`45678-00123=` -> `+45555`."
+    ),
+    "addsub": (
+        "Prompt `{{a}}+{{b}}=` or `{{a}}-{{b}}=`, operands zero-padded to {n} digits, one "
+        "token per character; the operator token chooses the operation. The answer is "
+        "{n1} tokens either way: the sum's {n1} digits MSD first (`12345+67890=` -> "
+        "`080235`), or a sign then {n} digits of the difference (`00123-45678=` -> `-45555`)."
+    ),
     "mul": (
         "Prompt `{{a}}*{{b}}=` with both operands zero-padded to {n} digits, one token per "
         "character. The answer is {n2} digits, **least significant first** (reversed), "
         "zero-padded: `123*456=` (56088) -> `880650`."
+    ),
+    "mul_msd": (
+        "Prompt `{{a}}*{{b}}=` with both operands zero-padded to {n} digits, one token per "
+        "character. The answer is {n2} digits, **most significant first**, zero-padded: "
+        "`123*456=` -> `056088`."
+    ),
+    "ops_tok": (
+        "Prompt `37+85=`, `37-8=`, `31*29=` or `97/8=`: number-level tokenizer where every "
+        "number 0..{rmax} is one token: `[37, +, 85, =]`. The answer is one number token. "
+        "Operands are below {omax}; only problems whose result is in 0..{rmax} exist "
+        "(subtraction with a >= b, products up to {rmax}, floor division by b >= 1)."
     ),
     "modadd": (
         'Prompt text `"{{a}} {{b}} ="`, number-level tokenizer: tokens `[a, b, =]` with ids '
@@ -73,23 +96,42 @@ def build_card(
         "format": {
             "prompt_len": fmt.prompt_len,
             "answer_len": fmt.answer_len,
-            "example_prompt": fmt.prompt_text(
-                12345 % 10 ** (fmt.n_digits or 3), 67890 % 10 ** (fmt.n_digits or 3)
-            )
-            if fmt.kind in ("add", "mul")
-            else fmt.prompt_text(37, 85),
+            "example_prompt": fmt.prompt_text(*_example(fmt)),
         },
         "metrics": metrics,
         "headline": metrics["headline"],
     }
-    card["format"]["example_answer"] = (
-        fmt.answer_text(12345 % 10**fmt.n_digits, 67890 % 10**fmt.n_digits)
-        if fmt.kind in ("add", "mul")
-        else fmt.answer_text(37, 85)
-    )
+    card["format"]["example_answer"] = fmt.answer_text(*_example(fmt))
+    if len(fmt.ops) > 1:
+        card["format"]["examples"] = {
+            name: [fmt.prompt_text(*_example(fmt, op)), fmt.answer_text(*_example(fmt, op))]
+            for op, name in enumerate(fmt.ops)
+        }
     if checkpoints:
         card["checkpoints"] = checkpoints
     return card
+
+
+def _example(fmt, op: int = 0) -> tuple[int, int, int]:
+    """The operands every card shows (``12345``/``67890`` cut to the width, or 37 and 8)."""
+    if fmt.digit_level:
+        return 12345 % 10**fmt.n_digits, 67890 % 10**fmt.n_digits, op
+    if fmt.kind == "ops_tok":
+        return 37, 8, op
+    return 37, 85, op
+
+
+def _format_text(card: dict[str, Any]) -> str:
+    task = card["recipe"]["task"]
+    n = task.get("n_digits") or 0
+    p = task.get("p") or 0
+    key = card["task"]
+    if key == "mul" and task.get("answer_order") == "msd":
+        key = "mul_msd"
+    return _FORMATS[key].format(
+        n=n, n1=n + 1, n2=2 * n, p=p, p_1=p - 1, nmax=2 * (task.get("max_operand") or 0) - 2,
+        omax=task.get("max_operand"), rmax=task.get("max_result"),
+    )
 
 
 def read_card(model_dir: Path) -> dict[str, Any]:
@@ -116,10 +158,7 @@ def render_readme(card: dict[str, Any]) -> str:
 def _header_section(card: dict[str, Any]) -> list[str]:
     """Title, description, prompt format and architecture."""
     r = card["recipe"]
-    arch, task = r["architecture"], r["task"]
-    n = task.get("n_digits") or 0
-    p = task.get("p") or 0
-    nmax = 2 * (task.get("max_operand") or 0) - 2
+    arch = r["architecture"]
     return [
         f"# {card['name']}",
         "",
@@ -127,7 +166,7 @@ def _header_section(card: dict[str, Any]) -> list[str]:
         "",
         "## Format",
         "",
-        _FORMATS[card["task"]].format(n=n, n1=n + 1, n2=2 * n, p=p, p_1=p - 1, nmax=nmax),
+        _format_text(card),
         "",
         "## Architecture",
         "",
@@ -161,20 +200,16 @@ def _accuracy_section(card: dict[str, Any]) -> list[str]:
         ]
         lines += [f"| {i} | {_pct(x)} |" for i, x in enumerate(u["per_token"])]
         lines.append("")
-    if "by_class" in m:
-        lines += [
-            "Per complexity class (Quirke & Barez): balanced constructed samples, and the "
-            "classes as they occur in the uniform sample.",
-            "",
-            "| class | balanced n | balanced exact match | uniform n | uniform exact match |",
-            "|---|---|---|---|---|",
-        ]
-        for c, v in m["by_class"].items():
-            u = m["uniform_by_class"][c]
-            lines.append(
-                f"| {c} | {v['n']:,} | {_pct(v['exact_match'])} | {u['n']:,} | {_pct(u['exact_match'])} |"
-            )
+    if "by_operator" in m and "uniform" in m:
+        lines += ["| operator | n (uniform sample) | exact match |", "|---|---|---|"]
+        lines += [f"| {op} | {v['n']:,} | {_pct(v['exact_match'])} |"
+                  for op, v in m["by_operator"].items()]
         lines.append("")
+    if "by_class" in m:
+        lines += _class_table(m)
+    for key in ("carry_classes", "borrow_classes"):
+        if key in m:
+            lines += _class_table(m[key])
     if "train" in m:
         lines += [
             "| split | pairs | accuracy | loss |",
@@ -183,6 +218,38 @@ def _accuracy_section(card: dict[str, Any]) -> list[str]:
             f"| test | {m['test']['n']:,} | {_pct(m['test']['accuracy'])} | {m['test']['loss']:.3g} |",
             "",
         ]
+    if "by_operator" in m and "train" in m:
+        lines += ["| operator | train pairs | train accuracy | test pairs | test accuracy |",
+                  "|---|---|---|---|---|"]
+        for op, tr in m["by_operator"]["train"].items():
+            te = m["by_operator"]["test"][op]
+            lines.append(f"| {op} | {tr['n']:,} | {_pct(tr['accuracy'])} | {te['n']:,} | "
+                         f"{_pct(te['accuracy'])} |")
+        lines.append("")
+    return lines
+
+
+def _class_table(m: dict[str, Any]) -> list[str]:
+    """Exact match per carry class (S0..S5) or borrow class (B0..B5)."""
+    borrow = next(iter(m["by_class"])).startswith("B")
+    what = (
+        "borrow-cascade class (B0 no borrow, B1 borrows, B2..B5 a borrow through 1..4 "
+        "zero-difference columns)" if borrow
+        else "complexity class (Quirke & Barez)"
+    )
+    lines = [
+        f"Per {what}: balanced constructed samples, and the classes as they occur in the "
+        "uniform sample.",
+        "",
+        "| class | balanced n | balanced exact match | uniform n | uniform exact match |",
+        "|---|---|---|---|---|",
+    ]
+    for c, v in m["by_class"].items():
+        u = m["uniform_by_class"][c]
+        lines.append(
+            f"| {c} | {v['n']:,} | {_pct(v['exact_match'])} | {u['n']:,} | {_pct(u['exact_match'])} |"
+        )
+    lines.append("")
     return lines
 
 
@@ -266,14 +333,23 @@ def _usage_section(card: dict[str, Any]) -> list[str]:
 def _failures(card: dict[str, Any]) -> list[str]:
     """Plain statements of where the model falls short, read off its metrics."""
     m, out = card["metrics"], []
-    if "by_class" in m:
+    tables = [m] + [m[k] for k in ("carry_classes", "borrow_classes") if k in m]
+    for t in tables:
+        if "by_class" not in t:
+            continue
         weak = [
             f"{c} {_pct(v['exact_match'])}"
-            for c, v in m["by_class"].items()
+            for c, v in t["by_class"].items()
             if v["exact_match"] < 0.99
         ]
         if weak:
-            out.append("Below 99% exact match on complexity classes: " + ", ".join(weak) + ".")
+            kind = "borrow" if next(iter(t["by_class"])).startswith("B") else "complexity"
+            out.append(f"Below 99% exact match on {kind} classes: " + ", ".join(weak) + ".")
+    if "by_operator" in m and "test" in m:
+        weak = [f"{op} {_pct(v['accuracy'])}" for op, v in m["by_operator"]["test"].items()
+                if v["accuracy"] < 0.95]
+        if weak:
+            out.append("Below 95% on held-out problems for operators: " + ", ".join(weak) + ".")
     if "uniform" in m:
         per = m["uniform"]["per_token"]
         weak = [f"{i} ({_pct(x)})" for i, x in enumerate(per) if x < 0.99]

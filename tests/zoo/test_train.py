@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -225,3 +226,98 @@ def test_centre_norm_recipes_build_linear_layernorms_at_the_papers_init_scale():
         torch.testing.assert_close(norm(x), centred, atol=1e-4, rtol=1e-5)
     std = float(model.transformer.wte.weight.std())
     assert abs(std - 1 / model.config.n_embd**0.5) < 0.01
+
+
+def _literal_c_hat(a: int, b: int, n: int) -> list[int]:
+    """Bai et al.'s running sums, schoolbook: column sums of digit products plus carries."""
+    da = [(a // 10**i) % 10 for i in range(n)]
+    db = [(b // 10**i) % 10 for i in range(n)]
+    out, prev = [], 0
+    for k in range(2 * n):
+        s = sum(da[i] * db[k - i] for i in range(n) if 0 <= k - i < n)
+        prev = s + prev // 10
+        out.append(prev)
+    return out
+
+
+@pytest.mark.parametrize("order", ["lsd", "msd"])
+def test_aux_targets_are_the_running_sums_of_each_answer_position(order):
+    from arithinterp.zoo.train import _Batches
+
+    recipe = load_recipe("mul-3d-aux")
+    recipe = recipe.model_copy(update={"task": recipe.task.model_copy(update={"answer_order": order})})
+    fmt = TaskFormat.from_task(recipe.task)
+    ids, answers, aux = _Batches(recipe, fmt, np.random.default_rng(0)).next()
+    for row, ans, target in zip(ids, answers, aux):
+        a = int("".join(map(str, row[:3].tolist())))
+        b = int("".join(map(str, row[4:7].tolist())))
+        c_hat = _literal_c_hat(a, b, 3)
+        if order == "msd":
+            c_hat = c_hat[::-1]  # answer position 0 writes the most significant digit
+        assert target.tolist() == c_hat
+        assert [c % 10 for c in c_hat] == ans.tolist()
+
+
+def test_aux_loss_trains_a_head_and_ships_a_plain_gpt2(tmp_path):
+    recipe = shrunk("mul-3d-aux", steps=12, every=100, checkpoint_every=100)
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    train(recipe, once, stop_at=10, progress=False)
+    train(recipe, twice, stop_at=5, progress=False)
+    train(recipe, twice, stop_at=10, progress=False)
+    (t1, _), (t2, _) = _state(once), _state(twice)
+    assert "param.aux.head.weight" in t1 and any(k.startswith("optim.aux.") for k in t1)
+    for k in t1:  # resume is exact with the auxiliary head too
+        assert torch.equal(t1[k], t2[k]), k
+    out = train(recipe, once, progress=False)
+    model, _ = _check_hf_dir(out)
+    plain = build_model(recipe, build_tokenizer_for(TaskFormat.from_task(recipe.task)))
+    assert model.state_dict().keys() == plain.state_dict().keys()  # no auxiliary weights shipped
+    card = json.loads((out / "card.json").read_text())
+    assert card["recipe"]["aux_loss"]["weight"] == 1.0
+
+
+def test_aux_loss_learns_the_running_sums(tmp_path):
+    """With only the auxiliary loss weighted heavily, the head's error on c^_k falls."""
+    from arithinterp.zoo.train import _AuxHead, _Batches
+
+    recipe = shrunk("mul-3d-aux", steps=1)
+    fmt = TaskFormat.from_task(recipe.task)
+    torch.manual_seed(0)
+    model = build_model(recipe, build_tokenizer_for(fmt))
+    head = _AuxHead(model, recipe, fmt)
+    opt = torch.optim.Adam([*model.parameters(), *head.parameters()], lr=3e-3)
+    batches = _Batches(recipe, fmt, np.random.default_rng(0))
+    losses = []
+    for _ in range(60):
+        ids, _, aux = batches.next()
+        model(input_ids=ids)
+        loss = head.loss(aux)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    head.remove()
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:5]), (losses[:5], losses[-10:])
+
+
+def test_subtraction_run_reports_borrow_classes(tmp_path):
+    out = train(shrunk("sub-5d", steps=4, every=100), tmp_path / "s", progress=False)
+    _check_hf_dir(out)
+    card = json.loads((out / "card.json").read_text())
+    m = card["metrics"]
+    assert list(m["by_class"]) == ["B0", "B1", "B2", "B3", "B4"]  # B5 needs 6 digits
+    assert list(m["uniform_by_class"]) == ["B0", "B1", "B2", "B3", "B4", "B5"]
+    assert len(m["uniform"]["per_token"]) == 6
+    assert card["format"]["example_prompt"] == "12345-67890=" and card["format"]["example_answer"] == "-55545"
+    assert "borrow-cascade class" in (out / "README.md").read_text()
+
+
+def test_ops_tok_run_reports_every_operator(tmp_path):
+    out = train(shrunk("ops-2d-tok", steps=4, every=100), tmp_path / "o", progress=False)
+    model, tok = _check_hf_dir(out)
+    card = json.loads((out / "card.json").read_text())
+    by_op = card["metrics"]["by_operator"]
+    assert list(by_op["test"]) == ["add", "sub", "mul", "floordiv"]
+    assert sum(v["n"] for v in by_op["train"].values()) == card["metrics"]["train"]["n"]
+    assert card["format"]["examples"]["floordiv"] == ["37/8=", "4"]
+    assert tok("31*29=")["input_ids"] == [31, 1003, 29, 1000]
