@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer, GPT2LMHeadModel
 
-from arithinterp.zoo.data import TaskFormat, sample_uniform_operands
-from arithinterp.zoo.evaluate import score, task_pairs
+from arithinterp.zoo.data import TaskFormat
+from arithinterp.zoo.evaluate import pair_sequences, score, task_pairs, uniform_problems
 from arithinterp.zoo.recipe import Recipe, recipe_names
 from arithinterp.zoo.registry import ZOO_DIR
 
@@ -54,6 +54,9 @@ def test_loads_from_safetensors_only(shipped):
     tok = AutoTokenizer.from_pretrained(path)
     example = card["format"]["example_prompt"]
     assert tok(example)["input_ids"] == fmt.prompt_ids(*_operands(fmt, example))[0].tolist()
+    for op, (prompt, answer) in enumerate(card["format"].get("examples", {}).values()):
+        a, b, _ = _operands(fmt, prompt)
+        assert tok(prompt + answer)["input_ids"] == fmt.sequences(a, b, [op])[0].tolist()
     for f in ("tokenizer.json", "tokenizer_config.json", "README.md"):
         assert (path / f).is_file()
     assert (path / "model.safetensors").stat().st_size <= MAX_MODEL_BYTES
@@ -63,7 +66,12 @@ def _operands(fmt: TaskFormat, prompt: str):
     import re
 
     a, b = (int(x) for x in re.findall(r"\d+", prompt)[:2])
-    return np.array([a]), np.array([b])
+    op = None
+    if len(fmt.ops) > 1:  # the operator symbol between the operands
+        symbol = re.sub(r"[\d=\s]", "", prompt)
+        op = [{"add": "+", "sub": "-", "mul": "*", "floordiv": "/"}[o] for o in fmt.ops].index(symbol)
+        op = np.array([op])
+    return np.array([a]), np.array([b]), op
 
 
 def test_headline_accuracy_reproduces(shipped):
@@ -72,15 +80,14 @@ def test_headline_accuracy_reproduces(shipped):
     fmt = TaskFormat.from_task(recipe.task)
     model = GPT2LMHeadModel.from_pretrained(path, use_safetensors=True)
     rng = np.random.default_rng(20240917)
-    if fmt.kind in ("modadd", "add_tok"):
+    if fmt.kind in ("modadd", "add_tok", "ops_tok"):
         _, test = task_pairs(fmt, recipe.task.train_fraction, recipe.seed)
-        pairs = test[rng.choice(len(test), size=min(N_SAMPLE, len(test)), replace=False)]
-        a, b = pairs[:, 0], pairs[:, 1]
+        problems = test[rng.choice(len(test), size=min(N_SAMPLE, len(test)), replace=False)]
     else:
-        a, b = sample_uniform_operands(rng, N_SAMPLE, fmt.n_digits)
-    measured = score(model, fmt, fmt.sequences(a, b))["exact_match"]
+        problems = uniform_problems(rng, fmt, N_SAMPLE)
+    measured = score(model, fmt, pair_sequences(fmt, problems))["exact_match"]
     claimed = card["headline"]["value"]
-    assert abs(measured - claimed) <= _tolerance(claimed, len(a)), (measured, claimed)
+    assert abs(measured - claimed) <= _tolerance(claimed, len(problems)), (measured, claimed)
 
 
 def test_modadd_checkpoints_match_their_metrics():
