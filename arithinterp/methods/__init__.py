@@ -7,6 +7,7 @@ Methods never import transformer_lens or nnsight; they address activations by
 # The built-in methods register on import, in this order (pipeline listings, report columns).
 # isort: off
 import arithinterp.methods.evaluate
+import arithinterp.methods.digit_confidence
 import arithinterp.methods.lens
 import arithinterp.methods.tuned_lens
 import arithinterp.methods.patching
@@ -36,6 +37,11 @@ from arithinterp.methods.components import (
     direct_logit_attribution,
 )
 from arithinterp.methods.das import DASResult, das
+from arithinterp.methods.digit_confidence import (
+    DigitConfidenceResult,
+    DigitRecords,
+    digit_confidence,
+)
 from arithinterp.methods.edge_attribution import EdgeAttributionResult, edge_attribution_patch
 from arithinterp.methods.edge_circuits import mib_edge_curve, run_with_edges
 from arithinterp.methods.evaluate import EvalResult, evaluate
@@ -149,6 +155,8 @@ __all__ = [
     "DLAResult",
     "EdgeAttributionResult",
     "EvalResult",
+    "DigitConfidenceResult",
+    "DigitRecords",
     "FaithfulnessResult",
     "LensResult",
     "MediationResult",
@@ -163,6 +171,7 @@ __all__ = [
     "direct_logit_attribution",
     "edge_attribution_patch",
     "evaluate",
+    "digit_confidence",
     "faithfulness",
     "logit_lens",
     "mediate",
