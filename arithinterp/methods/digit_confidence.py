@@ -122,6 +122,8 @@ def digit_confidence(
     extras = {"ci_low": values.copy(data=low), "ci_high": values.copy(data=high)}
     if mc_dropout is not None:
         extras["mc_std"] = values.copy(data=_mc_std([r.pass_means for r in runs]))
+        spread = np.concatenate([r.prompt_std for r in runs]).mean(axis=0)
+        extras["mc_std_prompt"] = values.copy(data=spread)
     options = {"seeds": None if seeds is None else [int(s) for s in seeds], "mc_dropout": mc_dropout,
                "mc_samples": mc_samples, "mc_sites": mc_sites, "engine": engine, "batch_size": batch_size}
     extra = {
@@ -310,6 +312,7 @@ class _SetRun:
     true: np.ndarray  # [prompt, digit] the answer tokens
     decoded: np.ndarray  # [prompt, digit] free-running tokens of the first pass
     pass_means: np.ndarray  # [pass, digit, SUMMARY_METRICS]
+    prompt_std: np.ndarray  # [prompt, digit, SUMMARY_METRICS] std over the passes (NaN with one)
 
 
 def _score_set(model: Model, tok: TokenizedPrompts, dropout: _Dropout | None, passes: int, engine: str,
@@ -318,6 +321,7 @@ def _score_set(model: Model, tok: TokenizedPrompts, dropout: _Dropout | None, pa
     total = np.zeros((n, length, len(RECORD_METRICS)))
     decoded = np.zeros((n, length), dtype=np.int64)
     pass_means = np.zeros((passes, length, len(SUMMARY_METRICS)))
+    squares = np.zeros((n, length, len(SUMMARY_METRICS)))
     prompt, answers = tok.prompt_tokens.to(model.device), tok.answer_tokens.to(model.device)
     for k in range(passes):
         this = np.zeros_like(total)
@@ -331,8 +335,13 @@ def _score_set(model: Model, tok: TokenizedPrompts, dropout: _Dropout | None, pa
                 decoded[start:rows.stop] = dec
             bar.update(1)
         total += this
-        pass_means[k] = summary_from_records(this).mean(axis=0)
-    return _SetRun(total / passes, tok.answer_tokens.numpy().astype(np.int64), decoded, pass_means)
+        summary = summary_from_records(this)
+        squares += summary**2
+        pass_means[k] = summary.mean(axis=0)
+    mean = summary_from_records(total / passes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.maximum(squares - passes * mean**2, 0) / (passes - 1)
+    return _SetRun(total / passes, tok.answer_tokens.numpy().astype(np.int64), decoded, pass_means, np.sqrt(var))
 
 
 def _score_batch(model: Model, prompt: torch.Tensor, answers: torch.Tensor, dropout: _Dropout | None,

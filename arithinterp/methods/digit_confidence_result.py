@@ -82,8 +82,11 @@ class DigitConfidenceResult(Result):
     ``digit_role`` (``most significant``, ``least significant``, ``middle``, ``sign``, ...).
 
     Extras: ``ci_low`` / ``ci_high``, a 95% interval (``meta.extra["interval"]`` says over
-    what), and ``mc_std``, the standard deviation over MC-dropout passes of the per-position
-    mean (only when ``mc_dropout`` was given). ``records`` holds the per-prompt records.
+    what); under MC dropout (only then) ``mc_std``, the standard deviation over the passes of
+    the per-position mean (how much the number itself moves from pass to pass), and
+    ``mc_std_prompt``, each prompt's standard deviation over the passes averaged over the
+    prompts (how unsure the model is of one answer). Both are NaN with one pass.
+    ``records`` holds the per-prompt records.
     """
 
     metric_name = "mean"

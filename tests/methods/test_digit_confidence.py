@@ -131,6 +131,7 @@ def test_mc_dropout_is_seeded_shared_by_both_decodings_and_zero_is_no_dropout(mu
     zero = digit_confidence(mul, prompts, mc_dropout=0.0, mc_samples=2, progress=False)
     np.testing.assert_allclose(_records(zero), _records(plain), atol=1e-6)
     np.testing.assert_allclose(zero.extras["mc_std"].values, 0, atol=1e-9)
+    np.testing.assert_allclose(zero.extras["mc_std_prompt"].values, 0, atol=1e-6)
     # one pass, literal engine: where the free prefix is right both decodings ran under one mask
     one = digit_confidence(mul, prompts, mc_dropout=0.3, mc_samples=1, engine="literal", seed=3, progress=False)
     rec = _records(one)
@@ -142,6 +143,22 @@ def test_mc_dropout_is_seeded_shared_by_both_decodings_and_zero_is_no_dropout(mu
     np.testing.assert_array_equal(_records(again), rec)
     other = digit_confidence(mul, prompts, mc_dropout=0.3, mc_samples=1, engine="literal", seed=4, progress=False)
     assert not np.array_equal(_records(other), rec)
+    assert np.isnan(one.extras["mc_std"]).all() and np.isnan(one.extras["mc_std_prompt"]).all()
+
+
+def test_mc_dropout_spread_is_the_spread_of_the_passes(mul, mul_prompts):
+    """Pass 0 of two is the one pass of ``mc_samples=1`` (masks are keyed by pass), so pass 1 is
+    known, and with it both standard deviations over the passes."""
+    prompts = mul_prompts[:24]
+    first = digit_confidence(mul, prompts, mc_dropout=0.2, mc_samples=1, progress=False)
+    both = digit_confidence(mul, prompts, mc_dropout=0.2, mc_samples=2, progress=False)
+    x0 = first.records.values.sel(metric="confidence_free").values
+    x1 = 2 * both.records.values.sel(metric="confidence_free").values - x0
+    std = both.extras["mc_std"].sel(metric="confidence_free").values
+    np.testing.assert_allclose(std, np.abs(x0.mean(0) - x1.mean(0)) / np.sqrt(2), atol=1e-9)
+    per_prompt = both.extras["mc_std_prompt"].sel(metric="confidence_free").values
+    np.testing.assert_allclose(per_prompt, (np.abs(x0 - x1) / np.sqrt(2)).mean(0), atol=1e-7)
+    assert (per_prompt > std).any()  # one prompt moves more than the mean over prompts
 
 
 # ---- planted truth: a model whose per-position probabilities are set by construction --------------

@@ -29,9 +29,8 @@ from arithinterp.tasks import PromptSet, TaskSpec, generate, make_pairs
 from tests.conftest import scaled_variant
 
 BUILTIN = ("evaluate", "digit_confidence", "logit_lens", "number_lens", "tuned_lens", "patching", "attribution",
-           "edge_attribution",
-           "position_edges", "mediation", "dla", "probes", "helix", "fourier", "heuristics", "operand_maps",
-           "circuit", "attention", "causal_variables")
+           "edge_attribution", "position_edges", "mediation", "dla", "probes", "helix", "fourier", "heuristics",
+           "operand_maps", "circuit", "attention", "causal_variables")
 
 
 def test_the_builtin_methods_are_registered_once_each():
