@@ -124,15 +124,25 @@ class DigitConfidenceResult(Result):
         return self.values.isel(digit=roles.index(role)).to_series()
 
     def summary(self) -> dict:
-        """The paper's comparison in numbers: confidence and accuracy of the first (most
-        significant) and last (least significant) digit, free and teacher-forced."""
+        """The paper's comparison in numbers: every metric of its first digit (the most
+        significant, key ``most_significant``) and its last (``least_significant``), whatever
+        order the model writes them in."""
         out: dict = {"order": self.order, "positions": self.meta.extra.get("positions"),
                      "interval": self.meta.extra.get("interval")}
-        for name, role in (("first", "most significant"), ("last", "least significant")):
+        for role in ("most significant", "least significant"):
             if list(self.values.coords["digit_role"].values).count(role) == 1:
                 row = self.by_role(role)
-                out[name] = {m: float(row[m]) for m in SUMMARY_METRICS}
+                out[role.replace(" ", "_")] = {m: float(row[m]) for m in SUMMARY_METRICS}
         return out
+
+    def headline(self) -> str:
+        """One line: the most and least significant digit's confidence, free-running -> teacher-forced."""
+        parts = []
+        for role in ("most significant", "least significant"):
+            if list(self.values.coords["digit_role"].values).count(role) == 1:
+                row = self.by_role(role)
+                parts.append(f"{role} digit confidence {row['confidence_free']:.3f} -> {row['confidence_forced']:.3f}")
+        return "; ".join(parts) + " (free-running -> teacher-forced)" if parts else ""
 
     # -- figure -----------------------------------------------------------------------------
 

@@ -55,6 +55,8 @@ def _headline(result: Any) -> str:
     """A one-line number for the run summary, where a result has an obvious one."""
     if hasattr(result, "accuracy"):
         return f"  exact match {result.accuracy:.4f}"
+    if callable(getattr(result, "headline", None)):
+        return f"  {result.headline()}"
     if hasattr(result, "key_freqs"):
         return f"  key frequencies {result.key_freqs} ({result.clustered_fraction:.0%} of neurons clustered)"
     if hasattr(result, "circuit_faithfulness") and result.circuit_faithfulness is not None:

@@ -257,7 +257,7 @@ def test_planted_model_gives_the_planted_numbers(planted):
     assert list(res.values.coords["digit_place"].values) == ["10^2", "10^1", "10^0"]
     assert list(res.values.coords["digit_role"].values) == ["most significant", "middle", "least significant"]
     assert res.order == "most significant first"
-    assert res.summary()["last"]["confidence_forced"] == pytest.approx(0.7)
+    assert res.summary()["least_significant"]["confidence_forced"] == pytest.approx(0.7)
     # per prompt: a prompt whose first digit the model does not know is wrong everywhere when free
     knows = np.array([_knows(a) for a in prompts.frame["operand_a"]])
     correct_free = res.records.records("correct_free").values
@@ -357,8 +357,9 @@ def test_plot_shows_free_and_forced_with_error_bars(mul_result):
     assert len(shown) == 4 and all(t.error_y.array is not None for t in shown)
     table = mul_result.table()
     assert list(table.columns[3:6]) == ["confidence_free", "confidence_forced", "confidence_diff"]
-    assert mul_result.summary()["first"]["accuracy_forced"] == float(
+    assert mul_result.summary()["most_significant"]["accuracy_forced"] == float(
         mul_result.by_role("most significant")["accuracy_forced"])
+    assert mul_result.headline().startswith("most significant digit confidence ")
 
 
 def test_pipeline_step_draws_a_prompt_set_per_seed(mul):

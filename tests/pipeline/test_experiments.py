@@ -6,11 +6,16 @@ from pathlib import Path
 
 import pytest
 
+from arithinterp.errors import ModelLoadError
 from arithinterp.models.loading import resolve_spec
 from arithinterp.pipeline import load_config
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 CONFIGS = sorted(EXPERIMENTS.glob("**/*.yaml"))
+
+#: Zoo models an experiment is written for before they ship (the config must validate now). When
+#: one ships, test_experiment_validates fails here: remove it from this list.
+PENDING_MODELS = {"zoo:mul-3d-msd": "issue 14: experiments/digit-confidence-mul-3d-msd/pipeline.yaml"}
 
 
 def test_there_is_one_experiment_per_finding():
@@ -26,7 +31,10 @@ def test_there_is_one_experiment_per_finding():
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(EXPERIMENTS)) for p in CONFIGS])
 def test_experiment_validates(path):
     config = load_config(path)
-    if config.model.startswith("zoo:"):
+    if config.model in PENDING_MODELS:
+        with pytest.raises(ModelLoadError):  # not shipped yet; once it is, drop it from PENDING_MODELS
+            resolve_spec(config.model)
+    elif config.model.startswith("zoo:"):
         resolve_spec(config.model)  # raises ModelLoadError for a zoo name that does not exist
     names = {p.name for p in CONFIGS if p.parent == path.parent}
     assert len({load_config(path.parent / n).name for n in names}) == len(names), "run names must differ"
