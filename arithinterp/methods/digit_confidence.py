@@ -109,38 +109,43 @@ def digit_confidence(
     places, roles, several = _positions(model.tokenizer, tokenized)
     sites = _mc_sites(model, mc_sites) if mc_dropout is not None else []
     passes = mc_samples if mc_dropout is not None else 1
-    bar = tqdm(total=passes * sum(-(-len(t) // batch_size) for t in tokenized), desc="digit_confidence", disable=not progress, leave=False)
+    batches = sum(-(-len(t) // batch_size) for t in tokenized)
     runs = []
-    with bar:
+    with tqdm(total=passes * batches, desc="digit_confidence", disable=not progress, leave=False) as bar:
         for prompt_set, tok in zip(sets, tokenized):
             dropout = None if mc_dropout is None else _Dropout(sites, float(mc_dropout), seed, prompt_set.spec.seed)
             runs.append(_score_set(model, tok, dropout, passes, engine, batch_size, bar))
-    mean, low, high = _summarise([r.records for r in runs], interval, seeds, seed)
     coords = {"digit": np.arange(len(places)), "metric": list(SUMMARY_METRICS),
               "digit_place": ("digit", places), "digit_role": ("digit", roles)}
+    mean, low, high = _summarise([r.records for r in runs], interval, seeds, seed)
     values = xr.DataArray(mean, dims=("digit", "metric"), coords=coords)
     extras = {"ci_low": values.copy(data=low), "ci_high": values.copy(data=high)}
     if mc_dropout is not None:
         extras["mc_std"] = values.copy(data=_mc_std([r.pass_means for r in runs]))
-        spread = np.concatenate([r.prompt_std for r in runs]).mean(axis=0)
-        extras["mc_std_prompt"] = values.copy(data=spread)
-    options = {"seeds": None if seeds is None else [int(s) for s in seeds], "mc_dropout": mc_dropout,
-               "mc_samples": mc_samples, "mc_sites": mc_sites, "engine": engine, "batch_size": batch_size}
+        extras["mc_std_prompt"] = values.copy(data=np.concatenate([r.prompt_std for r in runs]).mean(axis=0))
+    options = {"seeds": None if seeds is None else list(seeds), "mc_dropout": mc_dropout, "mc_samples": mc_samples,
+               "mc_sites": mc_sites, "engine": engine, "batch_size": batch_size}
+    meta = _meta(model, sets, interval, several, options, seed)
+    records = _records(runs, sets, places, roles, meta)
+    return DigitConfidenceResult(values=values, meta=meta, extras=extras, records=records)
+
+
+def _meta(model: Model, sets: list[PromptSet], interval: str, several: bool, options: dict, seed: int):
     extra = {
         "order": "least significant first" if sets[0].spec.format in REVERSED_FORMATS else "most significant first",
         "positions": ("answer tokens; a token can hold several digits (see digit_place)" if several
                       else "answer tokens, one digit each"),
-        "interval": _INTERVALS[interval], "n_prompts": [len(s) for s in sets],
+        "interval": _INTERVALS[interval],
+        "n_prompts": [len(s) for s in sets],
         "prompt_sets": [{"seed": s.spec.seed, "hash": s.hash} for s in sets],
     }
-    if mc_dropout is not None:
-        extra["mc_dropout"] = (f"p={mc_dropout} on {', '.join(MC_SITE_KINDS[mc_sites])} of every layer, "
-                               f"{passes} passes; the model was not trained with this dropout")
+    if options["mc_dropout"] is not None:
+        extra["mc_dropout"] = (f"p={options['mc_dropout']} on {', '.join(MC_SITE_KINDS[options['mc_sites']])} of "
+                               f"every layer, {options['mc_samples']} passes; a model trained without dropout "
+                               "(the zoo's) never saw it")
     dataset_hash = sets[0].hash if len(sets) == 1 else stable_hash([s.hash for s in sets])
-    meta = make_meta("digit_confidence", model, sets[0], options=options, seed=seed, extra=extra,
+    return make_meta("digit_confidence", model, sets[0], options=options, seed=seed, extra=extra,
                      dataset_hash=dataset_hash)
-    records = _records(runs, sets, places, roles, meta)
-    return DigitConfidenceResult(values=values, meta=meta, extras=extras, records=records)
 
 
 # -- input checks (all before any forward pass) ---------------------------------------------------
@@ -215,11 +220,11 @@ def _positions(tokenizer, tokenized: list[TokenizedPrompts]) -> tuple[list[str],
             "digit_confidence compares the positions of multi-token answers; use a model whose tokenizer "
             "writes one token per digit, or more digits")
     reverse = tokenized[0].prompts.spec.format in REVERSED_FORMATS
-    spans: set[tuple] = set()
+    answers: set[tuple[int, ...]] = set()  # each distinct answer once
     for tok in tokenized:
-        spans |= {tuple(map(int, row)) for row in tok.answer_tokens.tolist()}
-    piece = {i: tokenizer.decode([i]) for row in spans for i in row}
-    per_prompt = [_spans([piece[i] for i in row], reverse) for row in spans]
+        answers |= {tuple(map(int, row)) for row in tok.answer_tokens.tolist()}
+    piece = {i: tokenizer.decode([i]) for row in answers for i in row}
+    per_prompt = [_spans([piece[i] for i in row], reverse) for row in answers]
     top = max((p for row in per_prompt for _, places in row for p in places), default=0)
     labels, roles = [], []
     for i in range(lengths[0]):

@@ -346,6 +346,21 @@ def test_tokens_of_several_digits_are_positions_and_the_result_says_so(tmp_path_
     np.testing.assert_array_equal(res.records.extras["decoded"].values, decoded)
 
 
+@pytest.mark.parametrize("fmt, places, roles", [
+    ("fixed", ["sign", "10^1", "10^0"], ["sign", "most significant", "least significant"]),
+    ("fixed_reversed", ["sign", "10^0", "10^1"], ["sign", "least significant", "most significant"]),
+])
+def test_a_sign_is_its_own_position_and_places_follow_the_format(tiny_hf_dirs, fmt, places, roles):
+    model = load_model(str(tiny_hf_dirs["llama"]))
+    prompts = generate(TaskSpec(operation="sub", digits=2, format=fmt, n=16, seed=1))
+    assert {a[0] for a in prompts.answers} == {"+", "-"}
+    res = digit_confidence(model, prompts, progress=False)
+    assert list(res.values.coords["digit_place"].values) == places
+    assert list(res.values.coords["digit_role"].values) == roles
+    assert res.meta.extra["positions"] == "answer tokens, one digit each"
+    assert res.order == ("most significant first" if fmt == "fixed" else "least significant first")
+
+
 # ---- the result, the pipeline step and bad input -------------------------------------------------------
 
 
