@@ -34,7 +34,6 @@ from arithinterp.planted.and_model import CARRY
 from arithinterp.planted.and_model import build_and_model as build_planted
 from arithinterp.reports import AttributionReport, build_report
 from arithinterp.reports.build import circuit_granularity
-from arithinterp.reports.inputs import default_task
 from arithinterp.reports.tables import HEAD_COLUMNS, NEURON_COLUMNS, probe_evidence
 from arithinterp.tasks import TaskSpec, generate, make_pairs
 from tests.conftest import CountingRun, scaled_variant
@@ -283,9 +282,9 @@ def test_planted_components_top_the_tables_and_form_the_circuit(tmp_path):
 
 def test_zoo_model_report_matches_methods():
     model = load_model("zoo:add-2d-tok")
-    assert default_task(model) == TaskSpec(operation="add", operand_range=(0, 99), format="plain")
+    assert model.default_task == TaskSpec(operation="add", operand_range=(0, 99), format="plain")
     rep = build_report(model, None, n=16, methods=["patching", "dla", "circuit"], seed=1, progress=False)
-    prompts = generate(default_task(model).model_copy(update={"n": 16, "seed": 1}))
+    prompts = generate(model=model, n=16, seed=1)
     pairs = make_pairs(prompts, "random", seed=1, on_impossible="drop")
     patch = patch_activations(model, pairs, kind="attn_head", per_position=False, answer="single", seed=1,
                               progress=False)
