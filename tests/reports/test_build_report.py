@@ -7,6 +7,7 @@ tests/methods/test_circuits.py the planted components top the tables and form th
 
 from __future__ import annotations
 
+import html
 import json
 
 import numpy as np
@@ -306,3 +307,23 @@ def test_each_prompt_set_is_tokenized_once_per_answer_mode(tiny, monkeypatch):
                         lambda prompts, tok, answer: seen.append((prompts.hash, answer)) or encode(prompts, tok, answer))
     build_report(tiny, SMALL, n=24, seed=3, progress=False)
     assert seen and len(seen) == len(set(seen)), sorted(seen)
+
+
+def test_a_report_at_chance_level_warns_on_its_page_and_in_its_summary(tmp_path):
+    """zoo:modadd-113 on the plain format (issue 14's trap): the report warns, names the format,
+    and shows the warning first on its page; on its own task it does not."""
+    from arithinterp.errors import ChanceAccuracyWarning
+    from arithinterp.reports.page import report_sections
+
+    model = load_model("zoo:modadd-113")
+    with pytest.warns(ChanceAccuracyWarning, match="format='modular'"):
+        rep = build_report(model, TaskSpec(operation="modadd"), n=8, methods=["dla"], progress=False)
+    (message,) = rep.summary["warnings"]
+    assert "format='plain' here, the model expects format='modular'" in message
+    first = report_sections(rep)[0]
+    assert first.title.startswith("Warning") and message in first.text
+    rep.save(tmp_path / "report")
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["warnings"] == [message]
+    assert message in html.unescape((tmp_path / "report" / "report.html").read_text())
+    own = build_report(model, None, n=8, methods=["dla"], progress=False)
+    assert own.summary["warnings"] == [] and report_sections(own)[0].title == "Summary"
