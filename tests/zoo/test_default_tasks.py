@@ -14,7 +14,12 @@ from arithinterp.methods.registry import RunContext
 from arithinterp.models import load_model
 from arithinterp.tasks import TaskSpec, generate, model_task, tokenize
 from arithinterp.zoo.data import OPS_TOK_OPERATORS, TaskFormat
-from arithinterp.zoo.default_tasks import OPS_TOK_OPERATIONS, model_dir_tasks, recipe_tasks, spec_tasks
+from arithinterp.zoo.default_tasks import (
+    OPS_TOK_OPERATIONS,
+    model_dir_tasks,
+    recipe_tasks,
+    spec_tasks,
+)
 from arithinterp.zoo.modeling import build_tokenizer_for
 from arithinterp.zoo.recipe import TaskSpec as RecipeTask
 from arithinterp.zoo.registry import list_zoo, zoo_path
