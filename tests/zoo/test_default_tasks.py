@@ -155,3 +155,14 @@ def test_run_context_defaults_to_the_models_task(tmp_path):
     plain = load_model(str(build_tiny_hf(tmp_path / "tiny", "gpt2")))
     with pytest.raises(ConfigError, match="no default task.*pass spec="):
         RunContext(model=plain)
+
+
+def test_registered_methods_run_on_the_models_own_task():
+    """What the pipeline and the report do with a step that names no task: RunContext(model=...)."""
+    from arithinterp.methods.registry import get_method
+
+    model = load_model("zoo:modadd-113")
+    ctx = RunContext(model=model, spec=model.default_task.model_copy(update={"n": 16}), progress=False)
+    assert get_method("evaluate").call(ctx).accuracy == 1.0
+    lens = get_method("logit_lens").call(RunContext(model=model, progress=False), {"k": 2})
+    assert lens.meta.dataset_hash == generate(model=model).hash
