@@ -211,7 +211,7 @@ def model_task(model: Any, **fields: Any) -> TaskSpec:
     """
     tasks = tuple(getattr(model, "default_tasks", ()) or ())
     if not tasks:
-        name = getattr(model, "spec", None) or getattr(model, "name", None) or type(model).__name__
+        name = getattr(model, "name", None) or type(model).__name__
         raise TaskError(
             f"model {name!r} has no default task (only zoo models, whose card.json records their "
             "training task, carry one); pass a task: generate(TaskSpec(operation=..., digits=..., "
