@@ -2,6 +2,8 @@
 
 Every user error is a subclass of :class:`ArithInterpError` and says what was
 wrong and what would be valid. They are raised before any long computation.
+:class:`ChanceAccuracyWarning` is the one warning: results that are computed correctly but
+come from a model at chance level on its prompts.
 """
 
 from __future__ import annotations
@@ -50,3 +52,14 @@ class OutputError(ArithInterpError, OSError):
 
 class ResourceError(ArithInterpError, MemoryError):
     """A request larger than the machine or the model allows (memory, context length)."""
+
+
+class ChanceAccuracyWarning(UserWarning):
+    """A model scored at chance level on the prompts it was given (exact match under 5%).
+
+    Not an error: the numbers are right, but an analysis of a model that cannot do the task
+    explains little. The message names the likely cause: a prompt format, operation or digit
+    count other than the one the model was trained on (``model.default_task``), or prompts
+    longer than its training sequences. ``evaluate`` warns, the report prints it on its page and
+    in ``summary.json``, and the pipeline logs it and records it in the step's ``step.json``.
+    """

@@ -37,7 +37,6 @@ from arithinterp.methods.attribution_calibration import (
 from arithinterp.methods.metrics import tokenize_pairs
 from arithinterp.models import load_model
 from arithinterp.planted import PLANTED, planted
-from arithinterp.reports.inputs import default_task
 from arithinterp.tasks import TaskSpec, generate, make_pairs, tokenize
 from arithinterp.zoo.registry import zoo_path
 
@@ -46,7 +45,7 @@ ZOO = ("add-5d", "add-5d-1L", "add-2d-tok", "modadd-113", "mul-3d")
 
 def zoo_inputs(name: str, n: int):
     model = load_model(f"zoo:{name}")
-    prompts = generate(default_task(model).model_copy(update={"n": n, "seed": 0}))
+    prompts = generate(model=model, n=n, seed=0)
     pairs = make_pairs(prompts, "random", seed=0, on_impossible="drop")
     answer = "single" if tokenize(pairs.clean, model.tokenizer, answer="multi").answer_len == 1 else "multi"
     return model, pairs, answer

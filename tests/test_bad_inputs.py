@@ -67,6 +67,7 @@ from arithinterp.methods import (
     patch_activations,
 )
 from arithinterp.methods.ablation import ablate, path_patch
+from arithinterp.methods.registry import RunContext
 from arithinterp.models import Site, load_model
 from arithinterp.models.backends.nnsight_backend import NNsightBackend
 from arithinterp.models.backends.tl import TransformerLensBackend
@@ -76,6 +77,8 @@ from arithinterp.pipeline.runner import run_pipeline
 from arithinterp.reports import AttributionReport
 from arithinterp.results import Result
 from arithinterp.tasks import PromptPairs, TaskSpec, generate, make_pairs, tokenize
+from arithinterp.zoo.recipe import RECIPE_DIR, load_recipe
+from arithinterp.zoo.train import train
 from tests.conftest import build_tiny_hf
 
 PACKAGE = Path(arithinterp.__file__).parent
@@ -262,7 +265,23 @@ def _model_dirs(root: Path, tiny: Path) -> None:
     (root / "models" / "no_config" / "model.safetensors").write_bytes(b"")
 
 
+#: Recipes with an impossible combination: (file, shipped recipe, top-level or task changes).
+_BAD_RECIPES = {
+    "aux_on_add": ("add-5d", {"aux_loss": {"weight": 1.0}}),
+    "answer_order_on_add": ("add-5d", {"task": {"kind": "add", "n_digits": 5, "answer_order": "msd"}}),
+    "enrichment_on_mul": ("mul-3d", {"enrichment": {"batch_fraction": 0.5, "pair_fraction": 0.4}}),
+}
+
+
+def _recipes(root: Path) -> None:
+    (root / "recipes").mkdir()
+    for name, (base, changes) in _BAD_RECIPES.items():
+        recipe = {**yaml.safe_load((RECIPE_DIR / f"{base}.yaml").read_text()), **changes}
+        _write_yaml(root / "recipes" / f"{name}.yaml", recipe)
+
+
 def _files(root: Path) -> None:
+    _recipes(root)
     _user_files(root / "user")
     (root / "a_file").write_text("not a directory")
     _write_yaml(root / "ok.yaml", _pipeline())
@@ -483,6 +502,11 @@ ROWS: list[Row] = [
     Row("task_parse_list", lambda e: TaskSpec.parse([1, 2]), TaskError, "must be a TaskSpec or a mapping"),
     Row("task_n_string", lambda e: TaskSpec(n="many"), TaskError, "n"),
     Row("generate_non_spec", lambda e: generate(["add"]), TaskError, "TaskSpec"),
+    Row("generate_model_without_task", lambda e: generate(model=e.tl), TaskError,
+        "has no default task (only zoo models"),
+    Row("generate_nothing", lambda e: generate(), TaskError, "generate needs a task"),
+    Row("run_context_model_without_task", lambda e: RunContext(model=e.tl), ConfigError,
+        "pass spec= (a TaskSpec) or prompts="),
     Row("pairs_bad_kind", lambda e: make_pairs(e.prompts, "bogus"), TaskError, "bogus"),
     Row("pairs_mismatched", lambda e: PromptPairs(clean=e.prompts, corrupt=e.prompts[:3], kind="operand_a"),
         TaskError, "8 clean but 3 corrupt prompts"),
@@ -627,9 +651,27 @@ ROWS: list[Row] = [
         ConfigError, "not valid YAML"),
     Row("config_override_no_equals", lambda e: parse_config(_pipeline(), overrides=["task.n"]),
         ConfigError, "must look like key=value"),
+    Row("config_no_task_hub_model", lambda e: parse_config({"name": "bad", "model": "gpt2",
+                                                            "steps": [{"kind": "evaluate"}]}),
+        ConfigError, "task: no `task:` is given, but model 'gpt2' has none"),
+    Row("config_default_task_unknown_zoo", lambda e: parse_config({"name": "bad", "model": "zoo:nosuch",
+                                                                   "task": "default", "steps": [{"kind": "evaluate"}]}),
+        ConfigError, "model: no zoo model 'nosuch'"),
     Row("config_missing_file", lambda e: load_config(e.scratch / "nowhere.yaml"), ConfigError, "no pipeline config"),
     Row("config_not_utf8", lambda e: load_config(e.scratch / "latin1.yaml"), ConfigError, "is not UTF-8 text"),
     Row("config_python_tag", lambda e: load_config(e.scratch / "python_tag.yaml"), ConfigError, "not valid YAML"),
+    # -- training recipes and where training writes -------------------------------------------------------
+    Row("recipe_aux_loss_on_add", lambda e: load_recipe(e.scratch / "recipes" / "aux_on_add.yaml"), ConfigError,
+        "aux_loss regresses multiplication's running sums"),
+    Row("recipe_answer_order_on_add", lambda e: load_recipe(e.scratch / "recipes" / "answer_order_on_add.yaml"),
+        ConfigError, "task.answer_order is a choice of kind 'mul' only"),
+    Row("recipe_enrichment_on_mul", lambda e: load_recipe(e.scratch / "recipes" / "enrichment_on_mul.yaml"),
+        ConfigError, "enrichment applies to digit addition and subtraction only"),
+    Row("train_impossible_recipe", lambda e: train(e.scratch / "recipes" / "enrichment_on_mul.yaml",
+                                                   e.scratch / "trained", progress=False),
+        ConfigError, "enrichment"),
+    Row("train_onto_user_dir", lambda e: train("add-5d", e.scratch / "user", progress=False), ConfigError,
+        "user exists and is not a zoo model or training directory"),
     # -- running a pipeline ---------------------------------------------------------------------------------
     Row("pipeline_unknown_zoo_model", pipeline(_pipeline(model="zoo:nosuch")), ModelLoadError, "model: no zoo model"),
     Row("pipeline_context_too_long", pipeline(_LONG_CFG), TokenizationError,
@@ -667,6 +709,14 @@ ROWS: list[Row] = [
         "greater than or equal to 0"),
     Row("cli_train_zero_steps", cli("train", "add-5d", "--steps", "0", "--out", "{s}/trained"), CliExit,
         "greater than or equal to 1"),
+    Row("cli_train_into_the_package", cli("train", "add-5d", "--out", str(PACKAGE / "zoo" / "models" / "add-5d")),
+        CliExit, "is inside the package zoo"),
+    Row("cli_train_into_package_and_out", cli("train", "add-5d", "--into-package", "--out", "{s}/trained"),
+        CliExit, "give it or --out, not both"),
+    Row("cli_train_onto_user_dir", cli("train", "add-5d", "--out", "{s}/user"), CliExit,
+        "is not a zoo model or training directory"),
+    Row("cli_train_impossible_recipe", cli("train", "{s}/recipes/aux_on_add.yaml", "--out", "{s}/trained"),
+        CliExit, "aux_loss regresses multiplication's running sums"),
     Row("cli_zoo_path_unknown", cli("zoo", "path", "nosuch"), CliExit, "error: no zoo model 'nosuch'"),
     Row("cli_dashboard_port_high", cli("dashboard", "{s}/dash", "--port", "99999"), CliExit,
         "Invalid value for '--port'"),

@@ -92,6 +92,8 @@ def _summary(report: Report) -> list:
         html.Span(f"task: {task_text}"), html.Br(),
         html.Span(f"methods: {', '.join(map(str, s.get('methods') or [])) or 'n/a'}"),
     ]
+    for warning in s.get("warnings") or []:  # a model at chance level on the report's prompts
+        items += [html.Br(), html.Span(f"warning: {warning}", style={"color": "#b00020"})]
     skipped = s.get("skipped") or {}
     if skipped:
         items += [html.Br(), html.Span("skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()))]

@@ -9,6 +9,8 @@ wrong argmax is where greedy decoding would have left the answer.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -17,12 +19,14 @@ import xarray as xr
 from plotly.subplots import make_subplots
 from pydantic import Field
 
+from arithinterp.errors import ChanceAccuracyWarning
 from arithinterp.methods._common import make_meta, token_batches
+from arithinterp.methods.chance import chance_message
 from arithinterp.methods.registry import MethodSpec, Options, register
 from arithinterp.models import Model
 from arithinterp.progress_bars import tqdm
 from arithinterp.results import Result
-from arithinterp.tasks import PromptSet, tokenize
+from arithinterp.tasks import PromptSet, generate, tokenize
 
 
 class EvalResult(Result):
@@ -60,8 +64,15 @@ class EvalResult(Result):
         classes = self.values.coords["complexity"].to_series()
         return exact.groupby(classes.values).mean().rename("accuracy").sort_index()
 
+    @property
+    def warnings(self) -> list[str]:
+        """The :class:`~arithinterp.errors.ChanceAccuracyWarning` messages of this evaluation
+        (empty unless the accuracy was at chance level)."""
+        return list(self.meta.extra.get("warnings", []))
+
     def summary(self) -> dict:
         return {
+            **({"warnings": self.warnings} if self.warnings else {}),
             "accuracy": self.accuracy,
             "n_prompts": int(self.values.sizes["prompt"]),
             "per_digit": {int(k): float(v) for k, v in self.per_digit.items()},
@@ -100,15 +111,24 @@ class EvalResult(Result):
         return cls(values=values, meta=make_meta("evaluate", None), extras={"logprob": logprob})
 
 
-def evaluate(model: Model, prompts: PromptSet, *, batch_size: int = 256, progress: bool = True) -> EvalResult:
+def evaluate(model: Model, prompts: PromptSet | None = None, *, batch_size: int = 256,
+             progress: bool = True) -> EvalResult:
     """Exact-match accuracy of ``model`` on ``prompts``, per answer digit and per complexity class.
+
+    A score at chance level (:mod:`arithinterp.methods.chance`) emits a
+    :class:`~arithinterp.errors.ChanceAccuracyWarning` naming the likely cause (a format,
+    operation or digit count other than the model's own task, prompts longer than it was
+    trained on) and keeps it in :attr:`EvalResult.warnings`.
 
     Args:
         model: the model to score.
-        prompts: a generated task (:func:`arithinterp.tasks.generate`).
+        prompts: a generated task (:func:`arithinterp.tasks.generate`); ``None``: the model's
+            own task (``generate(model=model)``, zoo models only).
         batch_size: prompts per forward pass.
         progress: show a progress bar.
     """
+    if prompts is None:
+        prompts = generate(model=model)
     tokenized = tokenize(prompts, model.tokenizer, answer="multi")
     positions = tokenized.answer_positions
     correct, logprob = [], []
@@ -125,7 +145,13 @@ def evaluate(model: Model, prompts: PromptSet, *, batch_size: int = 256, progres
         coords["complexity"] = ("prompt", prompts.frame["complexity"].astype(str).to_numpy())
     values = xr.DataArray(correct_np, dims=("prompt", "digit"), coords=coords)
     extras = {"logprob": xr.DataArray(torch.cat(logprob).numpy(), dims=values.dims, coords=values.coords)}
-    meta = make_meta("evaluate", model, prompts, options={"batch_size": batch_size})
+    accuracy, token_accuracy = float(correct_np.min(axis=1).mean()), float(correct_np.mean())
+    warning = chance_message(model, prompts, accuracy=accuracy, token_accuracy=token_accuracy,
+                             seq_len=int(tokenized.tokens.shape[1]))
+    meta = make_meta("evaluate", model, prompts, options={"batch_size": batch_size},
+                     extra={"warnings": [warning]} if warning else None)
+    if warning:
+        warnings.warn(warning, ChanceAccuracyWarning, stacklevel=2)
     return EvalResult(values=values, meta=meta, extras=extras)
 
 

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, create_model
 from arithinterp.errors import ArithInterpError, ConfigError
 from arithinterp.methods.metrics import tokenize_pairs
 from arithinterp.models import Model, Site
-from arithinterp.tasks import PromptPairs, PromptSet, TaskSpec, tokenize
+from arithinterp.tasks import PromptPairs, PromptSet, TaskSpec, generate, tokenize
 
 __all__ = [
     "CONTEXT_PARAMETERS",
@@ -95,11 +95,16 @@ class RunContext:
     ``params`` are the caller's settings a method may read (the report's circuit ``target``).
     ``executor`` (an :class:`~arithinterp.distributed.Executor`, ``None``: here) is passed to
     methods that take one, so their pair sweeps shard over workers.
+
+    ``spec`` and ``prompts`` default to each other (the prompts' spec; the spec generated), and
+    both to the model's own task (``model.default_task``, a zoo model's training format), so
+    ``RunContext(model=model)`` runs any method on a zoo model; a model without a default task
+    gets a :class:`~arithinterp.errors.ConfigError` asking for a task.
     """
 
     model: Model
-    spec: TaskSpec
-    prompts: PromptSet
+    spec: TaskSpec | None = None
+    prompts: PromptSet | None = None
     pairs: PromptPairs | None = None
     seed: int = 0
     progress: bool = True
@@ -108,6 +113,14 @@ class RunContext:
     params: dict[str, Any] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     _memo: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.prompts is None:
+            if self.spec is None:
+                self.spec = _default_spec(self.model)
+            self.prompts = generate(self.spec)
+        elif self.spec is None:
+            self.spec = self.prompts.spec
 
     def memo(self, key: Any, make: Callable[[], Any]) -> Any:
         """``make()`` once per ``key`` in this context."""
@@ -139,6 +152,16 @@ class RunContext:
         if self.pairs is None:
             raise ConfigError("this method needs clean/corrupt pairs; give the step `pairs:`")
         return self.pairs
+
+
+def _default_spec(model: Model) -> TaskSpec:
+    """The model's own task, for a context given neither a spec nor prompts."""
+    if getattr(model, "default_task", None) is None:
+        raise ConfigError(
+            f"no task given, and model {getattr(model, 'spec', None) or model.name!r} has no default task "
+            "(only zoo models carry the task they were trained on); pass spec= (a TaskSpec) or prompts="
+        )
+    return model.default_task
 
 
 def check_layer(model: Model, layer: int | None, what: str = "layer") -> None:

@@ -254,7 +254,16 @@ def load_model(
             loaded = NNsightBackend.from_pretrained(
                 path, device=device, dtype=torch_dtype, remote=remote, device_map=_plain(device_map)
             )
-    return _checked(Model(loaded, name=name, spec=spec))
+    return _checked(Model(loaded, name=name, spec=spec, default_tasks=_card_tasks(path)))
+
+
+def _card_tasks(path: str) -> tuple:
+    """The default tasks in a local model directory's zoo card (none for a hub name)."""
+    if not Path(path).is_dir():
+        return ()
+    from arithinterp.zoo.default_tasks import model_dir_tasks
+
+    return model_dir_tasks(path)
 
 
 def _checked(model: Model) -> Model:

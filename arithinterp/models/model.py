@@ -13,13 +13,16 @@ import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from arithinterp.errors import MethodError, SiteError, TokenizationError
 from arithinterp.models.backends.base import Backend, HookFn, Weights, execution_order
 from arithinterp.models.site import ModelShape, Site, all_sites, as_site
+
+if TYPE_CHECKING:
+    from arithinterp.tasks import TaskSpec
 
 Patch = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 """A patch for a site: a tensor (broadcast onto the selected activation) or a
@@ -105,17 +108,35 @@ class Model:
     """A loaded model and the backend that runs it.
 
     Build one with :func:`arithinterp.load_model`.
+
+    A zoo model (or any directory with a zoo ``card.json``) carries the prompt format it was
+    trained on: :attr:`default_task` is that :class:`~arithinterp.tasks.TaskSpec`, and
+    ``generate(model=model)`` writes prompts in it. A model trained on several operators
+    (``addsub``, ``ops_tok``) has one task per operator in :attr:`default_tasks`, and
+    :attr:`default_task` is the first (addition). Other models have none.
     """
 
-    def __init__(self, backend: Backend, *, name: str, spec: str):
+    def __init__(self, backend: Backend, *, name: str, spec: str, default_tasks: Sequence[TaskSpec] = ()):
         self.backend = backend
         self.name = name
         self.spec = spec
+        self._default_tasks = tuple(default_tasks)
 
     # -- description -----------------------------------------------------
     @property
     def shape(self) -> ModelShape:
         return self.backend.shape
+
+    @property
+    def default_tasks(self) -> tuple[TaskSpec, ...]:
+        """The tasks the model was trained on, from its zoo card (``()`` for other models)."""
+        return self._default_tasks
+
+    @property
+    def default_task(self) -> TaskSpec | None:
+        """The task the model was trained on (the first of :attr:`default_tasks`), or ``None``
+        for a model without a zoo card (a hub model, a planted model, a config dict)."""
+        return self._default_tasks[0] if self._default_tasks else None
 
     @property
     def tokenizer(self):

@@ -111,7 +111,7 @@ def replacement_model(model: Model, rules: Rules, what: str = "this method") -> 
         return model
     check_rules(model, rules, what)
     backend = ReplacementBackend(model.backend, rules)
-    return Model(backend, name=model.name, spec=model.spec)
+    return Model(backend, name=model.name, spec=model.spec, default_tasks=model.default_tasks)
 
 
 class ReplacementBackend(Backend):

@@ -12,7 +12,10 @@ Example::
       - {kind: logit_lens, k: 5}
 
 Several tasks are named under ``tasks:`` (a mapping ``name -> task``) and a step
-picks one with ``task: <name>`` (default: the first). Every step's options
+picks one with ``task: <name>`` (default: the first). With no ``task:`` (or ``task:
+default``, or ``task: {default: true, n: 500}`` to change some fields) a zoo model's own task
+is used (``model.default_task``: the format it was trained on); a model trained on several
+operators (``addsub``, ``ops_tok``) gets one named task per operator. Every step's options
 mirror the keyword arguments of its method; the full reference is
 ``docs/pipelines.md``. Errors name the YAML path (``steps[3].sites: ...``).
 """
@@ -37,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 
-from arithinterp.errors import ConfigError
+from arithinterp.errors import ArithInterpError, ConfigError, TaskError
 from arithinterp.methods.circuit_ablation import CircuitAblation
 from arithinterp.methods.registry import MethodSpec, get_method, methods, registry_version
 from arithinterp.tasks import TaskSpec
@@ -158,6 +161,32 @@ class PipelineConfig(_Strict):
     executor: Literal["local", "ray"] = "local"
     address: str | None = None  # a running Ray cluster (executor: ray); default: start a local one
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_task_by_default(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("tasks") is not None:
+            return data
+        task = data.get("task")
+        fields = _default_task_fields(task)
+        if fields is None or not isinstance(data.get("model"), str):
+            return data
+        tasks = _model_tasks(data["model"])
+        if not tasks:
+            what = "no `task:` is given" if task is None else "`task: default` asks for its own task"
+            raise ValueError(f"task: {what}, but model {data['model']!r} has none (only zoo models carry the "
+                             "task they were trained on); give `task: {operation: ..., digits: ..., format: ...}`")
+        try:
+            specs = {t.operation: TaskSpec.parse({**t.model_dump(), **fields}) for t in tasks}
+        except TaskError as err:
+            raise ValueError(f"task: {err}") from None
+        data = {k: v for k, v in data.items() if k != "task"}
+        dumped = {name: spec.model_dump(mode="json", exclude_defaults=True) for name, spec in specs.items()}
+        if len(dumped) == 1:
+            data["task"] = next(iter(dumped.values()))
+        else:
+            data["tasks"] = dumped
+        return data
+
     @field_validator("steps", mode="before")
     @classmethod
     def _registered_steps(cls, value: Any) -> Any:
@@ -257,6 +286,26 @@ class PipelineConfig(_Strict):
             "step": step.model_dump(mode="json", exclude={"name", "task"}),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _default_task_fields(task: Any) -> dict[str, Any] | None:
+    """The fields to change in the model's own task when ``task`` asks for it (omitted,
+    ``default``, or a mapping with ``default: true``); ``None`` when it is a task of its own."""
+    if task is None or task == "default":
+        return {}
+    if isinstance(task, dict) and task.get("default") is True:
+        return {k: v for k, v in task.items() if k != "default"}
+    return None
+
+
+def _model_tasks(model: str) -> tuple[TaskSpec, ...]:
+    """A model spec's default tasks, read from its zoo card without loading it."""
+    from arithinterp.zoo.default_tasks import spec_tasks
+
+    try:
+        return spec_tasks(model)
+    except ArithInterpError as err:
+        raise ValueError(f"model: {err}") from None
 
 
 def step_name(step: Any) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,14 +37,14 @@ import pandas as pd
 import yaml
 
 from arithinterp.distributed import Executor, make_executor
-from arithinterp.errors import ArithInterpError, ResultError
+from arithinterp.errors import ArithInterpError, ChanceAccuracyWarning, ResultError
 from arithinterp.models import Model, load_model
 from arithinterp.models.loading import resolve_spec
 from arithinterp.pipeline.config import PipelineConfig, step_name
 from arithinterp.pipeline.executors import StepRunner
 from arithinterp.pipeline.limits import check_memory, estimate_run_bytes
 from arithinterp.pipeline.rundir import claimed_run_dir
-from arithinterp.pipeline.steps import RunContext, check_step, seed_everything
+from arithinterp.pipeline.steps import RunContext, check_step, output_warnings, seed_everything
 from arithinterp.progress_bars import tqdm
 from arithinterp.reports import ReportSection, write_html_report
 from arithinterp.reports.html import PLOTLY_JS, write_plotly_js
@@ -70,6 +71,8 @@ class RunSummary:
     ``results``: every step's results by their path under the run directory
     (``evaluate``, or ``heuristics/classification`` for a step with parts).
     ``artifacts``: other saved objects (a trained tuned lens), by the same paths.
+    ``warnings``: per step, the warnings its output carries (a model at chance level on the
+    step's prompts, :class:`~arithinterp.errors.ChanceAccuracyWarning`); each was logged.
     """
 
     run_dir: Path
@@ -78,6 +81,7 @@ class RunSummary:
     skipped: list[str] = field(default_factory=list)
     artifacts: dict[str, Any] = field(default_factory=dict)
     attribution_report: Path | None = None
+    warnings: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, step: str, parts: dict[str, Any]) -> None:
         for part, value in parts.items():
@@ -296,8 +300,10 @@ def _run_pipeline(config: PipelineConfig, *, runs_dir: str | Path, force: bool, 
             step_dir = run_dir / name
             fingerprint = fingerprints[index]
             if not force and _is_complete(step_dir, fingerprint):
-                summary.add(name, _load_complete(step_dir))
+                loaded = _load_complete(step_dir)
+                summary.add(name, loaded)
                 summary.skipped.append(name)
+                _note_warnings(summary, name, output_warnings(loaded), log)
                 if step.kind == "report":
                     summary.attribution_report = step_dir
                 continue
@@ -306,8 +312,11 @@ def _run_pipeline(config: PipelineConfig, *, runs_dir: str | Path, force: bool, 
             started = time.time()
             clock = time.perf_counter()
             with atomic_dir(step_dir) as tmp:
-                output = runner.output(index, step, ctx)
+                with warnings.catch_warnings():  # logged below from the output, wherever it ran
+                    warnings.simplefilter("ignore", ChanceAccuracyWarning)
+                    output = runner.output(index, step, ctx)
                 parts = _save_output(output, tmp)
+                noted = _note_warnings(summary, name, output_warnings(output), log)
                 pairs = config.step_pairs(step)
                 record = {
                     "step": name,
@@ -328,6 +337,7 @@ def _run_pipeline(config: PipelineConfig, *, runs_dir: str | Path, force: bool, 
                     "dataset_hash": ctx.prompts.hash,
                     "n_prompts": len(ctx.prompts),
                     "parts": parts,
+                    "warnings": noted,
                     "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
                     "seconds": round(time.perf_counter() - clock, 3),
                     "versions": library_versions(),
@@ -339,8 +349,18 @@ def _run_pipeline(config: PipelineConfig, *, runs_dir: str | Path, force: bool, 
         bar.close()
         if config.report:
             summary.report = write_run_report(config, summary.results, run_dir / "report.html",
-                                              attribution=_attribution(summary, run_dir))
+                                              attribution=_attribution(summary, run_dir),
+                                              step_warnings=summary.warnings)
     return summary
+
+
+def _note_warnings(summary: RunSummary, step: str, found: list[str], log: Callable[[str], None]) -> list[str]:
+    """Log a step's warnings and keep them in the run summary; returns them."""
+    if found:
+        summary.warnings[step] = found
+    for message in found:
+        log(f"warning: step {step}: {message}")
+    return found
 
 
 def _summary_table(result: Result) -> pd.DataFrame:
@@ -385,11 +405,18 @@ def _attribution_section(rel: str, report: Any) -> ReportSection:
 
 
 def write_run_report(config: PipelineConfig, results: dict[str, Result], path: Path, *,
-                     attribution: tuple[str, Any] | None = None) -> Path:
-    """Write the HTML report of a run: a link to the attribution report with its circuit (when the run
-    has a ``report`` step), then one section per step result. plotly.js is loaded from one local copy
-    per run directory (the attribution report's, else ``plotly.min.js`` beside the page)."""
-    sections = [] if attribution is None else [_attribution_section(*attribution)]
+                     attribution: tuple[str, Any] | None = None,
+                     step_warnings: dict[str, list[str]] | None = None) -> Path:
+    """Write the HTML report of a run: the steps' warnings (``{step: [message]}``), a link to the
+    attribution report with its circuit (when the run has a ``report`` step), then one section per
+    step result. plotly.js is loaded from one local copy per run directory (the attribution
+    report's, else ``plotly.min.js`` beside the page)."""
+    sections = []
+    if step_warnings:
+        sections.append(ReportSection(title="Warnings", text="\n\n".join(
+            f"{step}: {m}" for step, ms in step_warnings.items() for m in ms)))
+    if attribution is not None:
+        sections.append(_attribution_section(*attribution))
     sections += [
         ReportSection(
             title="Run",

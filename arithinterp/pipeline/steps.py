@@ -20,7 +20,7 @@ from arithinterp.methods.registry import RunContext, get_method
 
 StepOutput = Any  # a Result, an AttributionReport, or {part: Result | TunedLens}
 
-__all__ = ["RunContext", "StepOutput", "check_step", "run_step", "seed_everything"]
+__all__ = ["RunContext", "StepOutput", "check_step", "output_warnings", "run_step", "seed_everything"]
 
 
 def check_step(step: Any, ctx: RunContext) -> None:
@@ -42,6 +42,23 @@ def _run_report(step: Any, ctx: RunContext) -> StepOutput:
     methods = step.methods if step.methods == "all" else list(step.methods)
     return build_report(ctx.model, ctx.spec, pairs=step.pairs, n=step.n or ctx.spec.n, methods=methods,
                         target=step.target, ablation=step.ablation, seed=ctx.seed, progress=ctx.progress)
+
+
+def output_warnings(output: StepOutput) -> list[str]:
+    """The warnings a step's output carries (a :class:`~arithinterp.errors.ChanceAccuracyWarning`
+    kept in a result's ``meta.extra["warnings"]`` or a report's ``summary["warnings"]``), once each.
+
+    They travel with the output, so a step run on a Ray worker reports them as one run here.
+    """
+    found: list[str] = []
+    for part in (output.values() if isinstance(output, dict) else [output]):
+        meta = getattr(part, "meta", None)
+        if meta is not None and isinstance(getattr(meta, "extra", None), dict):
+            found += meta.extra.get("warnings") or []
+        summary = getattr(part, "summary", None)
+        if isinstance(summary, dict):
+            found += summary.get("warnings") or []
+    return list(dict.fromkeys(str(w) for w in found))
 
 
 def seed_everything(seed: int) -> None:

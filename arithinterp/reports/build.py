@@ -88,6 +88,7 @@ def _summary(inp, accuracy, heads: pd.DataFrame, neurons: pd.DataFrame, n_neuron
         "pairs": inp.pairs.kind,
         "answer": inp.answer,
         "accuracy": accuracy.accuracy,
+        "warnings": accuracy.warnings,
         "accuracy_per_digit": [float(x) for x in accuracy.per_digit.to_numpy()],
         "seed": seed,
         "versions": library_versions(),
@@ -169,7 +170,9 @@ def build_report(
 
     Bad input raises an :class:`~arithinterp.errors.ArithInterpError` subclass before
     any forward pass. A method that does not apply is skipped; ``summary["skipped"]``
-    says why.
+    says why. When the model is at chance level on the prompts (:func:`~arithinterp.methods.evaluate`),
+    a :class:`~arithinterp.errors.ChanceAccuracyWarning` is emitted and its message is kept in
+    ``summary["warnings"]`` and shown first on the page.
     """
     if not 0.0 < float(target) <= 1.5:
         raise ConfigError(f"target is a faithfulness (1 = the full model), in (0, 1.5]; got {target}")

@@ -8,11 +8,9 @@ exist or a method name that is not one of :func:`report_methods` raises an
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from arithinterp.errors import ConfigError, TaskError
@@ -36,43 +34,15 @@ def report_methods() -> tuple[str, ...]:
 #: minutes on a 2-core CPU.
 DEFAULT_N = 64
 
-#: The task each zoo model was trained on, as a :class:`TaskSpec` (by the card's ``task``).
-_ZOO_TASKS: dict[str, dict[str, Any]] = {
-    "add": {"operation": "add", "format": "fixed"},
-    "mul": {"operation": "mul", "format": "fixed_reversed"},
-    "modadd": {"operation": "modadd", "format": "modular"},
-    "add_tok": {"operation": "add", "format": "plain"},
-}
-
-
 def default_task(model: Model) -> TaskSpec:
-    """The task a zoo model was trained on (``ConfigError`` for any other model)."""
-    spec = getattr(model, "spec", None) or model.name
-    card_path = None
-    if isinstance(spec, str) and spec.startswith("zoo:"):
-        from arithinterp.zoo.registry import zoo_path
-
-        card_path = zoo_path(spec[len("zoo:"):]) / "card.json"
-    elif isinstance(spec, str) and (Path(spec) / "card.json").is_file():
-        card_path = Path(spec) / "card.json"
-    if card_path is None or not card_path.is_file():
+    """``model.default_task`` (the task a zoo model was trained on); ``ConfigError`` for a model
+    without one."""
+    if model.default_task is None:
         raise ConfigError(
             f"model {model.name!r} is not a zoo model, so it has no default task; pass task= "
             "(a TaskSpec or a PromptSet)"
         )
-    card = json.loads(card_path.read_text())
-    task = card["recipe"]["task"]
-    kind = task["kind"]
-    if kind not in _ZOO_TASKS:
-        raise ConfigError(f"zoo task kind {kind!r} has no default report task; pass task=")
-    fields = dict(_ZOO_TASKS[kind])
-    if kind == "modadd":
-        fields["p"] = int(task["p"])
-    elif kind == "add_tok":
-        fields["operand_range"] = (0, int(task["max_operand"]) - 1)
-    else:
-        fields["digits"] = int(task["n_digits"])
-    return TaskSpec(**fields)
+    return model.default_task
 
 
 @dataclass(frozen=True)

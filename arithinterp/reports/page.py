@@ -144,7 +144,12 @@ def _table_for_page(frame: pd.DataFrame, title: str) -> pd.DataFrame:
 
 def report_sections(report: Any) -> list[ReportSection]:
     """The page's sections, in order."""
-    sections = [ReportSection("Summary", tables=[_skipped_table(report)], text=_summary_text(report))]
+    sections = []
+    warnings = report.summary.get("warnings") or []
+    if warnings:  # first, so a model that cannot read the prompts is the first thing one reads
+        sections.append(ReportSection("Warning: the model is at chance level on these prompts",
+                                      text="\n\n".join(warnings)))
+    sections.append(ReportSection("Summary", tables=[_skipped_table(report)], text=_summary_text(report)))
     circuit = report.circuit
     if circuit is not None:
         table = circuit.to_frame()

@@ -17,7 +17,7 @@ counterfactuals and :mod:`.tokenization` for tokenizer checks.
 from arithinterp.tasks.arithmetic import COMPLEXITY_CLASSES
 from arithinterp.tasks.causal import CausalModel, CausalVariable, causal_model
 from arithinterp.tasks.pairs import PAIR_KINDS, PairKind, PromptPairs, make_pairs
-from arithinterp.tasks.promptset import PromptSet, generate
+from arithinterp.tasks.promptset import PromptSet, generate, model_task
 from arithinterp.tasks.spec import (
     FORMATS,
     OPERATIONS,
@@ -62,6 +62,7 @@ __all__ = [
     "detect_number_tokenization",
     "shared_tokenization",
     "generate",
+    "model_task",
     "group_by_length",
     "make_pairs",
     "single_token_id",

@@ -202,14 +202,50 @@ def build_promptset(
     return PromptSet.from_frame(spec, pd.DataFrame(columns))
 
 
-def generate(spec: TaskSpec | Mapping[str, Any]) -> PromptSet:
+def model_task(model: Any, **fields: Any) -> TaskSpec:
+    """The task ``model`` was trained on (``model.default_task``), with ``fields`` replaced.
+
+    ``operation=`` picks among the model's tasks when it has several (``addsub``: ``"sub"``;
+    ``ops_tok``: ``"mul"``...), instead of changing the operation of the first one. Raises
+    :class:`TaskError` for a model without a default task (anything but a zoo model).
+    """
+    tasks = tuple(getattr(model, "default_tasks", ()) or ())
+    if not tasks:
+        name = getattr(model, "name", None) or type(model).__name__
+        raise TaskError(
+            f"model {name!r} has no default task (only zoo models, whose card.json records their "
+            "training task, carry one); pass a task: generate(TaskSpec(operation=..., digits=..., "
+            "format=...))"
+        )
+    base = tasks[0]
+    if "operation" in fields:
+        base = next((t for t in tasks if t.operation == fields["operation"]), base)
+    return TaskSpec.parse({**base.model_dump(), **fields}) if fields else base
+
+
+def generate(spec: TaskSpec | Mapping[str, Any] | None = None, *, model: Any = None, **fields: Any) -> PromptSet:
     """Generate ``spec.n`` prompts with their answers and ground-truth annotations.
+
+    ``generate(spec)`` generates a :class:`TaskSpec` (or a mapping of its fields).
+    ``generate(model=model)`` (or ``generate(model)``) generates the task a zoo model was
+    trained on, in its format (``model.default_task``; :func:`model_task`), and raises
+    ``TaskError`` for a model without one.
+    Keyword ``fields`` replace fields of either: ``generate(model=model, n=500, seed=1)``.
 
     The same spec (seed included) always gives the same :class:`PromptSet`
     and the same :attr:`PromptSet.hash`. Few-shot examples are drawn
     uniformly from the spec's operand domain by the same seeded generator,
     after the prompts themselves.
     """
+    if hasattr(spec, "default_tasks"):  # generate(model): a Model in the first place
+        spec, model = None, spec
+    if spec is None and model is None:
+        raise TaskError("generate needs a task: generate(TaskSpec(...)), or generate(model=model) for a "
+                        "zoo model's own task")
+    if spec is None:
+        spec = model_task(model, **fields)
+    elif fields:
+        spec = TaskSpec.parse({**TaskSpec.parse(spec).model_dump(), **fields})
     spec = TaskSpec.parse(spec)
     rng = np.random.default_rng(spec.seed)
     a, b = sample_operands(spec, rng, spec.n)

@@ -1,7 +1,8 @@
 """Command-line entry points of the zoo.
 
 ``zoo_app`` is a typer app (``list``); ``train_cmd`` is a plain function meant
-to be registered as ``arithinterp train NAME --out --steps --seed``.
+to be registered as ``arithinterp train NAME --out --steps --seed --into-package``
+(where it writes: :mod:`arithinterp.zoo.destination`).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Annotated
 import typer
 
 from arithinterp.errors import ArithInterpError
+from arithinterp.zoo.destination import train_destination
 from arithinterp.zoo.recipe import load_recipe, recipe_names
-from arithinterp.zoo.registry import ZOO_DIR, list_zoo, zoo_path
+from arithinterp.zoo.registry import list_zoo, zoo_path
 
 __all__ = ["train_cmd", "zoo_app"]
 
@@ -58,18 +60,30 @@ def _fail(err: ArithInterpError) -> None:
 def train_cmd(
     name: Annotated[str, typer.Argument(help="recipe name (see `zoo list`) or YAML path")],
     out: Annotated[
-        Path | None, typer.Option("--out", help="output dir (default: the package zoo)")
+        Path | None,
+        typer.Option("--out", help="output dir (default: ./<recipe name>, or a fresh ./<recipe name>-2...)"),
     ] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="override the step count")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="override the seed")] = None,
+    into_package: Annotated[
+        bool,
+        typer.Option("--into-package", help="write into the package zoo, replacing the shipped model"),
+    ] = False,
 ) -> None:
-    """Train a zoo model from its recipe and write it as an HF directory."""
+    """Train a zoo model from its recipe and write it as an HF directory.
+
+    It never overwrites a shipped model: by default it writes ./<recipe name> in the working
+    directory (resuming an unfinished training of the same recipe there, else a fresh
+    ./<recipe name>-2...); --into-package writes arithinterp/zoo/models/<recipe name>.
+    """
     from arithinterp.zoo.train import train
 
     try:
-        recipe = load_recipe(name)
-        target = out if out is not None else ZOO_DIR / recipe.name
-        path = train(recipe, target, steps=steps, seed=seed)
+        recipe = load_recipe(name).with_overrides(steps=steps, seed=seed)
+        target, note = train_destination(recipe, out, into_package=into_package)
+        if note:
+            typer.echo(f"note: {note}")
+        path = train(recipe, target)
     except ArithInterpError as err:
         _fail(err)
     typer.echo(f"wrote {path}")

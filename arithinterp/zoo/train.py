@@ -7,7 +7,8 @@ is atomically replaced by a complete HF directory (config.json,
 model.safetensors, tokenizer files, card.json, README.md, history.json).
 
 Command line: ``python -m arithinterp.zoo.train NAME [--out DIR] [--steps N]
-[--seed S] [--threads T] [--no-resume]``.
+[--seed S] [--threads T] [--no-resume] [--into-package]``; by default it writes
+``./<recipe name>`` and never a shipped model (:mod:`arithinterp.zoo.destination`).
 """
 
 from __future__ import annotations
@@ -432,32 +433,31 @@ def training_history(out_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from arithinterp.zoo.registry import ZOO_DIR
+    from arithinterp.zoo.destination import train_destination
 
     parser = argparse.ArgumentParser(
         prog="python -m arithinterp.zoo.train", description=__doc__.split("\n")[0]
     )
     parser.add_argument("name", help="recipe name or path to a recipe YAML")
     parser.add_argument(
-        "--out", type=Path, default=None, help="output dir (default: the package zoo)"
+        "--out", type=Path, default=None,
+        help="output dir (default: ./<recipe name>, or a fresh ./<recipe name>-2...)",
     )
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-resume", action="store_true")
-    args = parser.parse_args(argv)
-    recipe = load_recipe(args.name)
-    out = args.out if args.out is not None else ZOO_DIR / recipe.name
-    path = train(
-        recipe,
-        out,
-        steps=args.steps,
-        seed=args.seed,
-        resume=not args.no_resume,
-        threads=args.threads,
+    parser.add_argument(
+        "--into-package", action="store_true",
+        help="write into the package zoo (arithinterp/zoo/models/<name>), replacing the shipped model",
     )
+    args = parser.parse_args(argv)
+    recipe = load_recipe(args.name).with_overrides(steps=args.steps, seed=args.seed)
+    out, note = train_destination(recipe, args.out, into_package=args.into_package)
+    if note:
+        print(f"note: {note}")
+    path = train(recipe, out, resume=not args.no_resume, threads=args.threads)
     print(f"wrote {path}")
-
 
 if __name__ == "__main__":
     main()

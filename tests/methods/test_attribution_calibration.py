@@ -13,7 +13,6 @@ import pytest
 
 from arithinterp.methods.attribution_calibration import RECOMMENDED, calibrate_attribution
 from arithinterp.models import load_model
-from arithinterp.reports.inputs import default_task
 from arithinterp.tasks import generate, make_pairs, tokenize
 
 #: model -> (spearman, pearson, top-10 overlap) of RECOMMENDED, as measured.
@@ -40,7 +39,7 @@ ZOO = [pytest.param(n, marks=pytest.mark.slow) if n == "add-2d-tok" else n for n
 @pytest.mark.parametrize("name", ZOO)
 def test_calibration_on_the_zoo_does_not_regress(name):
     model = load_model(f"zoo:{name}")
-    prompts = generate(default_task(model).model_copy(update={"n": 32, "seed": 0}))
+    prompts = generate(model=model, n=32, seed=0)
     pairs = make_pairs(prompts, "random", seed=0, on_impossible="drop")
     answer = "single" if tokenize(pairs.clean, model.tokenizer, answer="multi").answer_len == 1 else "multi"
     method, freeze = RECOMMENDED

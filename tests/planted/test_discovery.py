@@ -8,8 +8,7 @@ import pytest
 from arithinterp.methods.circuits import discover_circuit
 from arithinterp.models import load_model
 from arithinterp.planted import PLANTED, planted
-from arithinterp.reports.inputs import default_task
-from arithinterp.tasks import TaskSpec, generate, make_pairs
+from arithinterp.tasks import generate, make_pairs
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -74,8 +73,8 @@ def test_zoo_discovery_is_backend_invariant(name, grow):
     circuits = {}
     for backend in BACKENDS:
         model = load_model(f"zoo:{name}", backend)
-        spec = default_task(model)
-        prompts = generate(TaskSpec(**{**spec.model_dump(), "n": 48, "seed": 5}))
+        spec = model.default_task
+        prompts = generate(model=model, n=48, seed=5)
         answer = "single" if spec.format in ("plain", "modular") else "multi"
         pairs = make_pairs(prompts, "random", seed=5)
         res = discover_circuit(model, pairs, prompts, answer=answer, grow=grow, max_size=12,

@@ -7,6 +7,7 @@ tests/methods/test_circuits.py the planted components top the tables and form th
 
 from __future__ import annotations
 
+import html
 import json
 
 import numpy as np
@@ -34,7 +35,6 @@ from arithinterp.planted.and_model import CARRY
 from arithinterp.planted.and_model import build_and_model as build_planted
 from arithinterp.reports import AttributionReport, build_report
 from arithinterp.reports.build import circuit_granularity
-from arithinterp.reports.inputs import default_task
 from arithinterp.reports.tables import HEAD_COLUMNS, NEURON_COLUMNS, probe_evidence
 from arithinterp.tasks import TaskSpec, generate, make_pairs
 from tests.conftest import CountingRun, scaled_variant
@@ -283,9 +283,9 @@ def test_planted_components_top_the_tables_and_form_the_circuit(tmp_path):
 
 def test_zoo_model_report_matches_methods():
     model = load_model("zoo:add-2d-tok")
-    assert default_task(model) == TaskSpec(operation="add", operand_range=(0, 99), format="plain")
+    assert model.default_task == TaskSpec(operation="add", operand_range=(0, 99), format="plain")
     rep = build_report(model, None, n=16, methods=["patching", "dla", "circuit"], seed=1, progress=False)
-    prompts = generate(default_task(model).model_copy(update={"n": 16, "seed": 1}))
+    prompts = generate(model=model, n=16, seed=1)
     pairs = make_pairs(prompts, "random", seed=1, on_impossible="drop")
     patch = patch_activations(model, pairs, kind="attn_head", per_position=False, answer="single", seed=1,
                               progress=False)
@@ -307,3 +307,23 @@ def test_each_prompt_set_is_tokenized_once_per_answer_mode(tiny, monkeypatch):
                         lambda prompts, tok, answer: seen.append((prompts.hash, answer)) or encode(prompts, tok, answer))
     build_report(tiny, SMALL, n=24, seed=3, progress=False)
     assert seen and len(seen) == len(set(seen)), sorted(seen)
+
+
+def test_a_report_at_chance_level_warns_on_its_page_and_in_its_summary(tmp_path):
+    """zoo:modadd-113 on the plain format (issue 14's trap): the report warns, names the format,
+    and shows the warning first on its page; on its own task it does not."""
+    from arithinterp.errors import ChanceAccuracyWarning
+    from arithinterp.reports.page import report_sections
+
+    model = load_model("zoo:modadd-113")
+    with pytest.warns(ChanceAccuracyWarning, match="format='modular'"):
+        rep = build_report(model, TaskSpec(operation="modadd"), n=8, methods=["dla"], progress=False)
+    (message,) = rep.summary["warnings"]
+    assert "format='plain' here, the model expects format='modular'" in message
+    first = report_sections(rep)[0]
+    assert first.title.startswith("Warning") and message in first.text
+    rep.save(tmp_path / "report")
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["warnings"] == [message]
+    assert message in html.unescape((tmp_path / "report" / "report.html").read_text())
+    own = build_report(model, None, n=8, methods=["dla"], progress=False)
+    assert own.summary["warnings"] == [] and report_sections(own)[0].title == "Summary"

@@ -70,7 +70,7 @@ def test_train_cmd_mounts_as_a_command():
     app.command("other")(lambda: None)
     result = CliRunner().invoke(app, ["train", "--help"])
     assert result.exit_code == 0
-    for option in ("--out", "--steps", "--seed"):
+    for option in ("--out", "--steps", "--seed", "--into-package"):
         assert option in result.output
 
 
