@@ -83,7 +83,7 @@ def train_cmd(
         target, note = train_destination(recipe, out, into_package=into_package)
         if note:
             typer.echo(f"note: {note}")
-        path = train(recipe, target)
+        path = train(recipe, target, into_package=into_package)
     except ArithInterpError as err:
         _fail(err)
     typer.echo(f"wrote {path}")

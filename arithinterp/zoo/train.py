@@ -200,6 +200,17 @@ def _check_out_dir(out_dir: Path) -> None:
         )
 
 
+def _check_not_shipped(out_dir: Path, into_package: bool) -> None:
+    from arithinterp.zoo.registry import ZOO_DIR
+
+    if not into_package and out_dir.resolve().is_relative_to(ZOO_DIR.resolve()):
+        raise ConfigError(
+            f"{out_dir} is inside the package zoo ({ZOO_DIR}), which holds the shipped models; "
+            "pass into_package=True (--into-package) to replace a shipped model, or train "
+            "into a directory outside the package"
+        )
+
+
 def _phase_checkpoints(snapshots: list[dict]) -> list[dict]:
     """Pick memorised / circuit formation / cleanup snapshots from the run."""
     if not snapshots:
@@ -289,6 +300,7 @@ def train(
     threads: int | None = 1,
     stop_at: int | None = None,
     progress: bool = True,
+    into_package: bool = False,
 ) -> Path:
     """Train a zoo model and write it as an HF directory at ``out_dir``.
 
@@ -297,12 +309,14 @@ def train(
     ``stop_at`` stops after that many total steps, saving the training state
     but not the final model (a later call resumes). ``threads`` sets torch's
     intra-op threads for the call (restored afterwards; None leaves it).
-    Returns ``out_dir``.
+    ``out_dir`` inside the package zoo (the shipped models) is refused unless
+    ``into_package``. Returns ``out_dir``.
     """
     recipe = name_or_recipe if isinstance(name_or_recipe, Recipe) else load_recipe(name_or_recipe)
     recipe = recipe.with_overrides(steps=steps, seed=seed)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
+    _check_not_shipped(out_dir, into_package)
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -456,7 +470,8 @@ def main(argv: list[str] | None = None) -> None:
     out, note = train_destination(recipe, args.out, into_package=args.into_package)
     if note:
         print(f"note: {note}")
-    path = train(recipe, out, resume=not args.no_resume, threads=args.threads)
+    path = train(recipe, out, resume=not args.no_resume, threads=args.threads,
+                 into_package=args.into_package)
     print(f"wrote {path}")
 
 if __name__ == "__main__":

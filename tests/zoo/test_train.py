@@ -321,3 +321,15 @@ def test_ops_tok_run_reports_every_operator(tmp_path):
     assert sum(v["n"] for v in by_op["train"].values()) == card["metrics"]["train"]["n"]
     assert card["format"]["examples"]["floordiv"] == ["37/8=", "4"]
     assert tok("31*29=")["input_ids"] == [31, 1003, 29, 1000]
+
+
+def test_train_refuses_the_package_zoo_unless_asked(tmp_path, monkeypatch):
+    from arithinterp.zoo import registry
+
+    monkeypatch.setattr(registry, "ZOO_DIR", tmp_path / "zoo")
+    with pytest.raises(ConfigError, match="into_package"):
+        train(shrunk("add-5d", steps=2), tmp_path / "zoo" / "add-5d", progress=False)
+    assert not (tmp_path / "zoo").exists()
+    out = train(shrunk("add-5d", steps=2, every=100), tmp_path / "zoo" / "add-5d",
+                progress=False, into_package=True)
+    assert (out / "card.json").is_file()
