@@ -132,7 +132,7 @@ def test_module_main_has_the_same_rule(tmp_path, fake_zoo, recorded, monkeypatch
     monkeypatch.chdir(tmp_path)
     main(["add-2d", "--steps", "5"])
     recipe, out, kwargs = recorded[-1]
-    assert out == Path("add-2d") and recipe.steps == 5 and kwargs == {"resume": True, "threads": 1}
+    assert out == Path("add-2d") and recipe.steps == 5 and kwargs == {"resume": True, "threads": 1, "into_package": False}
     main(["add-2d", "--into-package", "--no-resume"])
     assert recorded[-1][1] == fake_zoo / "add-2d" and recorded[-1][2]["resume"] is False
     assert "note: training into the package zoo" in capsys.readouterr().out
