@@ -113,25 +113,44 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-def _cholesky(a: torch.Tensor) -> torch.Tensor:
+def _blas_threads():
+    """A context in which numpy's BLAS runs on torch's thread count: left to its default it
+    takes every core, and on a busy machine runs several times slower."""
+    return _blas().limit(limits=torch.get_num_threads(), user_api="blas")
+
+
+def _gram(rows: torch.Tensor, out: np.ndarray) -> torch.Tensor:
+    """``rows[i]' rows[i]`` of each problem of ``rows [c, n, m]`` (row-major) into ``out``
+    ``[>= c, m, m]`` (numpy, of ``rows``' dtype), inside :func:`_blas_threads`.
+
+    numpy's product of a matrix with its own transpose is one BLAS ``syrk``: half the
+    products of torch's ``bmm``, which has no symmetric kernel."""
+    a = rows.numpy()
+    for i in range(a.shape[0]):
+        np.matmul(a[i].T, a[i], out=out[i])
+    return torch.from_numpy(out[:a.shape[0]])
+
+
+def _cholesky(a: torch.Tensor, jitter: float = 1e-8) -> torch.Tensor:
     """Lower Cholesky factors of a batch of symmetric positive (semi)definite matrices; one
-    that does not factor (``l2 = 0`` on collinear features) gets the least jitter that does."""
+    that does not factor (``l2 = 0`` on collinear features) gets ``jitter`` times its mean
+    diagonal added (inside :func:`_blas_threads`)."""
     try:
         return torch.from_numpy(np.linalg.cholesky(a.numpy()))  # batched LAPACK, faster than torch's
     except np.linalg.LinAlgError:
         chol, info = torch.linalg.cholesky_ex(a)
         bad = info > 0
-        jitter = 1e-8 * a[bad].diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
-        chol[bad] = torch.linalg.cholesky(a[bad] + jitter[:, None, None] * torch.eye(a.shape[-1], dtype=a.dtype))
+        add = jitter * a[bad].diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
+        chol[bad] = torch.linalg.cholesky(a[bad] + add[:, None, None] * torch.eye(a.shape[-1], dtype=a.dtype))
         return chol
 
 
-def _ridge_buffers(c: int, n: int, d: int, k: int) -> tuple[torch.Tensor, np.ndarray]:
+def _ridge_buffers(c: int, n: int, d: int, k: int, dtype=torch.float64) -> tuple[torch.Tensor, np.ndarray]:
     """A chunk's work space for :func:`_ridge_chunk`: ``[shifted x | 1 | y - ybar]`` rows
     ``[c, n, d + 1 + k]`` (the column of ones written once) and their Gram matrices."""
-    aug = torch.empty(c, n, d + 1 + k, dtype=torch.float64)
+    aug = torch.empty(c, n, d + 1 + k, dtype=dtype)
     aug[..., d] = 1.0
-    return aug, np.empty((c, d + 1 + k, d + 1 + k))
+    return aug, np.empty((c, d + 1 + k, d + 1 + k), dtype=aug.numpy().dtype)
 
 
 def _ridge_chunk(
@@ -141,23 +160,21 @@ def _ridge_chunk(
     ``y [c, n, k]``: ``(Z'Z + alpha I) W = Z'(Y - Ybar)``, intercept ``Ybar``.
 
     Everything comes from one Gram matrix per problem (float64, as scikit-learn's ``Ridge``)
-    of the rows ``[x - s | 1 | y - ybar]``, ``s`` a provisional centre (the mean of the
-    first rows) so that re-centring on the true mean loses nothing: ``Xs'Xs``, the feature
-    sums and ``Xs'(y - ybar)``, in one pass over the features. The centring and the
-    standardisation are folded in, ``Z'Z = D^-1 (Xs'Xs - n ms ms') D^-1``, so no centred
-    or standardised copy is made, and one Cholesky factorisation per problem serves every
-    target. ``aug`` and ``gram`` (from :func:`_ridge_buffers`, at least ``c`` problems) are
-    reused across chunks. Returns the weights ``[c, d + 1, k]`` (the last row the intercept),
-    the mean and the scale ``[c, d]``."""
+    of the rows ``[x - s | 1 | y - ybar]``: ``Xs'Xs``, the feature sums and ``Xs'(y - ybar)``,
+    in one pass over the features. ``s``, the mean of the first 64 rows, is a provisional
+    centre: folding the centring in afterwards costs a factor ``(ms / sd)^2`` of float64
+    rounding, ``ms`` the true mean's distance from ``s``. The standardisation is folded in too,
+    ``Z'Z = D^-1 (Xs'Xs - n ms ms') D^-1``, so no centred or standardised copy is made, and
+    one Cholesky factorisation per problem serves every target. ``aug`` and ``gram`` (from
+    :func:`_ridge_buffers`, at least ``c`` problems) are reused across chunks; call it
+    inside :func:`_blas_threads`. Returns the weights ``[c, d + 1, k]`` (the last row the
+    intercept), the mean and the scale ``[c, d]``."""
     c, n, d = x.shape
     ybar = y.mean(1, keepdim=True)
     shift = x[:, :64].mean(1, keepdim=True, dtype=torch.float64)
     torch.sub(x, shift, out=aug[:c, :, :d])
     torch.sub(y, ybar, out=aug[:c, :, d + 1:])
-    xa = aug[:c].numpy()
-    for i in range(c):  # numpy's A'A is one BLAS syrk: half the products of torch's bmm
-        np.matmul(xa[i].T, xa[i], out=gram[i])
-    g = torch.from_numpy(gram[:c])
+    g = _gram(aug[:c], gram)
     mean_s = g[:, :d, d] / n  # the mean of the shifted features
     cov = g[:, :d, :d] - n * mean_s.unsqueeze(-1) * mean_s.unsqueeze(-2)
     std = cov.diagonal(dim1=1, dim2=2).div(n).clamp_min(0).sqrt()
@@ -427,9 +444,7 @@ class LinearProbe(BaseEstimator):
         step = min(size, _chunk_size(n, d))
         aug, gram = _ridge_buffers(step, n, d, k)
         self.n_hessians_, self.n_iter_ = 0, 1  # one solve
-        # numpy's BLAS (the Gram matrices, the Cholesky factors) on torch's thread count: left
-        # to its default it takes every core, and on a busy machine runs several times slower
-        with _blas().limit(limits=torch.get_num_threads(), user_api="blas"):
+        with _blas_threads():  # numpy's BLAS: the Gram matrices, the Cholesky factors
             for start in range(0, size, step):
                 part = slice(start, start + step)
                 w[part], mean[part], scale[part] = _ridge_chunk(flat_x[part], flat_t[part], float(self.l2) * n,
