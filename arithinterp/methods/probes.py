@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
+from contextlib import AbstractContextManager
 from typing import Literal, get_args
 
 import numpy as np
@@ -113,7 +114,7 @@ def _blas() -> ThreadpoolController:
     return ThreadpoolController()
 
 
-def _blas_threads():
+def _blas_threads() -> AbstractContextManager:
     """A context in which numpy's BLAS runs on torch's thread count: left to its default it
     takes every core, and on a busy machine runs several times slower."""
     return _blas().limit(limits=torch.get_num_threads(), user_api="blas")
