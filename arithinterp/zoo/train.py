@@ -352,7 +352,8 @@ def _train(
                 f"{state_dir} was written by a different recipe; pass resume=False "
                 "(--no-resume) to start over or choose another output directory"
             )
-        info = {k: loaded.get(k, 0.0) for k in info}
+        info = {k: loaded[k] for k in info if k != "cpu_s"}
+        info["cpu_s"] = loaded.get("cpu_s")  # None: a state from before the CPU clock, unknown
     elif state_dir.exists():
         shutil.rmtree(state_dir)
 
@@ -362,11 +363,12 @@ def _train(
     for g in opt.param_groups:
         g["initial_lr"] = g["lr"]  # the recipe's lr; the schedule scales it every step
     start = time.perf_counter() - info["elapsed_s"]
-    cpu_start = time.process_time() - info["cpu_s"]
+    cpu_start = None if info["cpu_s"] is None else time.process_time() - info["cpu_s"]
 
     def clock() -> None:
         info["elapsed_s"] = time.perf_counter() - start
-        info["cpu_s"] = time.process_time() - cpu_start
+        if cpu_start is not None:
+            info["cpu_s"] = time.process_time() - cpu_start
 
     bar = tqdm(
         total=recipe.steps,
