@@ -1,5 +1,5 @@
 """Nikankin et al.'s heuristics on every operator: valid-problem grids, per-operator families, planted
-neurons scored against a literal overlap, multi-result neurons for ÷."""
+neurons scored against a literal overlap, multi-result neurons for ÷, and CNA's head scan."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import torch
 
 from arithinterp.errors import ArithInterpError
 from arithinterp.methods._common import make_meta
+from arithinterp.methods.cna import find_cna, head_scan
+from arithinterp.methods.components import comparative_neuron_analysis
 from arithinterp.methods.grid import grid_activations, operand_grid
 from arithinterp.methods.heuristic_families import heuristics, topk_overlap
 from arithinterp.methods.neurons import (
@@ -21,7 +23,7 @@ from arithinterp.methods.neurons import (
     problem_grid,
 )
 from arithinterp.models import Site, load_model
-from arithinterp.tasks import TaskSpec
+from arithinterp.tasks import TaskSpec, generate, tokenize
 
 #: Each operator on operands 0..99 as zoo:ops-2d-tok writes it: no negative difference, products
 #: up to 999, no division by 0.
@@ -234,3 +236,28 @@ def test_neuron_maps_of_a_masked_grid_equal_the_model(add_model):
     full = grid_activations(add_model, spec, [site])[site]
     again = neuron_maps_from_activations(add_model, spec, full, layer=0, neurons=[5])
     assert again.replace(meta=maps.meta) == maps
+
+
+# -- CNA: Yu & Ananiadou's head scan ---------------------------------------------------------------
+
+
+def test_head_scan_equals_ablating_each_head_by_hand(add_model):
+    prompts = generate(TaskSpec(operation="add", operand_range=(0, 99), n=40, seed=3))
+    scan = head_scan(add_model, prompts, batch_size=16)
+    tk = tokenize(prompts, add_model.tokenizer, answer="single")
+    tokens, ans = tk.tokens[:, : tk.prompt_len], tk.answer_tokens[:, 0]
+
+    def prob(patches):
+        logits = add_model.logits(tokens, patches)[:, -1].double()
+        return torch.softmax(logits, -1).gather(1, ans[:, None])[:, 0]
+
+    clean = prob({})
+    assert scan.meta.extra["clean_prob"] == pytest.approx(float(clean.mean()), abs=1e-6)
+    for head in range(add_model.shape.n_heads):
+        ablated = prob({Site("attn_head", 0, head=head): torch.zeros(())})
+        assert float(scan.values.sel(layer=0, head=head)) == pytest.approx(float((clean - ablated).mean()), abs=1e-6)
+    out = find_cna(add_model, prompts)
+    best = int(scan.values.sel(layer=0).argmax())
+    assert int(out["cna"].values.coords["ablated_head"]) == best
+    direct = comparative_neuron_analysis(add_model, prompts, head=(0, best))
+    np.testing.assert_allclose(out["cna"].values.values, direct.values.values)
