@@ -279,6 +279,7 @@ def _finish(model, tok, recipe, fmt, out_dir, info, stopped_early) -> Path:
         fmt,
         steps_done=info["step"],
         wall_time_s=info["elapsed_s"],
+        cpu_time_s=info["cpu_s"],
         metrics=metrics,
         stopped_early=stopped_early,
         checkpoints=checkpoints,
@@ -342,7 +343,8 @@ def _train(
     batches = _Batches(recipe, fmt, rng)
     state_dir = out_dir / STATE_DIRNAME
     recipe_json = recipe.model_dump(mode="json")
-    info: dict[str, Any] = {"step": 0, "history": [], "snapshots": [], "elapsed_s": 0.0}
+    info: dict[str, Any] = {"step": 0, "history": [], "snapshots": [], "elapsed_s": 0.0,
+                            "cpu_s": 0.0}
     if resume and (state_dir / "state.json").exists():
         loaded = load_state(state_dir, trained, opt, rng)
         if loaded["recipe"] != recipe_json:
@@ -350,7 +352,8 @@ def _train(
                 f"{state_dir} was written by a different recipe; pass resume=False "
                 "(--no-resume) to start over or choose another output directory"
             )
-        info = {k: loaded[k] for k in info}
+        info = {k: loaded[k] for k in info if k != "cpu_s"}
+        info["cpu_s"] = loaded.get("cpu_s")  # None: a state from before the CPU clock, unknown
     elif state_dir.exists():
         shutil.rmtree(state_dir)
 
@@ -360,6 +363,13 @@ def _train(
     for g in opt.param_groups:
         g["initial_lr"] = g["lr"]  # the recipe's lr; the schedule scales it every step
     start = time.perf_counter() - info["elapsed_s"]
+    cpu_start = None if info["cpu_s"] is None else time.process_time() - info["cpu_s"]
+
+    def clock() -> None:
+        info["elapsed_s"] = time.perf_counter() - start
+        if cpu_start is not None:
+            info["cpu_s"] = time.process_time() - cpu_start
+
     bar = tqdm(
         total=recipe.steps,
         initial=info["step"],
@@ -372,7 +382,7 @@ def _train(
     while info["step"] < recipe.steps:
         step = info["step"]
         if stop_at is not None and step >= stop_at:
-            info["elapsed_s"] = time.perf_counter() - start
+            clock()
             checkpoint()
             bar.close()
             return out_dir
@@ -422,12 +432,12 @@ def _train(
                 loss=f"{loss.item():.3g}", acc=f"{acc:.3f}", test_acc=f"{last_test:.4f}"
             )
         if step % recipe.checkpoint_every == 0 and step < recipe.steps and not stopped_early:
-            info["elapsed_s"] = time.perf_counter() - start
+            clock()
             checkpoint()
         if stopped_early:
             break
     bar.close()
-    info["elapsed_s"] = time.perf_counter() - start
+    clock()
     model.eval()
     if aux_head is not None:
         aux_head.remove()
