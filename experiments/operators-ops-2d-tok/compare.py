@@ -7,8 +7,8 @@ prints, as Markdown tables:
 
 - per operator: accuracy, the head/MLP circuit (faithfulness, heads needed), the neuron circuit
   (neurons per layer), heuristic neurons (classified at t = 0.6, all and among the neuron
-  circuit's: Nikankin et al.'s "top neurons"), the knockout of the most common heuristic, CNA's
-  head and top neurons;
+  circuit's: Nikankin et al.'s "top neurons"), the knockouts of MLP1's commonest heuristics, CNA's
+  head;
 - between operators: Jaccard overlap of circuit heads and MLPs, of neuron-circuit neurons, of
   heuristic neurons and of top-CNA neurons; which neurons every operator's neuron circuit shares
   and which only one operator uses, with the heuristic each implements per operator.
@@ -95,12 +95,14 @@ def summarise(res: dict[str, Result]) -> dict:
     cna = res["cna/cna"].values
     ko = res.get("heuristics_l1/knockout")
     knock = None
-    if ko is not None:
-        h = str(ko.values.coords["class"].values[0])
-        v = ko.values.sel({"class": h})
-        knock = {"heuristic": h, "associated": float(v.sel(target="associated", stat="ablated_accuracy")),
-                 "unassociated": float(v.sel(target="unassociated", stat="ablated_accuracy")),
-                 "neurons": len(ko.meta.extra["neurons"]) if "neurons" in ko.meta.extra else None}
+    if ko is not None:  # accuracy after the knockout, per heuristic, associated vs unassociated problems
+        acc = ko.values.sel(stat="ablated_accuracy")
+        gap = acc.sel(target="unassociated") - acc.sel(target="associated")
+        worst = str(gap.idxmax("class").item())
+        knock = {"n": int(acc.sizes["class"]), "associated": float(acc.sel(target="associated").mean()),
+                 "unassociated": float(acc.sel(target="unassociated").mean()), "worst": worst,
+                 "worst_associated": float(acc.sel(target="associated", **{"class": worst})),
+                 "worst_unassociated": float(acc.sel(target="unassociated", **{"class": worst}))}
     n_neurons = sum(res[f"heuristics_l{layer}/classification"].sizes["neuron"] for layer in (0, 1))
     return {
         "accuracy": res["evaluate"].summary()["accuracy"],
@@ -124,6 +126,13 @@ def summarise(res: dict[str, Result]) -> dict:
 
 def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a | b else float("nan")
+
+
+def _chance_jaccard(m: int, n: int, total: int) -> float:
+    """The Jaccard overlap two random sets of ``m`` and ``n`` of ``total`` items have on average
+    (to first order: the expected intersection over the expected union)."""
+    both = m * n / total
+    return both / (m + n - both)
 
 
 def _pairs_table(title: str, sets: dict[str, set]) -> str:
@@ -158,9 +167,10 @@ def report(summary: dict[str, dict]) -> str:
         (f"… by a heuristic holding ≤ {SPECIFIC:.0%} of the grid", lambda s: f"{s['top_specific']} of {s['top']} "
          f"({s['top_specific'] / max(s['top'], 1):.0%})"),
         ("families (classified neurons)", lambda s: ", ".join(f"{k} {v}" for k, v in list(s["families"].items())[:4])),
-        ("knockout (L1) of the commonest heuristic: acc. assoc. / unassoc.",
-         lambda s: "—" if not s["knockout"] else f"{s['knockout']['heuristic']}: "
-         f"{s['knockout']['associated']:.2f} / {s['knockout']['unassociated']:.2f}"),
+        ("knockout (MLP1, the 5 commonest heuristics): mean accuracy assoc. / unassoc.",
+         lambda s: "—" if not s["knockout"] else f"{s['knockout']['associated']:.2f} / {s['knockout']['unassociated']:.2f}"),
+        ("… the knockout that hurts its own problems most", lambda s: "—" if not s["knockout"] else
+         f"{s['knockout']['worst']}: {s['knockout']['worst_associated']:.2f} / {s['knockout']['worst_unassociated']:.2f}"),
         ("CNA head (fall of P(answer))", lambda s: f"{s['cna_head']} ({s['cna_head_prob_drop']:.2f} of {s['clean_prob']:.2f})"),
     ]
     out = ["| | " + " | ".join(OPERATORS[o] for o in ops) + " |", "|---" * (len(ops) + 1) + "|"]
@@ -168,7 +178,11 @@ def report(summary: dict[str, dict]) -> str:
     out.append("")
     out.append(_pairs_table("circuit heads + MLPs", {o: set(s["circuit"]) for o, s in summary.items()}))
     out.append("")
-    out.append(_pairs_table("neuron-circuit neurons", {o: set(s["neurons"]) for o, s in summary.items()}))
+    circuits = {o: set(s["neurons"]) for o, s in summary.items()}
+    out.append(_pairs_table("neuron-circuit neurons", circuits))
+    total = next(iter(summary.values()))["of"]
+    chance = [_chance_jaccard(len(circuits[a]), len(circuits[b]), total) for a in circuits for b in circuits if a < b]
+    out.append(f"(two random sets of these sizes out of {total} neurons: Jaccard {min(chance):.2f}–{max(chance):.2f})")
     out.append("")
     out.append(_pairs_table("heuristic neurons (all classified)",
                             {o: set(s["heuristic_neurons"]) for o, s in summary.items()}))
