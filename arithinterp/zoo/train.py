@@ -191,6 +191,23 @@ def _periodic_eval(model, recipe: Recipe, fmt: TaskFormat, batches: _Batches, st
     return row
 
 
+def _evaluate_step(model, recipe: Recipe, fmt: TaskFormat, batches: _Batches, info: dict,
+                   batch_loss: float, snap: bool, out_dir: Path) -> dict:
+    """The periodic evaluation at ``info["step"]``: logged, kept in the history, and (``snap``)
+    the weights saved as a snapshot for the phase checkpoints."""
+    step = info["step"]
+    row = _periodic_eval(model, recipe, fmt, batches, step)
+    row["batch_loss"] = batch_loss
+    info["history"].append(row)
+    tqdm.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}))
+    if snap:
+        path = out_dir / SNAPSHOT_DIRNAME / f"step-{step}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({n: p.detach().clone() for n, p in model.named_parameters()}, str(path))
+        info["snapshots"].append({k: v for k, v in row.items() if k != "per_token"})
+    return row
+
+
 def _check_out_dir(out_dir: Path) -> None:
     occupied = out_dir.exists() and any(out_dir.iterdir())
     if occupied and not any((out_dir / m).exists() for m in _MARKERS):
@@ -403,28 +420,11 @@ def _train(
         bar.update(1)
         snap = recipe.snapshot_every is not None and step % recipe.snapshot_every == 0
         if step % recipe.eval.every == 0 or snap or step == recipe.steps:
-            row = _periodic_eval(model, recipe, fmt, batches, step)
-            row["batch_loss"] = loss.item()
-            info["history"].append(row)
+            row = _evaluate_step(model, recipe, fmt, batches, info, loss.item(), snap, out_dir)
             last_test = row["test_accuracy"]
-            tqdm.write(
-                json.dumps(
-                    {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
-                )
-            )
-            if snap:
-                path = out_dir / SNAPSHOT_DIRNAME / f"step-{step}.safetensors"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_file({n: p.detach().clone() for n, p in model.named_parameters()}, str(path))
-                info["snapshots"].append({k: v for k, v in row.items() if k != "per_token"})
             es = recipe.early_stop
-            if (
-                es is not None
-                and step >= es.min_step
-                and row["test_accuracy"] >= es.test_accuracy
-                and row["test_loss"] <= es.test_loss
-            ):
-                stopped_early = True
+            stopped_early = es is not None and step >= es.min_step and (
+                row["test_accuracy"] >= es.test_accuracy and row["test_loss"] <= es.test_loss)
         if step % 50 == 0 or step == recipe.steps:
             with torch.no_grad():
                 acc = (logits.argmax(-1) == answers).all(-1).float().mean().item()
