@@ -86,11 +86,12 @@ class DigitConfidenceResult(Result):
     the per-position mean (how much the number itself moves from pass to pass), and
     ``mc_std_prompt``, each prompt's standard deviation over the passes averaged over the
     prompts (how unsure the model is of one answer). Both are NaN with one pass.
-    ``records`` holds the per-prompt records.
+    ``records`` holds the per-prompt records; ``save``/``load`` keep them, and a result read
+    back from netCDF (``to_netcdf``, which exports the summary and its intervals) has none.
     """
 
     metric_name = "mean"
-    records: DigitRecords
+    records: DigitRecords | None = None
 
     # -- views ------------------------------------------------------------------------------
 
