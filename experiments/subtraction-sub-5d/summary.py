@@ -1,0 +1,79 @@
+"""The Measured tables of the README from a finished run of sub-5d.yaml.
+
+    python experiments/subtraction-sub-5d/summary.py runs/subtraction-sub-5d
+
+Prompt ``12345-67890=`` (positions 0..11, "=" at 11), answer a sign then five digits most
+significant first: position 11 predicts the sign and position 16 - i predicts digit i (place
+10^i). Column j's sub-tasks (MB_j, MZ_j, GT_j) and the borrow out of it (borrow_j) are needed
+at the position predicting digit j + 1 (15 - j); the top column's (j = 4) feed the sign, at 11.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from arithinterp.results import Result
+
+
+def _needed_at(target: str) -> int:
+    if target == "negative":
+        return 11
+    j = int(target.rsplit("_", 1)[1])
+    return 11 if j == 4 else 15 - j
+
+
+def accuracy_tables(ev) -> None:
+    per_token = ev.values.mean("prompt").to_numpy()
+    exact = ev.values.min("digit").to_series()
+    classes = ev.values.coords["complexity"].to_series()
+    print(f"exact match {exact.mean():.4f} on {len(exact)} prompts")
+    print("| token | sign | 10^4 | 10^3 | 10^2 | 10^1 | 10^0 |\n|---|---|---|---|---|---|---|")
+    print("| accuracy | " + " | ".join(f"{v:.4f}" for v in per_token) + " |")
+    groups = exact.groupby(classes.values)
+    print("\n| class | " + " | ".join(groups.groups) + " |")
+    print("|---" * (len(groups.groups) + 1) + "|")
+    print("| exact (n) | " + " | ".join(f"{g.mean():.4f} ({len(g)})" for _, g in groups) + " |")
+
+
+def probe_table(pr) -> None:
+    sites = list(pr.values.coords["site"].values)
+    print("\n| target | pos | majority | " + " | ".join(sites) + " | first site >= 0.95 | best (site, pos) |")
+    print("|---" * (len(sites) + 5) + "|")
+    for target in pr.values.coords["target"].values:
+        pos = _needed_at(str(target))
+        cell = pr.values.sel(target=target, pos=pos).to_numpy()
+        first = next((s for s, v in zip(sites, cell) if v >= 0.95), "—")
+        # a best cell whose teacher-forced input already shows the target's digit is not counted
+        allowed = pr.values.sel(target=target).where(~pr.extras["answer_visible"].sel(target=target))
+        flat = allowed.stack(cell=("site", "pos"))
+        best = flat.isel(cell=int(np.nanargmax(flat.to_numpy())))
+        print(f"| {target} | {pos} | {float(pr.extras['majority'].sel(target=target)):.2f} | "
+              + " | ".join(f"{v:.2f}" for v in cell)
+              + f" | {first} | {float(best):.3f} ({best['site'].item()}, {best['pos'].item()}) |")
+
+
+def sign_table(pr) -> None:
+    sites = list(pr.values.coords["site"].values)
+    print("\n`negative` (the sign) by position (rows) and site; from position 12 on, the input shows the")
+    print("teacher-forced sign token:")
+    print("| pos | token (first prompt) | " + " | ".join(sites) + " |\n" + "|---" * (len(sites) + 2) + "|")
+    for pos in pr.values.coords["pos"].values:
+        cell = pr.values.sel(target="negative", pos=pos)
+        print(f"| {pos} | {cell['pos_token'].item()} | " + " | ".join(f"{v:.2f}" for v in cell.to_numpy()) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run", type=Path)
+    args = parser.parse_args()
+    accuracy_tables(Result.load(args.run / "evaluate"))
+    probes = Result.load(args.run / "probes")
+    probe_table(probes)
+    sign_table(probes)
+
+
+if __name__ == "__main__":
+    main()
