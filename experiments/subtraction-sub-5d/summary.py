@@ -40,8 +40,9 @@ def accuracy_tables(ev) -> None:
 
 def probe_table(pr) -> None:
     sites = list(pr.values.coords["site"].values)
-    print("\n| target | pos | majority | " + " | ".join(sites) + " | first site >= 0.95 | best (site, pos) |")
-    print("|---" * (len(sites) + 5) + "|")
+    print("\n| target | pos | majority | " + " | ".join(sites)
+          + " | first site >= 0.95 | best (site, pos) | at the column's b token, L0 mid |")
+    print("|---" * (len(sites) + 6) + "|")
     for target in pr.values.coords["target"].values:
         pos = _needed_at(str(target))
         cell = pr.values.sel(target=target, pos=pos).to_numpy()
@@ -52,7 +53,17 @@ def probe_table(pr) -> None:
         best = flat.isel(cell=int(np.nanargmax(flat.to_numpy())))
         print(f"| {target} | {pos} | {float(pr.extras['majority'].sel(target=target)):.2f} | "
               + " | ".join(f"{v:.2f}" for v in cell)
-              + f" | {first} | {float(best):.3f} ({best['site'].item()}, {best['pos'].item()}) |")
+              + f" | {first} | {float(best):.3f} ({best['site'].item()}, {best['pos'].item()}) | "
+              + f"{_at_b_token(pr, str(target))} |")
+
+
+def _at_b_token(pr, target: str) -> str:
+    """MB_j / MZ_j / GT_j right after layer-0 attention at b_j's token (position 10 - j), where
+    both of column j's digits are first visible."""
+    if target[:3] not in ("MB_", "MZ_", "GT_"):
+        return "—"
+    pos = 10 - int(target[3:])
+    return f"{float(pr.values.sel(target=target, pos=pos, site='L0 mid')):.2f} (pos {pos})"
 
 
 def sign_table(pr) -> None:
