@@ -109,6 +109,16 @@ def test_subtraction_borrows(case):
     assert borrow_in == 0  # nothing borrowed past the top column
     assert value == abs(a - b)
     assert row["n_borrows"] == sum(row[f"borrow_{i}"] for i in range(w))
+    # a - b column by column in prompt order, borrowing past the top column when a < b
+    rest, borrow_in, rebuilt = a - b, 0, 0
+    for i in range(w):
+        borrow = row[f"borrow_ab_{i}"]
+        digit = lsd(a, w)[i] - lsd(b, w)[i] - borrow_in + 10 * borrow
+        assert 0 <= digit <= 9
+        rebuilt += digit * 10**i
+        borrow_in = borrow
+    assert borrow_in == (a < b)
+    assert rebuilt - borrow_in * 10**w == rest  # the ten's complement of a negative difference
     da, db = lsd(a, w), lsd(b, w)
     for i in range(w):  # Quirke, Neo & Barez's sub-tasks, in prompt order
         assert row[f"MD_{i}"] == (da[i] - db[i] + 10) % 10
