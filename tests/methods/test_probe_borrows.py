@@ -97,49 +97,60 @@ def sub5():
 
 @pytest.fixture(scope="module")
 def sub5_prompts(sub5):
-    return generate(model=sub5, n=1200, seed=1)
+    return generate(model=sub5, operand_range=(0, 99999), n=1200, seed=1)
 
 
-def _digit_position(sub5_prompts, i: int) -> int:
+def _digit_position(prompts, i: int) -> int:
     """The position predicting answer digit ``i`` (place ``10**i``): ``12345-67890=`` is 12 tokens,
     the sign is predicted at "=" (11), then the magnitude's digits most significant first."""
-    return sub5_prompts.spec.operand_width * 2 + 1 + sub5_prompts.spec.answer_width - i
+    return prompts.spec.operand_width * 2 + 1 + prompts.spec.answer_width - i
 
 
 def test_the_borrow_into_each_column_is_decodable_where_its_digit_is_predicted(sub5, sub5_prompts):
-    """Known answer on zoo:sub-5d (``12345-67890=-55545``; >= 99.9% exact on its card): the
-    borrow into column ``i`` (``borrow_{i-1}``, i = 1..4) is decodable by a linear probe at the
-    position predicting answer digit ``i`` (16 - i), at some residual site; the Hewitt & Liang
-    control (a random label per operand pair) and labels shuffled over prompts stay at chance
-    there; and at position 0, which has seen the minuend's top digit only, no site decodes any
-    borrow. 1200 prompts, 900 train / 300 held out. Measured (best site, its score; control;
-    shuffled; chance = the better constant guess):
+    """Known answer on zoo:sub-5d (``12345-67890=-55545``; >= 99.9% exact on its card). Answer
+    digit ``i`` (i = 1..4, predicted at position 16 - i) needs the borrow into column ``i``. The
+    model holds it in prompt order: ``borrow_ab_{i-1}``, the borrow of ``a - b`` column by column
+    whatever the sign, is decodable there after layer-1 attention. ``borrow_{i-1}``, the borrow of
+    ``max - min`` that the magnitude's digit uses, is ``borrow_ab`` exclusive-or the sign (lower
+    columns equal apart), which a stream holding those two linearly need not hold linearly: it
+    becomes decodable only in the last layer, and the lowest two columns' only in part. The Hewitt & Liang control
+    (a random label per operand pair) and labels shuffled over prompts stay at chance at the best
+    site; and at position 0, which has seen the minuend's top digit only, no site decodes either
+    borrow. 1200 prompts (operands 0..99999), 900 train / 300 held out.
 
-        MEASURED_TABLE
+    Measured, on the model at step 15,000 of its recipe (best site and score; control and
+    shuffled there; position 0's best site; chance = the better constant guess):
 
-    Thresholds, from these with margin: best site >= 0.95; control and shuffled <= chance + 0.08
-    (300 held out: sd ~0.029, and the shuffled probe is read at the best of 7 sites); position 0
-    <= chance + 0.08 at every site.
+    MEASURED_TABLE
+
+    Thresholds, from these with margin: ``borrow_ab`` >= 0.95 at the best site, ``borrow`` >= 0.85;
+    control, shuffled and position 0 <= chance + 0.08 (300 held out: sd ~0.029, and position 0 is
+    read at the best of 7 sites).
     """
-    cols = [f"borrow_{i - 1}" for i in range(1, 5)]
     rng = np.random.default_rng(0)
-    ys = {c: sub5_prompts.frame[c].to_numpy() for c in cols}
-    ys |= {f"{c} shuffled": rng.permutation(ys[c]) for c in cols}
+    frame = sub5_prompts.frame
+    ys = {}
+    for i in range(1, 5):
+        for col in (f"borrow_ab_{i - 1}", f"borrow_{i - 1}"):
+            ys[col] = frame[col].to_numpy()
+            ys[f"{col} shuffled"] = rng.permutation(ys[col])
     positions = [0] + [_digit_position(sub5_prompts, i) for i in range(1, 5)]
     res = fit_probes(sub5, sub5_prompts, ys, positions=positions, n_boot=0, progress=False)
     assert res.meta.extra["control_columns"]["borrow_0"] == ["operand_a", "operand_b"]
-    for i, col in enumerate(cols, start=1):
+    for i in range(1, 5):
         pos = _digit_position(sub5_prompts, i)
-        chance = max(float(res.extras["majority"].sel(target=col)), 1 - float(res.extras["majority"].sel(target=col)))
-        cell = res.values.sel(target=col, pos=pos)
-        best = str(cell.idxmax("site").values)
-        control = float(res.extras["control"].sel(target=col, pos=pos, site=best))
-        shuffled = float(res.values.sel(target=f"{col} shuffled", pos=pos, site=best))
-        at0 = float(res.values.sel(target=col, pos=0).max())
-        print(f"{col} pos {pos}: best {best} {float(cell.max()):.3f} control {control:.3f} "
-              f"shuffled {shuffled:.3f} chance {chance:.3f} pos0 max {at0:.3f}  | "
-              + " ".join(f"{s} {v:.2f}" for s, v in zip(cell.site.values, cell.values)))
-        assert float(cell.max()) >= 0.95
-        assert control <= chance + 0.08
-        assert shuffled <= chance + 0.08
-        assert at0 <= chance + 0.08
+        for col, floor in ((f"borrow_ab_{i - 1}", 0.95), (f"borrow_{i - 1}", 0.85)):
+            majority = float(res.extras["majority"].sel(target=col))
+            chance = max(majority, 1 - majority)
+            cell = res.values.sel(target=col, pos=pos)
+            best = str(cell.idxmax("site").values)
+            control = float(res.extras["control"].sel(target=col, pos=pos, site=best))
+            shuffled = float(res.values.sel(target=f"{col} shuffled", pos=pos, site=best))
+            at0 = float(res.values.sel(target=col, pos=0).max())
+            print(f"{col:12s} pos {pos}: best {best} {float(cell.max()):.3f} control {control:.3f} "
+                  f"shuffled {shuffled:.3f} pos0 {at0:.3f} chance {chance:.3f} | "
+                  + " ".join(f"{v:.2f}" for v in cell.values))
+            assert float(cell.max()) >= floor
+            assert control <= chance + 0.08
+            assert shuffled <= chance + 0.08
+            assert at0 <= chance + 0.08
