@@ -16,6 +16,7 @@ import arithinterp.methods.edge_attribution
 import arithinterp.methods.peap
 import arithinterp.methods.mediation
 import arithinterp.methods.components
+import arithinterp.methods.cna
 import arithinterp.methods.probe_analyses
 import arithinterp.methods.fourier_analyses
 import arithinterp.methods.helix
@@ -30,6 +31,7 @@ from arithinterp.methods.attention import AttentionResult, attention_patterns
 from arithinterp.methods.attribution import AttributionResult, attribution_patch, compare_with_exact
 from arithinterp.methods.attribution_calibration import calibrate_attribution
 from arithinterp.methods.circuits import CircuitResult, circuit_figure, discover_circuit
+from arithinterp.methods.cna import find_cna, head_scan
 from arithinterp.methods.components import (
     CNAResult,
     DLAResult,
@@ -168,6 +170,8 @@ __all__ = [
     "calibrate_attribution",
     "compare_with_exact",
     "comparative_neuron_analysis",
+    "find_cna",
+    "head_scan",
     "direct_logit_attribution",
     "edge_attribution_patch",
     "evaluate",

@@ -44,6 +44,11 @@ on average (0 = no effect); for ``noise`` it is ``1 + estimate / (clean_mean
 - corrupt_mean)`` (1 = no effect, 0 = the site alone breaks the clean answer).
 ``AttributionResult.effect`` subtracts that no-effect baseline.
 
+Every batch of pairs is independent (its own forward and backward passes), so
+``executor=`` (:mod:`arithinterp.distributed`) runs the batches on workers that each hold a
+copy of the model; the per-pair estimates merge in pair order before the bootstrap, and
+the result equals the serial run bit for bit.
+
 Edge attribution (:func:`edge_attribution_patch`, EAP) is in
 :mod:`arithinterp.methods.edge_attribution`.
 """
@@ -52,6 +57,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -60,6 +66,7 @@ import xarray as xr
 from pydantic import Field
 from scipy import stats
 
+from arithinterp.distributed.executor import Executor
 from arithinterp.errors import ConfigError, MethodError, ResultError
 from arithinterp.methods._common import make_meta
 from arithinterp.methods.attribution_rules import (
@@ -75,7 +82,7 @@ from arithinterp.methods.attribution_rules import (
     gradient_passes,
     qk_fix,
 )
-from arithinterp.methods.contrast import Contrast, Direction, contrast, package
+from arithinterp.methods.contrast import Contrast, Direction, contrast, map_parts, package
 from arithinterp.methods.metrics import AnswerMode, MetricFn, PairBatch
 from arithinterp.methods.patching import (
     REPORT_N_BOOT,
@@ -95,7 +102,6 @@ from arithinterp.methods.registry import (
 from arithinterp.methods.sweep import position_options, sweep_sites
 from arithinterp.models import Model, Site
 from arithinterp.models.site import HEAD_KINDS, LAYERLESS_KINDS, NEURON_KINDS
-from arithinterp.progress_bars import tqdm
 from arithinterp.results import Result
 from arithinterp.tasks import PromptPairs
 
@@ -214,6 +220,7 @@ def attribution_patch(
     seed: int = 0,
     progress: bool = True,
     validate: bool = False,
+    executor: Executor | None = None,
 ) -> AttributionResult:
     """Estimate :func:`patch_activations` for every site of ``kind`` from gradients.
 
@@ -246,6 +253,11 @@ def attribution_patch(
         progress: show a progress bar.
         validate: also run the exact literal patching sweep and store
             :func:`compare_with_exact`'s numbers (k=10) in ``meta.extra["validation"]``.
+        executor: where the batches of pairs run (default: here). A
+            :class:`~arithinterp.distributed.RayExecutor` spreads them over Ray workers, each
+            holding its own copy of the model; per-pair estimates merge in pair order before the
+            bootstrap, so the result equals the local run bit for bit (at equal thread counts).
+            ``validate``'s exact sweep runs there too.
     """
     if neurons is not None and kind not in NEURON_KINDS:
         raise ConfigError(f"neurons= applies to mlp_post, not {kind!r}")
@@ -255,33 +267,14 @@ def attribution_patch(
     batch = con.batch
     _, layout = sweep_sites(model, kind, per_position=per_position, seq_len=batch.seq_len, neurons=neurons,
                             positions=positions)
-    layers: list[int | None] = [None] if kind in LAYERLESS_KINDS else list(range(model.shape.n_layers))
-    wholes = [Site(kind, layer) for layer in layers]
-    shape = [len(layout["coords"][d]) for d in layout["dims"]]
-    qk = method == "atp_star" and kind in ("q", "k")
-    ft = functional(model) if qk else None
-    graddrop = method == "atp_star" and model.shape.n_layers > 1
-
-    per_pair, dropped, target_scores, source_scores = [], [], [], []
-    needed = _needed_sites(wholes, qk)
-    pos_index = torch.as_tensor(layout["coords"]["pos"]) if per_position and positions is not None else None
-    for part in tqdm(list(con.parts(batch_size)), desc=f"attribution ({method})", disable=not progress,
-                     leave=False):
-        passes = gradient_passes(model, part, needed, con.metric_fn, direction, method, ig_steps,
-                                 freeze_norm=freeze_norm, integrate=wholes)
-        cells = _at_positions(_cells(kind, wholes, passes, passes.grad, neurons, ft, per_position), pos_index)
-        per_pair.append(cells.reshape(len(part), *shape).double())
-        if graddrop:
-            gd = _graddrop(kind, wholes, needed, passes, neurons, ft, per_position, model.shape.n_layers)
-            dropped.append(_at_positions(gd, pos_index).reshape(len(part), *shape).double())
-        target_scores.append(passes.target_scores)
-        source_scores.append(passes.source_scores)
-    estimate = torch.cat(per_pair)  # [pair, *cells]
-    target, source = torch.cat(target_scores), torch.cat(source_scores)
+    estimate, target, source, dropped = _estimates(
+        model, con, layout, kind=kind, per_position=per_position, positions=positions, neurons=neurons,
+        method=method, freeze_norm=freeze_norm, ig_steps=ig_steps, batch_size=batch_size, progress=progress,
+        executor=executor)
     clean, corrupt = (source, target) if direction == "denoise" else (target, source)
     clean_mean, corrupt_mean = float(clean.mean()), float(corrupt.mean())
     # The estimate of each patched run's metric, on patching's scale.
-    patched = target.reshape(-1, *[1] * len(shape)) + estimate
+    patched = target.reshape(-1, *[1] * (estimate.ndim - 1)) + estimate
     options = {"kind": kind, "per_position": per_position, **position_options(positions, layout),
                **con.options, "method": method, "freeze_norm": freeze_norm, "n_boot": n_boot,
                **({"ig_steps": ig_steps} if method in ("ig", "ig_activations") else {}),
@@ -292,8 +285,8 @@ def attribution_patch(
                                    dims=layout["dims"], coords=layout["coords"], clean_mean=clean_mean,
                                    corrupt_mean=corrupt_mean, options=options, extra=extra, n_boot=n_boot,
                                    seed=seed)
-    if dropped:
-        gd = torch.cat(dropped).mean(0)
+    if dropped is not None:
+        gd = dropped.mean(0)
         if normalize and clean_mean != corrupt_mean:
             gd = gd / abs(clean_mean - corrupt_mean)
         extras["graddrop"] = values.copy(data=gd.numpy())
@@ -302,7 +295,7 @@ def attribution_patch(
         return result
     return _validated(result, model, batch, kind=kind, per_position=per_position, positions=positions,
                       neurons=neurons, direction=direction, metric=metric, normalize=normalize, answer=answer,
-                      batch_size=batch_size, n_boot=n_boot, seed=seed, progress=progress)
+                      batch_size=batch_size, n_boot=n_boot, seed=seed, progress=progress, executor=executor)
 
 
 def _validated(result: AttributionResult, model: Model, batch: PairBatch, **sweep) -> AttributionResult:
@@ -311,6 +304,50 @@ def _validated(result: AttributionResult, model: Model, batch: PairBatch, **swee
     exact = patch_activations(model, batch, engine="literal", **sweep)
     validation = {"engine": "literal", **compare_with_exact(result, exact, k=10)}
     return result.replace(meta=replace(result.meta, extra={**result.meta.extra, "validation": validation}))
+
+
+def _estimates(model: Model, con: Contrast, layout: dict, *, kind: str, per_position: bool,
+               positions: Sequence[int] | None, neurons: Sequence[int] | None, method: str, freeze_norm: bool,
+               ig_steps: int, batch_size: int, progress: bool, executor: Executor | None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-pair estimates ``[pair, *cells]``, the target and source runs' metric ``[pair]`` and
+    AtP*'s per-pair GradDrop scores (``None`` unless ``atp_star`` on more than one layer), from
+    the batches of ``con`` run here or on ``executor``'s workers and merged in pair order."""
+    layers: list[int | None] = [None] if kind in LAYERLESS_KINDS else list(range(model.shape.n_layers))
+    wholes = [Site(kind, layer) for layer in layers]
+    qk = method == "atp_star" and kind in ("q", "k")
+    if qk:
+        functional(model)  # a model the QK fix cannot recompute fails here, before any pass
+    pos_index = torch.as_tensor(layout["coords"]["pos"]) if per_position and positions is not None else None
+    part_fn = partial(_attribute_part, kind=kind, wholes=wholes, needed=_needed_sites(wholes, qk), qk=qk,
+                      shape=[len(layout["coords"][d]) for d in layout["dims"]], metric_fn=con.metric_fn,
+                      direction=con.direction, method=method, ig_steps=ig_steps, freeze_norm=freeze_norm,
+                      neurons=neurons, per_position=per_position, pos_index=pos_index,
+                      graddrop=method == "atp_star" and model.shape.n_layers > 1)
+    outputs = map_parts(part_fn, list(con.parts(batch_size)), model=model, executor=executor,
+                        desc=f"attribution ({method})", progress=progress)
+    estimate, dropped, target, source = (torch.cat(x) if x[0] is not None else None for x in zip(*outputs))
+    return estimate, target, source, dropped
+
+
+def _attribute_part(model: Model, part: PairBatch, *, kind: str, wholes: list[Site], needed: list[Site],
+                    qk: bool, shape: list[int], metric_fn: MetricFn, direction: Direction, method: str,
+                    ig_steps: int, freeze_norm: bool, neurons: Sequence[int] | None, per_position: bool,
+                    pos_index: torch.Tensor | None, graddrop: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """One batch of pairs on ``model`` (here, or a worker's copy): per-pair estimates
+    ``[b, *cells]``, GradDrop scores (or ``None``), and the target and source runs' metric."""
+    ft = functional(model) if qk else None
+    passes = gradient_passes(model, part, needed, metric_fn, direction, method, ig_steps,
+                             freeze_norm=freeze_norm, integrate=wholes)
+    cells = _at_positions(_cells(kind, wholes, passes, passes.grad, neurons, ft, per_position), pos_index)
+    dropped = None
+    if graddrop:
+        gd = _graddrop(kind, wholes, needed, passes, neurons, ft, per_position, model.shape.n_layers)
+        dropped = _at_positions(gd, pos_index).reshape(len(part), *shape).double().cpu()
+    # one copy to the host per batch, after the passes (a Ray worker's result must be too)
+    return (cells.reshape(len(part), *shape).double().cpu(), dropped, passes.target_scores.cpu(),
+            passes.source_scores.cpu())
 
 
 def _at_positions(cells: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:

@@ -10,6 +10,10 @@ same way, so both ends live here:
   and tokenizes the pairs once into a :class:`Contrast`. Given a
   :class:`~arithinterp.methods.metrics.PairBatch` it keeps the batch's dataset
   hash and refuses a batch tokenized with another answer mode than asked.
+* :func:`map_parts` runs a per-batch function over the pairs' batches, here or on an
+  executor's workers (:mod:`arithinterp.distributed`), and returns the outputs in pair
+  order: the batches are the same wherever they run, so a sharded sweep merges into the
+  serial run's numbers bit for bit, and the bootstrap (in :func:`package`) comes after.
 * :func:`package` turns per-pair scores ``[cells..., pair]`` into a result's
   parts: optional normalisation (0 = corrupt run, 1 = clean run), the mean and
   bootstrap interval over pairs, labeled values with ``ci_low`` / ``ci_high``
@@ -21,9 +25,9 @@ internally; it is not part of the public API.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 import numpy as np
 import torch
@@ -41,8 +45,14 @@ from arithinterp.methods.metrics import (
     tokenize_pairs,
 )
 from arithinterp.models import Model
+from arithinterp.progress_bars import tqdm
 from arithinterp.results import ResultMeta, bootstrap_ci
 from arithinterp.tasks import PromptPairs
+
+if TYPE_CHECKING:
+    from arithinterp.distributed.executor import Executor
+
+T = TypeVar("T")
 
 Direction = Literal["denoise", "noise"]
 DIRECTIONS: tuple[str, ...] = get_args(Direction)
@@ -217,6 +227,22 @@ def contrast(
         check_metric_shape(metric_fn, batch, model.shape.d_vocab)
     return Contrast(batch=batch, answer=answer, metric_name=metric_name, metric_fn=metric_fn,
                     direction=direction, normalize=bool(normalize), dataset_hash=dataset_hash)
+
+
+def map_parts(fn: Callable[[Model, PairBatch], T], parts: Sequence[PairBatch], *, model: Model,
+              executor: Executor | None = None, desc: str = "", progress: bool = False) -> list[T]:
+    """``[fn(model, part) for part in parts]``: here, or on ``executor``'s workers.
+
+    ``parts`` are the batches of one call (:meth:`Contrast.parts`); each batch is one unit of
+    work, so the forward and backward passes see the same rows whichever executor runs them,
+    and the outputs come back in pair order. On an executor ``fn`` runs on each worker's own
+    copy of ``model`` (loaded once per worker), so it must take everything that depends on the
+    model (weights, a functional forward) from the model it is given, and return host tensors.
+    Locally a progress bar counts the batches; an executor reports its workers' progress.
+    """
+    if executor is None:
+        return [fn(model, part) for part in tqdm(parts, desc=desc, disable=not progress, leave=False)]
+    return executor.map(fn, parts, model=model, desc=desc, progress=progress)
 
 
 def package(

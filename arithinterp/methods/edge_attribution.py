@@ -38,26 +38,31 @@ so the scores into a layer's q / k / v receivers add up to the score into its ``
 tests check it). They need a gradient at one point (``method`` ``atp`` / ``atp_star``) and
 learned positions (no rotary embedding). Models with a parallel residual (attention and
 MLP both read ``resid_pre``) have no ``resid_mid`` and are refused.
+
+Every score is a sum over one pair's positions, and each batch of pairs has its own passes:
+no edge needs a pass over the whole dataset, so ``executor=`` shards the batches over workers
+as node attribution does (:mod:`arithinterp.methods.attribution`), bit for bit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Literal, get_args
 
 import numpy as np
 import torch
 import xarray as xr
 
+from arithinterp.distributed.executor import Executor
 from arithinterp.errors import ConfigError, MethodError
 from arithinterp.methods._common import make_meta
 from arithinterp.methods.attribution import attribution_contrast
 from arithinterp.methods.attribution_rules import AttributionMethod, functional, gradient_passes
-from arithinterp.methods.contrast import Direction, package
+from arithinterp.methods.contrast import Direction, map_parts, package
 from arithinterp.methods.metrics import AnswerMode, MetricFn, PairBatch
 from arithinterp.methods.registry import MethodSpec, register
 from arithinterp.models import Model, Site
-from arithinterp.progress_bars import tqdm
 from arithinterp.results import Result
 from arithinterp.tasks import PromptPairs
 
@@ -196,6 +201,7 @@ def edge_attribution_patch(
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> EdgeAttributionResult:
     """Score every sender → receiver edge with EAP (or EAP-IG), summed over positions.
 
@@ -220,6 +226,11 @@ def edge_attribution_patch(
         n_boot: bootstrap resamples.
         seed: bootstrap seed.
         progress: show a progress bar.
+        executor: where the batches of pairs run (default: here). Every batch is scored on its
+            own, so a :class:`~arithinterp.distributed.RayExecutor` spreads them over Ray workers
+            (each holding its own copy of the model); per-pair edge scores merge in pair order
+            before the bootstrap, so the result equals the local run bit for bit (at equal
+            thread counts).
     """
     senders, receivers = _check_names(senders, SENDERS, "senders"), _check_names(receivers, RECEIVERS, "receivers")
     con = attribution_contrast(model, pairs, direction=direction, metric=metric, normalize=normalize,
@@ -227,7 +238,7 @@ def edge_attribution_patch(
                                n_boot=n_boot, freeze_norm=freeze_norm)
     n_layers = model.shape.n_layers
     head_kinds = [k for k in HEAD_RECEIVERS if k in receivers]
-    ft = _head_receiver_model(model, head_kinds, method)
+    _head_receiver_model(model, head_kinds, method)  # refuses what per-head receivers cannot do, before any pass
     send, recv = _edge_layout(model, senders, receivers)
     grad_sites = [Site("resid_pre", layer) for layer in range(n_layers)]
     grad_sites += [Site("resid_mid", layer) for layer in range(n_layers)] + [Site("resid_post", n_layers - 1)]
@@ -235,23 +246,13 @@ def edge_attribution_patch(
     writer_sites += [Site("mlp_out", layer) for layer in range(n_layers)] if "mlp_out" in senders else []
     grad_sites += [Site(kind, layer) for layer in range(n_layers) for kind in head_kinds]
     model.validate(grad_sites + writer_sites, con.batch.seq_len)
-    W_O = model.weights().W_O.detach() if "attn_head" in senders else None
-
-    per_pair, target_scores, source_scores = [], [], []
-    parts = list(con.parts(batch_size))
-    for part in tqdm(parts, desc=f"edge attribution ({method})", disable=not progress, leave=False):
-        passes = gradient_passes(model, part, grad_sites + writer_sites, con.metric_fn, direction, method, ig_steps,
-                                 freeze_norm=freeze_norm, integrate=grad_sites)
-        head_grads: dict[Site, torch.Tensor] = {}
-        for layer in range(n_layers if head_kinds else 0):
-            head_grads.update(head_input_grads(ft, layer, passes.target[Site("resid_pre", layer)],
-                                               {k: passes.grad[Site(k, layer)] for k in head_kinds},
-                                               freeze_norm=freeze_norm))
-        per_pair.append(_edge_scores(passes, senders, writer_sites, recv, n_layers, W_O,
-                                     head_grads))  # [b, sender, receiver]
-        target_scores.append(passes.target_scores)
-        source_scores.append(passes.source_scores)
-    scores = torch.cat(per_pair)
+    part_fn = partial(_edge_part, senders=senders, head_kinds=head_kinds, grad_sites=grad_sites,
+                      writer_sites=writer_sites, recv=recv, metric_fn=con.metric_fn, direction=direction,
+                      method=method, ig_steps=ig_steps, freeze_norm=freeze_norm)
+    per_pair, target_scores, source_scores = zip(*map_parts(
+        part_fn, list(con.parts(batch_size)), model=model, executor=executor,
+        desc=f"edge attribution ({method})", progress=progress))
+    scores = torch.cat(per_pair)  # [pair, sender, receiver], in pair order
     target, source = torch.cat(target_scores), torch.cat(source_scores)
     clean, corrupt = (source, target) if direction == "denoise" else (target, source)
     valid = torch.tensor([[s[3] <= r[2] for r in recv] for s in send])
@@ -271,6 +272,27 @@ def edge_attribution_patch(
                                    options=options, extra={"baseline": 0.0}, n_boot=n_boot, seed=seed,
                                    scale="effect")
     return EdgeAttributionResult(values=values, meta=meta, extras=extras)
+
+
+def _edge_part(model: Model, part: PairBatch, *, senders: Sequence[str], head_kinds: list[str],
+               grad_sites: list[Site], writer_sites: list[Site], recv, metric_fn: MetricFn,
+               direction: Direction, method: str, ig_steps: int, freeze_norm: bool
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch of pairs on ``model`` (here, or a worker's copy): per-pair edge scores
+    ``[b, sender, receiver]`` and the target and source runs' metric."""
+    n_layers = model.shape.n_layers
+    ft = _head_receiver_model(model, head_kinds, method)
+    W_O = model.weights().W_O.detach() if "attn_head" in senders else None
+    passes = gradient_passes(model, part, grad_sites + writer_sites, metric_fn, direction, method, ig_steps,
+                             freeze_norm=freeze_norm, integrate=grad_sites)
+    head_grads: dict[Site, torch.Tensor] = {}
+    for layer in range(n_layers if head_kinds else 0):
+        head_grads.update(head_input_grads(ft, layer, passes.target[Site("resid_pre", layer)],
+                                           {k: passes.grad[Site(k, layer)] for k in head_kinds},
+                                           freeze_norm=freeze_norm))
+    scores = _edge_scores(passes, senders, writer_sites, recv, n_layers, W_O, head_grads)
+    # one copy to the host per batch, after the passes (a Ray worker's result must be too)
+    return scores.cpu(), passes.target_scores.cpu(), passes.source_scores.cpu()
 
 
 def _head_receiver_model(model: Model, head_kinds: list[str], method: str):

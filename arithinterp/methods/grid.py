@@ -7,6 +7,9 @@ model's activations on every operand pair, not on a sample:
   :class:`~arithinterp.errors.MethodError` that says why it has no grid small
   enough to sweep.
 - :func:`operand_grid`: the pairs, their results, prompts and answers (``a`` major).
+- :func:`valid_cells`: which pairs are problems of the task (a nonzero divisor, no negative
+  difference when the task has none, a result within ``max_result``); analyses leave the
+  others out instead of reading a garbage answer there.
 - :func:`grid_activations`: one sweep over the grid that caches any sites at
   once, each reshaped to ``[operand_a, operand_b, ...]``, so several analyses can
   share it instead of each running the grid again.
@@ -28,7 +31,7 @@ from arithinterp.tasks.arithmetic import compute_answers
 from arithinterp.tasks.formats import answer_text, query_text
 
 __all__ = ["MAX_GRID_SIDE", "HeadOutput", "grid_activations", "operand_grid", "operand_grid_spec",
-           "report_grid_spec"]
+           "report_grid_spec", "valid_cells"]
 
 #: The largest operand domain (values per operand) the report's grid methods (Fourier, neuron
 #: maps) sweep.
@@ -92,6 +95,27 @@ def operand_grid(spec: TaskSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, li
     queries = [query_text(int(x), int(y), spec) for x, y in zip(a, b)]
     answers = [answer_text(int(r), spec) for r in result]
     return a, b, result, queries, answers
+
+
+def valid_cells(spec: TaskSpec, a: np.ndarray, b: np.ndarray, result: np.ndarray, *,
+                max_result: int | None = None) -> np.ndarray:
+    """Which cells of :func:`operand_grid` are problems of ``spec``: a boolean per cell.
+
+    A cell is left out when its divisor is 0 (``floordiv``, ``mod``: ``5/0`` has no answer), when
+    it is a subtraction with a negative result and the task has none (``allow_negative=False``:
+    ``a >= b`` only, as a model trained on non-negative differences sees them), or when its result
+    exceeds ``max_result`` (``None``: no limit), e.g. products above the largest single-token
+    number (Nikankin et al. keep only problems whose result is one token).
+    """
+    a, b, result = (np.asarray(x, dtype=np.int64) for x in (a, b, result))
+    keep = np.ones(a.shape, dtype=bool)
+    if spec.operation in ("floordiv", "mod"):
+        keep &= b != 0
+    if spec.operation == "sub" and not spec.allow_negative:
+        keep &= a >= b
+    if max_result is not None:
+        keep &= result <= max_result
+    return keep
 
 
 def grid_activations(

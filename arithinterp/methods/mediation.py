@@ -50,6 +50,11 @@ was not ``r`` before.
 token, teacher-forced, with ``answer="multi"``) and before it was not (the
 paper's "desired" prediction change).
 
+**Sharding.** Each batch of pairs is run on its own (its base, counterfactual and patched
+runs), so ``executor=`` (:mod:`arithinterp.distributed`) runs the batches on workers that each
+hold a copy of the model; per-pair effects merge in pair order before the bootstraps, and the
+result equals the serial run bit for bit.
+
 Intervention types are recorded in ``meta.options["stolfo_type"]``: 1 =
 different operands and result (pair kinds ``operand_a``, ``operand_b``,
 ``digit``, ``random``), 2 = same result (``same_answer``), 3 = different
@@ -60,6 +65,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal, get_args
 
 import numpy as np
@@ -69,6 +75,7 @@ import xarray as xr
 from plotly.subplots import make_subplots
 from pydantic import Field
 
+from arithinterp.distributed.executor import Executor
 from arithinterp.errors import ConfigError
 from arithinterp.methods._common import make_meta
 from arithinterp.methods.contrast import contrast, package
@@ -211,25 +218,24 @@ class _Runs:
     prompt_len: int
     single: bool
 
-    def slice(self, start: int, stop: int) -> _Runs:
-        s = slice(start, stop)
-        return _Runs(self.base_r[s], self.base_rp[s], self.alt_r[s], self.alt_rp[s], self.r[s], self.rp[s],
-                     self.positions, self.prompt_len, self.single)
+
+def _prompt_len(batch: PairBatch) -> int:
+    """Tokens before the first answer token (the positions mediation patches)."""
+    return int(batch.answer_positions[0]) + 1
 
 
-def _runs(batch: PairBatch, model: Model) -> tuple[_Runs, tuple[str, ...]]:
-    prompt_len = int(batch.answer_positions[0]) + 1
+def _runs(batch: PairBatch, model: Model) -> _Runs:
+    prompt_len = _prompt_len(batch)
     single = batch.clean_answer.shape[1] == 1
     base_p, alt_p = batch.clean[:, :prompt_len], batch.corrupt[:, :prompt_len]
     forced_rp = batch.corrupt_answer[:, :-1]
     dev = model.device
-    runs = _Runs(
+    return _Runs(
         base_r=batch.clean.to(dev), base_rp=torch.cat([base_p, forced_rp], 1).to(dev),
         alt_r=batch.corrupt.to(dev), alt_rp=torch.cat([alt_p, forced_rp], 1).to(dev),
         r=batch.clean_answer.to(dev), rp=batch.corrupt_answer.to(dev),
         positions=batch.answer_positions.to(dev), prompt_len=prompt_len, single=single,
     )
-    return runs, batch.str_tokens[:prompt_len]
 
 
 def _score(logits: torch.Tensor, positions: torch.Tensor, answer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,8 +304,14 @@ def _stacked_patch(value: torch.Tensor, rows: slice, prompt_len: int | None) -> 
     return fn
 
 
+def _mediate_part(model: Model, part: PairBatch, *, sites: list[Site], batch_size: int, eps: float,
+                  bar: tqdm | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """One batch of pairs on ``model`` (here, or a worker's copy): :func:`_batch_effects`, on the host."""
+    return _batch_effects(model, _runs(part, model), sites, batch_size=batch_size, eps=eps, bar=bar)
+
+
 def _batch_effects(model: Model, runs: _Runs, sites: list[Site], *, batch_size: int, eps: float,
-                   bar: tqdm) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+                   bar: tqdm | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Per-pair IE and prediction change for every cell ``[cell, pair]``, and base-run scores
     (``base["prob_diff"]``: the bounded companion per cell and pair)."""
     b = runs.r.shape[0]
@@ -334,7 +346,8 @@ def _batch_effects(model: Model, runs: _Runs, sites: list[Site], *, batch_size: 
         ie[start:start + g] = indirect_effect(p_r, star_r, p_rp, star_rp, eps=eps)
         pd_[start:start + g] = probability_difference(p_r, star_r, p_rp, star_rp)
         changed[start:start + g] = (hit_after & ~hit_rp).double()
-        bar.update(g)
+        if bar is not None:
+            bar.update(g)
     base = {"p_r_base": p_r, "p_rp_base": p_rp, "p_r_alt": p_r_alt, "p_rp_alt": p_rp_alt,
             "correct_base": _score(base_r_logits, runs.positions, runs.r)[1].double(), "prob_diff": pd_}
     return ie, changed, base
@@ -354,6 +367,7 @@ def mediate(
     n_boot: int = 1000,
     seed: int = 0,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> MediationResult:
     """Stolfo et al.'s causal mediation analysis: the indirect effect of each component.
 
@@ -373,6 +387,11 @@ def mediate(
         n_boot: bootstrap resamples over pairs for ``ci_low`` / ``ci_high``.
         seed: bootstrap seed.
         progress: show a progress bar.
+        executor: where the batches of pairs run (default: here). A
+            :class:`~arithinterp.distributed.RayExecutor` spreads them over Ray workers, each
+            holding its own copy of the model; per-pair effects merge in pair order before the
+            bootstraps (cells and total effect), so the result equals the local run bit for bit
+            (at equal thread counts).
 
     Every input is checked (components, answer tokens, equal clean/corrupt lengths,
     sites) before the first forward pass.
@@ -382,18 +401,17 @@ def mediate(
     # probabilities itself, so the contrast's metric only validates, and nothing is normalised.
     con = contrast(model, pairs, answer=answer, metric="prob", direction="noise", normalize=False,
                    batch_size=batch_size, n_boot=n_boot)
-    runs, str_tokens = _runs(con.batch, model)
-    sites, dims, coords = _cells(model, components, heads, neurons, per_position, runs.prompt_len)
+    prompt_len = _prompt_len(con.batch)
+    sites, dims, coords = _cells(model, components, heads, neurons, per_position, prompt_len)
 
-    n = runs.r.shape[0]
-    ies, changes, bases = [], [], []
-    with tqdm(total=len(sites) * -(-n // batch_size), desc="mediation", disable=not progress, leave=False) as bar:
-        for start in range(0, n, batch_size):
-            ie, changed, base = _batch_effects(model, runs.slice(start, start + batch_size), sites,
-                                               batch_size=batch_size, eps=eps, bar=bar)
-            ies.append(ie)
-            changes.append(changed)
-            bases.append(base)
+    n, parts = len(con.batch), list(con.parts(batch_size))
+    part_fn = partial(_mediate_part, sites=sites, batch_size=batch_size, eps=eps)
+    if executor is None:  # a bar over cells: a batch of many cells is a long wait
+        with tqdm(total=len(sites) * len(parts), desc="mediation", disable=not progress, leave=False) as bar:
+            outputs = [part_fn(model, part, bar=bar) for part in parts]
+    else:
+        outputs = executor.map(part_fn, parts, model=model, desc="mediation", progress=progress)
+    ies, changes, bases = zip(*outputs)  # per batch, in pair order
     change = torch.cat(changes, 1).numpy()
     prob_diff = torch.cat([b.pop("prob_diff") for b in bases], 1).numpy()
     base = {k: torch.cat([b[k] for b in bases]).numpy() for k in bases[0]}
@@ -401,7 +419,7 @@ def mediate(
     te = total_effect(base["p_r_base"], base["p_r_alt"], base["p_rp_alt"], base["p_rp_base"], eps=eps)
     te_mean, te_low, te_high = bootstrap_ci(te, axis=0, n_boot=n_boot, seed=seed)
     if "pos" in dims:
-        coords["pos_token"] = ("pos", np.array(str_tokens))
+        coords["pos_token"] = ("pos", np.array(con.batch.str_tokens[:prompt_len]))
     kind = "attn_head" if heads else "mlp_post" if neurons is not None else list(components)
     values, extras, meta = package(
         con, model, "mediate", torch.cat(ies, 1), dims=dims, coords=coords, clean_mean=None, corrupt_mean=None,

@@ -1,33 +1,44 @@
 """Neuron heuristics (Nikankin et al., ICLR 2025): K / KV maps, classification, knockouts.
 
-A neuron's *K map* is its activation at the last position over every operand
-pair; its *KV map* multiplies that by the neuron's direct vote for the true
-result, ``(W_out[n] @ W_U)[token(result)]``. A heuristic ``H`` (result in a
-range, operand in a range, result / operand ``≡ m (mod n)``, identical
-operands) is a set of prompts; with ``k = |H|`` a neuron's score is the share
-of its top-``k`` prompts that lie in ``H`` (result heuristics on the KV map,
-operand heuristics on the K map: the paper's "HYBRID"), and it implements
-``H`` when the score is at least ``t = 0.6``. Ties in a map (a ReLU neuron is
-0 on many prompts) are broken at random in expectation, so a silent neuron
-scores ``|H| / |grid|``, not whatever a stable sort puts first.
+A neuron's *K map* is its activation at the last position over every problem of
+the operand grid; its *KV map* multiplies that by the neuron's direct vote for
+the true result, ``(W_out[n] @ W_U)[token(result)]``. The grid holds the task's
+valid problems only (:func:`~arithinterp.methods.grid.valid_cells`: no division
+by 0, no negative difference for a task without one, no result above
+``max_result``); the other cells are not prompts of the maps at all, so they
+never count. A heuristic ``H`` (result in a range, operand in a range, result /
+operand ``≡ m (mod n)``, a digit pattern, identical operands, a few results for
+÷: :mod:`~arithinterp.methods.heuristic_families`, per operator) is a set of
+problems; a neuron's score is the share of its top-``k`` problems that lie in
+``H`` (``k = |H|`` unless the operator caps it; result heuristics on the KV
+map, operand heuristics on the K map: the paper's "HYBRID"), and it implements
+``H`` when the score is at least ``t = 0.6``. Ties in a map (a ReLU neuron is 0
+on many prompts) are broken at random in expectation, so a silent neuron scores
+``|H| / |grid|``, not whatever a stable sort puts first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import plotly.graph_objects as go
 import torch
 import xarray as xr
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from arithinterp.errors import ArithInterpError, MethodError, SiteError
 from arithinterp.methods._common import make_meta
 from arithinterp.methods.circuit_ablation import resample_draws
-from arithinterp.methods.grid import grid_activations, operand_grid, report_grid_spec
+from arithinterp.methods.grid import grid_activations, operand_grid, report_grid_spec, valid_cells
+from arithinterp.methods.heuristic_families import (
+    Heuristic,
+    MapKind,
+    heuristics,
+    multi_result_heuristics,
+    topk_overlap,
+)
 from arithinterp.methods.registry import (
     MethodSpec,
     NotApplicable,
@@ -42,30 +53,35 @@ from arithinterp.models import Model, Site
 from arithinterp.results import Result, ScalarTable, resultclass
 from arithinterp.tasks import TaskSpec
 
-MapKind = Literal["k", "kv"]
+__all__ = ["Heuristic", "HeuristicResult", "NeuronMaps", "classify_neurons", "find_heuristics", "heuristic_knockout",
+           "heuristics", "neuron_maps", "neuron_maps_from_activations", "problem_grid", "topk_overlap"]
 
 
 @resultclass
 class NeuronMaps(Result):
-    """K and KV maps of MLP neurons over every operand pair (Nikankin et al.).
+    """K and KV maps of MLP neurons over every problem of an operand grid (Nikankin et al.).
 
     ``values`` (the K map): dims ``(neuron, prompt)``, each neuron's ``mlp_post``
-    at the last position for every ``(operand_a, operand_b)`` pair (coordinates
-    on ``prompt``: ``operand_a``, ``operand_b``, ``result``). Extra ``kv``: the
-    K map times ``(W_out[n] @ W_U)[token(result)]``, the neuron's direct
-    logit-lens vote for the true result. ``layer`` is a scalar coordinate.
+    at the last position for every valid ``(operand_a, operand_b)`` pair of the grid
+    (coordinates on ``prompt``: ``operand_a``, ``operand_b``, ``result``; masked cells
+    are left out). Extra ``kv``: the K map times ``(W_out[n] @ W_U)[token(result)]``,
+    the neuron's direct logit-lens vote for the true result. ``layer`` is a scalar
+    coordinate; ``meta.options["max_result"]`` the result limit of the grid.
     """
 
     metric_name = "activation"
     operation: str = "add"
 
     def grid(self, neuron: int, *, kind: MapKind = "k") -> xr.DataArray:
-        """One neuron's map as an ``operand_a × operand_b`` grid (coords are operand values)."""
+        """One neuron's map as an ``operand_a × operand_b`` grid (coords are operand values;
+        NaN where the grid has no problem: a masked cell)."""
         data = self.values if kind == "k" else self.extras["kv"]
         row = data.sel(neuron=neuron)
         frame = row.to_series().to_frame("v")
         frame["a"], frame["b"] = row.coords["operand_a"].values, row.coords["operand_b"].values
         table = frame.pivot(index="a", columns="b", values="v")
+        table = table.reindex(index=np.arange(table.index.min(), table.index.max() + 1),
+                              columns=np.arange(table.columns.min(), table.columns.max() + 1))
         return xr.DataArray(table.to_numpy(), dims=("operand_a", "operand_b"),
                             coords={"operand_a": table.index.to_numpy(), "operand_b": table.columns.to_numpy()})
 
@@ -100,30 +116,50 @@ def _maps(k, kv, a, b, result, *, layer, neurons, meta, operation) -> NeuronMaps
     return NeuronMaps(values=values, meta=meta, extras={"kv": kv_arr}, operation=operation)
 
 
+def problem_grid(spec: TaskSpec, *, max_result: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], list[str]]:
+    """The valid problems of ``spec``'s operand grid: ``(keep, a, b, result, queries, answers)``,
+    ``keep`` the boolean of every cell of :func:`~arithinterp.methods.grid.operand_grid`
+    (:func:`~arithinterp.methods.grid.valid_cells`), the rest for the kept cells only (``a`` major)."""
+    if max_result is not None and max_result < 0:
+        raise MethodError(f"max_result must be >= 0, got {max_result}")
+    a, b, result, queries, answers = operand_grid(spec)
+    keep = valid_cells(spec, a, b, result, max_result=max_result)
+    if not keep.any():
+        raise MethodError(f"no problem of the operand grid of {spec} is valid (max_result={max_result})")
+    rows = np.flatnonzero(keep)
+    return keep, a[rows], b[rows], result[rows], [queries[i] for i in rows], [answers[i] for i in rows]
+
+
 def neuron_maps(
     model: Model,
     spec: TaskSpec,
     *,
     layer: int,
     neurons: Sequence[int] | None = None,
+    max_result: int | None = None,
     batch_size: int = 1024,
 ) -> NeuronMaps:
-    """K and KV maps of ``layer``'s neurons over the whole operand grid of ``spec``.
+    """K and KV maps of ``layer``'s neurons over the valid problems of the operand grid of ``spec``.
 
     Args:
         model: the model.
-        spec: the task; its ``operand_range`` (or ``p`` for ``modadd``) gives the grid.
+        spec: the task; its ``operand_range`` (or ``p`` for ``modadd``) gives the grid, and its
+            operation which cells are problems (no divisor 0; ``a >= b`` for a subtraction
+            with ``allow_negative=False``).
         layer: the MLP layer.
         neurons: which neurons (default: all).
+        max_result: leave out the cells whose result is larger (``None``: keep every result);
+            e.g. 999 for products a model writes as one token.
         batch_size: prompts per forward pass.
 
     A caller that already swept the grid (:func:`~arithinterp.methods.grid.grid_activations`)
     passes its ``mlp_post`` activations to :func:`neuron_maps_from_activations` instead.
     """
-    _answer_tokens(model, spec)  # a multi-token result fails before the sweep
+    _answer_tokens(model, spec, max_result)  # a multi-token result fails before the sweep
     site = Site("mlp_post", layer, pos=-1)
     acts = grid_activations(model, spec, [site], batch_size=batch_size)[site]
-    return neuron_maps_from_activations(model, spec, acts, layer=layer, neurons=neurons)
+    return neuron_maps_from_activations(model, spec, acts, layer=layer, neurons=neurons, max_result=max_result)
 
 
 def neuron_maps_from_activations(
@@ -133,151 +169,58 @@ def neuron_maps_from_activations(
     *,
     layer: int,
     neurons: Sequence[int] | None = None,
+    max_result: int | None = None,
 ) -> NeuronMaps:
     """:func:`neuron_maps` from ``layer``'s ``mlp_post`` activations at the last position over
     the operand grid of ``spec``, already computed: ``[operand_a, operand_b, neuron]`` (as
     :func:`~arithinterp.methods.grid.grid_activations` returns them) or ``[prompt, neuron]`` in
-    the order of :func:`~arithinterp.methods.grid.operand_grid`. ``model`` gives the weights of
-    the KV maps' votes and the answer tokens."""
-    a, b, result, _queries, _answers = operand_grid(spec)
+    the order of :func:`~arithinterp.methods.grid.operand_grid` (every cell; the masked ones
+    are dropped here). ``model`` gives the weights of the KV maps' votes and the answer tokens."""
+    keep, a, b, result, _queries, _answers = problem_grid(spec, max_result=max_result)
     acts = torch.as_tensor(acts)
-    if acts.shape[:-1] not in ((len(a),), (int(round(np.sqrt(len(a)))),) * 2):
-        raise ArithInterpError(f"activations of shape {tuple(acts.shape)} do not cover the {len(a)} "
+    n_cells = len(keep)
+    if acts.shape[:-1] not in ((n_cells,), (int(round(np.sqrt(n_cells))),) * 2):
+        raise ArithInterpError(f"activations of shape {tuple(acts.shape)} do not cover the {n_cells} "
                                f"prompts of the operand grid of {spec}")
-    answer_tok = _answer_tokens(model, spec)
+    answer_tok = _answer_tokens(model, spec, max_result)
     idx = torch.arange(model.shape.d_mlp) if neurons is None else torch.as_tensor(list(neurons))
-    k = acts.reshape(len(a), -1)[:, idx].double().cpu().T  # [neuron, prompt]
+    k = acts.reshape(n_cells, -1)[torch.as_tensor(np.flatnonzero(keep))][:, idx].double().cpu().T  # [neuron, prompt]
     w = model.weights()
     votes = (w.W_out[layer, idx].detach().double() @ w.W_U.detach().double()).cpu()  # [neuron, vocab]
     kv = k * votes[:, answer_tok.cpu()]
-    meta = make_meta("neuron_maps", model, None, options={"layer": layer, "spec": spec.model_dump(mode="json")})
+    meta = make_meta("neuron_maps", model, None, options={"layer": layer, "spec": spec.model_dump(mode="json"),
+                                                          "max_result": max_result})
     return _maps(k.numpy(), kv.numpy(), a, b, result, layer=layer, neurons=idx.numpy(),
                  meta=meta, operation=spec.operation)
 
 
-def _answer_tokens(model: Model, spec: TaskSpec) -> torch.Tensor:
-    """The one token of each grid prompt's result, or an error if a result takes more."""
-    answers = operand_grid(spec)[4]
-    answer_ids = [model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in answers]
-    if any(len(ids) != 1 for ids in answer_ids):
-        raise ArithInterpError("neuron maps need every result to be one token for this tokenizer")
-    return torch.tensor([ids[0] for ids in answer_ids], device=model.device)
-
-
-@dataclass(frozen=True)
-class Heuristic:
-    """A set of prompts of the operand grid, scored on the K or the KV map."""
-
-    name: str
-    family: str
-    map_kind: MapKind
-    mask: np.ndarray
-
-
-# Nikankin et al.'s range lengths as fractions of their domains (operands in [0, 300),
-# lengths 10/30/50/100; results of +/- in [0, 600), lengths 10/30/50), so that a
-# small model's grid gets ranges of the same relative width.
-OPERAND_RANGE_FRACTIONS = (1 / 30, 1 / 10, 1 / 6, 1 / 3)
-RESULT_RANGE_FRACTIONS = (1 / 60, 1 / 20, 1 / 12)
-# A heuristic holding share q of the grid scores q for a map that ignores it, so one
-# holding much more than half would pass t = 0.6 by chance (e.g. "hundreds digit = 0"
-# when results stop at 112); m mod 2 (one half, or just over on an odd grid) stays.
-MAX_SHARE = 0.55
-
-
-def _ranges(lo: int, hi: int, fractions: Sequence[float]) -> list[tuple[int, int]]:
-    size = hi - lo + 1
-    out = []
-    for length in sorted({max(2, round(f * size)) for f in fractions}):
-        # Every start, not the paper's stride of length // 3: a planted range is then
-        # recovered exactly, and ranges of one length share one top-k threshold.
-        out += [(s, s + length) for s in range(lo, hi + 2 - length)]
-    return out
-
-
-def heuristics(
-    a: np.ndarray, b: np.ndarray, r: np.ndarray, *, moduli: Sequence[int] = range(2, 11)
-) -> list[Heuristic]:
-    """The heuristic families of Nikankin et al. over an operand grid (``r``: results).
-
-    Result ranges (:data:`RESULT_RANGE_FRACTIONS` of the result domain) and
-    result ``≡ m (mod n)`` use the KV map; operand ranges
-    (:data:`OPERAND_RANGE_FRACTIONS`) for ``a`` and ``b``, ``a`` / ``b`` / both
-    ``≡ m (mod n)`` and identical operands use the K map; digit patterns (one
-    digit of the result / an operand fixed) use the map of what they describe.
-    """
-    out: list[Heuristic] = []
-    for lo, hi in _ranges(int(r.min()), int(r.max()), RESULT_RANGE_FRACTIONS):
-        out.append(Heuristic(f"result in [{lo},{hi})", "result_range", "kv", (r >= lo) & (r < hi)))
-    for lo, hi in _ranges(int(a.min()), int(a.max()), OPERAND_RANGE_FRACTIONS):
-        out.append(Heuristic(f"a in [{lo},{hi})", "operand_range", "k", (a >= lo) & (a < hi)))
-        out.append(Heuristic(f"b in [{lo},{hi})", "operand_range", "k", (b >= lo) & (b < hi)))
-    for n in moduli:
-        for m in range(n):
-            out.append(Heuristic(f"result = {m} mod {n}", "result_mod", "kv", r % n == m))
-            out.append(Heuristic(f"a = {m} mod {n}", "operand_mod", "k", a % n == m))
-            out.append(Heuristic(f"b = {m} mod {n}", "operand_mod", "k", b % n == m))
-            out.append(Heuristic(f"a,b = {m} mod {n}", "operand_mod", "k", (a % n == m) & (b % n == m)))
-    # Digit patterns (the paper's ".d." wildcards): one digit fixed, the others free.
-    for place, label in ((1, "units"), (10, "tens"), (100, "hundreds")):
-        for d in range(10):
-            out.append(Heuristic(f"result {label} digit = {d}", "result_pattern", "kv", r // place % 10 == d))
-            out.append(Heuristic(f"a {label} digit = {d}", "operand_pattern", "k", a // place % 10 == d))
-            out.append(Heuristic(f"b {label} digit = {d}", "operand_pattern", "k", b // place % 10 == d))
-    out.append(Heuristic("a = b", "identical_operands", "k", a == b))
-    seen: set[tuple[str, bytes]] = set()
-    kept = []
-    for h in out:
-        key = (h.map_kind, np.packbits(h.mask).tobytes())
-        if 0 < h.mask.sum() <= MAX_SHARE * len(a) and key not in seen:  # e.g. units digit = result mod 10
-            seen.add(key)
-            kept.append(h)
-    return kept
-
-
-def topk_overlap(values: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """``|top-k ∩ H| / k`` for every row of ``values`` ``[neuron, prompt]`` and every
-    heuristic mask of ``masks`` ``[heuristic, prompt]``, with ``k = |H|``:
-    ``[neuron, heuristic]``.
-
-    Ties at the k-th value are shared in proportion (the expectation under a
-    random tie-break). Heuristics of one size share one threshold, so the cost
-    is one comparison per distinct ``k`` and a matrix product.
-    """
-    masks = np.atleast_2d(masks).astype(bool)
-    sizes = masks.sum(1)
-    desc = -np.sort(-values, axis=1)
-    out = np.zeros((values.shape[0], masks.shape[0]))
-    # Counts of 0/1 products are integers below 2**24, so float32 matmuls are exact (and
-    # several times faster than float64 on a grid of ~10^4 prompts and ~10^3 heuristics).
-    mask32 = masks.T.astype(np.float32)
-    for k in np.unique(sizes):
-        cols = np.flatnonzero(sizes == k)
-        kth = desc[:, k - 1 : k]
-        above, tied = values > kth, values == kth
-        n_tied = tied.sum(1)
-        share = (k - above.sum(1)) / np.maximum(n_tied, 1)
-        m = mask32[:, cols]
-        counts = (above.astype(np.float32) @ m).astype(np.float64)
-        single = np.flatnonzero(n_tied == 1)  # the usual case: only the k-th value itself
-        if single.size:
-            where = tied[single].argmax(1)
-            counts[single] += m[where].astype(np.float64) * share[single, None]
-        rows = np.flatnonzero(n_tied > 1)
-        if rows.size:
-            counts[rows] += (tied[rows].astype(np.float32) @ m).astype(np.float64) * share[rows, None]
-        out[:, cols] = counts / k
-    return out
+def _answer_tokens(model: Model, spec: TaskSpec, max_result: int | None = None) -> torch.Tensor:
+    """The one token of each valid grid problem's result, or an error if a result takes more (or
+    is a token that does not write it back, such as an unknown-number token)."""
+    answers = problem_grid(spec, max_result=max_result)[5]
+    tok = model.tokenizer
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in answers]
+    bad = sorted({t for t, i in zip(answers, ids) if len(i) != 1 or tok.decode(i).strip() != t}, key=len)
+    if bad:
+        raise ArithInterpError(
+            f"neuron maps need every result to be one token for this tokenizer; {len(bad)} of the grid's "
+            f"results are not (e.g. {bad[:3]}): give max_result (the largest single-token result) to leave "
+            "those cells out of the grid, a smaller operand_range, or a number-level tokenizer")
+    return torch.tensor([i[0] for i in ids], device=model.device)
 
 
 @resultclass
 class HeuristicResult(Result):
     """Heuristic scores per neuron: ``values`` dims ``(neuron, class)``; ``class``
-    is the heuristic (coordinates ``family``, ``map_kind``). Extra ``implements``:
-    score ≥ ``threshold``. ``layer`` is a scalar coordinate."""
+    is the heuristic (coordinates ``family``, ``map_kind``, ``size``: its number of problems (of
+    ``meta.options["n_problems"]`` in the grid), ``top_k``: how many top prompts
+    its score reads, ``result_set``: the results of a multi-result heuristic, space-separated,
+    else ``""``). Extra ``implements``: score ≥ ``threshold``. ``layer`` is a scalar coordinate;
+    ``operation`` the task's operation, whose families were scored."""
 
     metric_name = "score"
     threshold: float = 0.6
+    operation: str = "add"
 
     @property
     def classified(self) -> xr.DataArray:
@@ -295,6 +238,11 @@ class HeuristicResult(Result):
         col = self.extras["implements"].sel({"class": heuristic})
         return [int(n) for n in col.coords["neuron"].values[col.values]]
 
+    def result_set(self, heuristic: str) -> tuple[int, ...]:
+        """The results of a multi-result heuristic (``()`` for the other families)."""
+        text = str(self.values.coords["result_set"].sel({"class": heuristic}).values)
+        return tuple(int(x) for x in text.split())
+
     def plot(self) -> go.Figure:
         best = self.values.max("class")
         return go.Figure(
@@ -308,6 +256,20 @@ class HeuristicResult(Result):
         return classify_neurons(NeuronMaps.example())
 
 
+def _score(maps: NeuronMaps, moduli: Sequence[int]) -> tuple[list[Heuristic], np.ndarray]:
+    """Every heuristic of the maps' operator and every neuron's score for it."""
+    c = maps.values.coords
+    a, b, r = c["operand_a"].values, c["operand_b"].values, c["result"].values
+    hs = heuristics(a, b, r, moduli=moduli, operation=maps.operation)
+    scores = np.zeros((maps.sizes["neuron"], len(hs)))
+    for kind, array in (("k", maps.values.values), ("kv", maps.extras["kv"].values)):
+        cols = [i for i, h in enumerate(hs) if h.map_kind == kind]
+        if cols:
+            scores[:, cols] = topk_overlap(array, np.stack([hs[i].mask for i in cols]), [hs[i].top_k for i in cols])
+    multi, multi_scores = multi_result_heuristics(maps.extras["kv"].values, r, operation=maps.operation)
+    return hs + multi, np.concatenate([scores, multi_scores], axis=1)
+
+
 def classify_neurons(
     maps: NeuronMaps | Model,
     spec: TaskSpec | None = None,
@@ -316,13 +278,15 @@ def classify_neurons(
     neurons: Sequence[int] | None = None,
     threshold: float = 0.6,
     moduli: Sequence[int] = range(2, 11),
+    max_result: int | None = None,
 ) -> HeuristicResult:
-    """Score every neuron of ``maps`` against every heuristic (HYBRID: result
-    heuristics on KV maps, operand heuristics on K maps).
+    """Score every neuron of ``maps`` against every heuristic of its operator (HYBRID: result
+    heuristics on KV maps, operand heuristics on K maps;
+    :mod:`~arithinterp.methods.heuristic_families`).
 
     Args:
-        maps: :func:`neuron_maps` output, or a model (then ``spec`` and ``layer``
-            are passed to :func:`neuron_maps`).
+        maps: :func:`neuron_maps` output, or a model (then ``spec``, ``layer`` and
+            ``max_result`` are passed to :func:`neuron_maps`).
         threshold: a neuron implements ``H`` when its score is at least this.
         moduli: the ``n`` of the ``m mod n`` families.
     """
@@ -331,23 +295,21 @@ def classify_neurons(
     if isinstance(maps, Model):
         if spec is None or layer is None:
             raise ArithInterpError("classify_neurons(model, spec, layer=...) needs a spec and a layer")
-        maps = neuron_maps(maps, spec, layer=layer, neurons=neurons)
-    c = maps.values.coords
-    hs = heuristics(c["operand_a"].values, c["operand_b"].values, c["result"].values, moduli=moduli)
-    scores = np.zeros((maps.sizes["neuron"], len(hs)))
-    for kind, array in (("k", maps.values.values), ("kv", maps.extras["kv"].values)):
-        cols = [i for i, h in enumerate(hs) if h.map_kind == kind]
-        if cols:
-            scores[:, cols] = topk_overlap(array, np.stack([hs[i].mask for i in cols]))
+        maps = neuron_maps(maps, spec, layer=layer, neurons=neurons, max_result=max_result)
+    hs, scores = _score(maps, moduli)
     coords = {"neuron": maps.values.coords["neuron"].values, "class": [h.name for h in hs],
               "family": ("class", [h.family for h in hs]),
               "map_kind": ("class", [h.map_kind for h in hs]),
+              "size": ("class", np.array([int(h.mask.sum()) for h in hs], dtype=np.int64)),
+              "top_k": ("class", np.array([h.top_k for h in hs], dtype=np.int64)),
+              "result_set": ("class", [" ".join(map(str, h.result_set)) for h in hs]),
               "layer": maps.values.coords["layer"].values}
     values = xr.DataArray(scores, dims=("neuron", "class"), coords=coords)
     meta = maps.meta.replace(method="classify_neurons",
-                             options={**maps.meta.options, "threshold": threshold, "moduli": list(moduli)})
+                             options={**maps.meta.options, "threshold": threshold, "moduli": list(moduli),
+                                      "n_problems": int(maps.sizes["prompt"])})
     return HeuristicResult(values=values, meta=meta, extras={"implements": values >= threshold},
-                           threshold=threshold)
+                           threshold=threshold, operation=maps.operation)
 
 
 KnockoutAblation = Literal["zero", "mean", "resample"]
@@ -390,8 +352,9 @@ def heuristic_knockout(
     do not apply (a knockout has no corrupt prompts, and no circuit loss to minimise) and
     raise :class:`MethodError`.
 
-    Both groups are drawn (up to ``n`` each) from the grid prompts the model
-    answers correctly, so the baseline accuracy is 1. Returns a
+    Both groups are drawn (up to ``n`` each) from the grid's problems (the grid the
+    classification scored: its ``max_result``) that the model answers correctly, so the
+    baseline accuracy is 1. Returns a
     :class:`ScalarTable` with dims ``(target, stat)``: ``target`` is
     ``associated`` / ``unassociated``; ``stat`` is ``accuracy`` (before),
     ``ablated_accuracy`` and ``logprob_drop`` (mean fall of the answer's
@@ -405,9 +368,12 @@ def heuristic_knockout(
         raise ArithInterpError(f"unknown heuristic {heuristic!r}; see heuristics_result.values.coords['class']")
     layer = int(heuristics_result.values.coords["layer"])
     neurons = heuristics_result.neurons_of(heuristic)
-    a, b, result, queries, answers = operand_grid(spec)
+    _, a, b, result, queries, answers = problem_grid(spec, max_result=heuristics_result.meta.options.get("max_result"))
     moduli = heuristics_result.meta.options.get("moduli", list(range(2, 11)))
-    masks = {h.name: h.mask for h in heuristics(a, b, result, moduli=moduli)}
+    members = heuristics_result.result_set(heuristic)
+    masks = {h.name: h.mask for h in heuristics(a, b, result, moduli=moduli, operation=spec.operation)}
+    if members:
+        masks[heuristic] = np.isin(result, members)
     if heuristic not in masks:
         raise ArithInterpError(f"heuristic {heuristic!r} is not defined on the grid of {spec}")
     mask = masks[heuristic]
@@ -476,6 +442,8 @@ def find_heuristics(
     knockout: int = 3,
     knockout_n: int = 100,
     knockout_ablation: KnockoutAblation = "zero",
+    operand_range: tuple[int, int] | None = None,
+    max_result: int | None = None,
     seed: int = 0,
     batch_size: int = 1024,
     activations: torch.Tensor | None = None,
@@ -487,14 +455,20 @@ def find_heuristics(
     knockout (:func:`heuristic_knockout`) of each of the ``knockout`` heuristics implemented by
     the most neurons. Returns ``{"classification", "maps" (the :data:`KEEP_MAPS` best-classified
     neurons), "knockout" (dims class, target, stat; absent when no neuron is classified)}``.
+    ``operand_range``: the grid's operand domain (default: the task's), e.g. ``(0, 99)`` for the
+    products of ``ops-2d-tok`` whose task samples ``(0, 31)``; ``max_result``: leave out the cells
+    whose result is larger (products above the largest single-token number).
     ``activations``: ``layer``'s ``mlp_post`` over the grid, already swept
     (:func:`neuron_maps_from_activations`), so the grid is not run again.
     """
     layer = model.shape.n_layers - 1 if layer is None else layer
+    if operand_range is not None:
+        spec = spec.model_copy(update={"operand_range": tuple(operand_range)})
     if activations is None:
-        maps = neuron_maps(model, spec, layer=layer, neurons=neurons, batch_size=batch_size)
+        maps = neuron_maps(model, spec, layer=layer, neurons=neurons, max_result=max_result, batch_size=batch_size)
     else:
-        maps = neuron_maps_from_activations(model, spec, activations, layer=layer, neurons=neurons)
+        maps = neuron_maps_from_activations(model, spec, activations, layer=layer, neurons=neurons,
+                                            max_result=max_result)
     classes = classify_neurons(maps, threshold=threshold, moduli=moduli)
     implements = classes.extras["implements"]
     counts = implements.sum("neuron").to_series().sort_values(ascending=False, kind="stable")
@@ -530,7 +504,16 @@ class HeuristicsOptions(Options):
     knockout: int = Field(3, ge=0)
     knockout_n: int = Field(100, ge=1)
     knockout_ablation: KnockoutAblation = "zero"
+    operand_range: tuple[int, int] | None = None
+    max_result: int | None = Field(None, ge=0)
     batch_size: int = Field(1024, ge=1)
+
+    @field_validator("operand_range")
+    @classmethod
+    def _ordered(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and not 0 <= v[0] <= v[1]:
+            raise ValueError(f"operand_range must be [lo, hi] with 0 <= lo <= hi, got {list(v)}")
+        return v
 
 
 def _check_heuristics(ctx: RunContext, options: HeuristicsOptions) -> None:
@@ -538,12 +521,10 @@ def _check_heuristics(ctx: RunContext, options: HeuristicsOptions) -> None:
     bad = [i for i in options.neurons or [] if not 0 <= i < ctx.model.shape.d_mlp]
     if bad:
         raise SiteError(f"neurons: {bad} outside 0..{ctx.model.shape.d_mlp - 1}")
-    *_, answers = operand_grid(ctx.spec)
-    tok = ctx.model.tokenizer
-    multi = sorted({t for t in set(answers) if len(tok(t, add_special_tokens=False)["input_ids"]) != 1})
-    if multi:
-        raise ArithInterpError(f"heuristics need every result to be one token; {len(multi)} are not "
-                               f"(e.g. {multi[:3]}); use a number-level tokenizer (zoo:add-2d-tok)")
+    spec = ctx.spec
+    if options.operand_range is not None:
+        spec = spec.model_copy(update={"operand_range": tuple(options.operand_range)})
+    _answer_tokens(ctx.model, spec, options.max_result)
 
 
 #: Report result names of :func:`find_heuristics`' parts.

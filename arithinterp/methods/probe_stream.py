@@ -3,8 +3,8 @@
 A ridge probe on standardised features with an unpenalised intercept needs only the
 statistics of its training data: the count, the feature sums and the Gram matrix ``X'X``,
 and ``X'Y`` for its targets. :class:`GramRidge` accumulates them chunk by chunk (the Gram
-in float32, the fastest product there is, shifted by a provisional mean so that centring
-loses nothing; everything summed in float64), folds the standardisation into the Gram
+in float32 by one BLAS ``syrk`` per problem, the fastest product there is, shifted by a
+provisional mean so that centring loses nothing; everything summed in float64), folds the standardisation into the Gram
 matrix (``Z'Z = D^-1 (X'X - n m m') D^-1``: no standardised copy of the data is made),
 and solves every target with one Cholesky factorisation per problem. The intercept
 decouples (standardised features are centred), so it is the target mean. The fit equals
@@ -28,7 +28,15 @@ import numpy as np
 import torch
 
 from arithinterp.distributed.executor import Executor
-from arithinterp.methods.probes import LinearProbe, ProbeError
+from arithinterp.methods.probes import (
+    LinearProbe,
+    ProbeError,
+    _blas_threads,
+    _cholesky,
+    _chunk_size,
+    _gram,
+    _ridge_buffers,
+)
 from arithinterp.models import Model, Site
 
 __all__ = ["GramRidge", "RidgeFit", "StreamedProbe", "stream_site_activations"]
@@ -63,29 +71,33 @@ class GramRidge:
         """Add samples ``x [P, m, d]`` (float32 or float64) with targets ``y [P or 1, m, k]``."""
         if x.ndim != 3 or y.ndim != 3 or y.shape[1] != x.shape[1]:
             raise ProbeError(f"x must be [P, m, d] and y [P, m, k]; got {tuple(x.shape)}, {tuple(y.shape)}")
-        x = x.float()
         y = y.to(torch.float64)
         if self.shift is None:
             # any provisional centre works; a few samples' mean is close enough and cheap
-            self.shift = x[:, :32].mean(1, dtype=torch.float64).float()
+            self.shift = x[:, :32].mean(1, dtype=torch.float64).float()  # [P, d]
             self.y_shift = y[:, :32].mean(1, keepdim=True)
             p, d, k = x.shape[0], x.shape[2], y.shape[2]
             self.gram = torch.zeros(p, d, d, dtype=torch.float64)
             self.sx = torch.zeros(p, d, dtype=torch.float64)
             self.xy = torch.zeros(p, d, k, dtype=torch.float64)
             self.sy = torch.zeros(y.shape[0], k, dtype=torch.float64)
-        xs = x - self.shift.unsqueeze(1)
         ys = y - self.y_shift
-        xst = xs.transpose(1, 2)
-        self.gram += torch.bmm(xst, xs).double()
-        # X'[y | 1]: the cross products and the feature sums in one product (a strided sum is slower)
-        ones = torch.ones(1, x.shape[1], 1, dtype=torch.float32)
-        left = torch.cat([ys.float(), ones.expand(ys.shape[0], -1, -1)], -1).transpose(1, 2)
-        both = torch.matmul(left, xs).double()  # [P, k + 1, d]: xs stays in its row-major layout
-        self.xy += both[:, :-1].transpose(1, 2)
-        self.sx += both[:, -1]
+        p, m, d = x.shape
+        step = min(p, _chunk_size(m, d))
+        aug, gram = _ridge_buffers(step, m, d, ys.shape[2], torch.float32)
+        with _blas_threads():
+            for start in range(0, p, step):  # cache-sized groups of problems, one buffer for all
+                part = slice(start, start + step)
+                c = min(step, p - start)
+                torch.sub(x[part], self.shift[part].unsqueeze(1), out=aug[:c, :, :d])
+                aug[:c, :, d + 1:] = ys[part] if ys.shape[0] > 1 else ys
+                # [xs | 1 | ys]'[xs | 1 | ys]: the Gram matrix, the feature sums and X'y in one syrk
+                g = _gram(aug[:c], gram).double()
+                self.gram[part] += g[:, :d, :d]
+                self.sx[part] += g[:, :d, d]
+                self.xy[part] += g[:, :d, d + 1:]
         self.sy += ys.sum(1)
-        self.n += x.shape[1]
+        self.n += m
 
     def solve(self, l2: float) -> RidgeFit:
         """Weights of ``(Z'Z + l2 n I) w = Z'(y - ybar)`` on standardised ``Z``, ``b = ybar``."""
@@ -102,11 +114,9 @@ class GramRidge:
         ybar_s = self.sy / n  # mean of the shifted targets
         rhs = (self.xy - n * mean_s.unsqueeze(-1) * ybar_s.unsqueeze(-2)) * inv.unsqueeze(-1)
         ybar = ybar_s + self.y_shift.squeeze(1)
-        chol, info = torch.linalg.cholesky_ex(lhs)
-        if bool((info > 0).any()):  # l2 = 0 on collinear features: the least jitter that factors
-            jitter = 1e-10 * lhs.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
-            chol = torch.linalg.cholesky(lhs + jitter[:, None, None] * torch.eye(lhs.shape[-1], dtype=lhs.dtype))
-        coef = torch.cholesky_solve(rhs, chol)  # one factorisation, every target
+        with _blas_threads():
+            chol = _cholesky(lhs, jitter=1e-10)
+        coef = torch.cholesky_solve(rhs, chol.mT, upper=True)  # one factorisation, every target
         intercept = ybar.expand(coef.shape[0], -1)
         return RidgeFit(mean=mean_s + self.shift.double(), scale=scale, coef=coef, intercept=intercept.clone())
 

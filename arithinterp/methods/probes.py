@@ -10,8 +10,10 @@ fitted in one call. Features are standardised per problem, as a scikit-learn
 Problems are processed in chunks of a few MB, so each chunk's iterations run
 on data in the CPU cache.
 
-- ``ridge``: one batched closed-form solve ``(X'X + l2 n I) W = X'y`` per chunk
-  (Gram matrix in float32, float64 answer by iterative refinement).
+- ``ridge``: one batched closed-form solve ``(Z'Z + l2 n I) W = Z'y`` per chunk, as
+  scikit-learn's ``Ridge`` solves it (float64 Gram matrix, Cholesky) but with the
+  standardisation folded into the Gram matrix of the centred features and one
+  factorisation per problem shared by all its targets.
 - ``logistic``, loss ``mean CE + l2/2 |W|^2`` per problem (scikit-learn's
   ``C = 1 / (l2 n)``): two classes by damped Newton with per-problem Armijo line
   search, stopping on the Newton decrement and reusing a Hessian while it still
@@ -26,7 +28,9 @@ lives in :mod:`arithinterp.methods.probe_sweep`.
 
 from __future__ import annotations
 
+import functools
 import math
+from contextlib import AbstractContextManager
 from typing import Literal, get_args
 
 import numpy as np
@@ -39,6 +43,7 @@ from sklearn.utils import ClassifierTags, RegressorTags, Tags
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
+from threadpoolctl import ThreadpoolController
 
 from arithinterp.errors import ArithInterpError
 
@@ -93,16 +98,6 @@ def _standardised_t(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return zt, mean.squeeze(1), scale.squeeze(1)
 
 
-def _zt_mv(zt: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """``zt [c, d1, n] @ r [c, n, k]`` as ``c * k`` matrix-vector products (for this
-    layout they are several times faster than one bmm)."""
-    out = torch.empty(zt.shape[0], zt.shape[1], r.shape[2], dtype=zt.dtype)
-    for i in range(zt.shape[0]):
-        for j in range(r.shape[2]):
-            torch.mv(zt[i], r[i, :, j], out=out[i, :, j])
-    return out
-
-
 def _inverse_spd(h: torch.Tensor) -> torch.Tensor:
     """Inverse of a batch of symmetric positive definite matrices (jitter where Cholesky fails)."""
     chol, info = torch.linalg.cholesky_ex(h)
@@ -113,24 +108,86 @@ def _inverse_spd(h: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_inverse(chol)
 
 
-def _ridge_chunk(zt: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Solve ``(Z'Z + diag(alpha)) W = Z'Y`` for a chunk: ``zt [c, d1, n]``, ``y [c, n, k]``.
+@functools.cache
+def _blas() -> ThreadpoolController:
+    """The BLAS libraries numpy loaded (found once: the search reads the process's map)."""
+    return ThreadpoolController()
 
-    The Gram matrix is formed in float32 (its one costly product) and the float64 answer
-    recovered by iterative refinement with exact float64 residuals."""
-    z32 = zt.float()
-    gram = torch.bmm(z32, z32.transpose(1, 2)).double() + torch.diag(alpha)
-    inv = _inverse_spd(gram)
-    rhs = _zt_mv(zt, y)
-    w = torch.bmm(inv, rhs)
-    scale = rhs.abs().amax(dim=(1, 2)).clamp_min(1e-300)
-    for _ in range(5):  # each round gains the float32 Gram's relative accuracy (~1e-3 or better)
-        fitted = torch.bmm(w.transpose(1, 2), zt).transpose(1, 2)  # Z w, [c, n, k]
-        resid = rhs - _zt_mv(zt, fitted) - alpha[:, None] * w
-        if bool((resid.abs().amax(dim=(1, 2)) <= 1e-11 * scale).all()):
-            break
-        w = w + torch.bmm(inv, resid)
-    return w
+
+def _blas_threads() -> AbstractContextManager:
+    """A context in which numpy's BLAS runs on torch's thread count: left to its default it
+    takes every core, and on a busy machine runs several times slower."""
+    return _blas().limit(limits=torch.get_num_threads(), user_api="blas")
+
+
+def _gram(rows: torch.Tensor, out: np.ndarray) -> torch.Tensor:
+    """``rows[i]' rows[i]`` of each problem of ``rows [c, n, m]`` (row-major) into ``out``
+    ``[>= c, m, m]`` (numpy, of ``rows``' dtype), inside :func:`_blas_threads`.
+
+    numpy's product of a matrix with its own transpose is one BLAS ``syrk``: half the
+    products of torch's ``bmm``, which has no symmetric kernel."""
+    a = rows.numpy()
+    for i in range(a.shape[0]):
+        np.matmul(a[i].T, a[i], out=out[i])
+    return torch.from_numpy(out[:a.shape[0]])
+
+
+def _cholesky(a: torch.Tensor, jitter: float = 1e-8) -> torch.Tensor:
+    """Lower Cholesky factors of a batch of symmetric positive (semi)definite matrices; one
+    that does not factor (``l2 = 0`` on collinear features) gets ``jitter`` times its mean
+    diagonal added (inside :func:`_blas_threads`)."""
+    try:
+        return torch.from_numpy(np.linalg.cholesky(a.numpy()))  # batched LAPACK, faster than torch's
+    except np.linalg.LinAlgError:
+        chol, info = torch.linalg.cholesky_ex(a)
+        bad = info > 0
+        add = jitter * a[bad].diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
+        chol[bad] = torch.linalg.cholesky(a[bad] + add[:, None, None] * torch.eye(a.shape[-1], dtype=a.dtype))
+        return chol
+
+
+def _ridge_buffers(c: int, n: int, d: int, k: int, dtype=torch.float64) -> tuple[torch.Tensor, np.ndarray]:
+    """A chunk's work space for :func:`_ridge_chunk`: ``[shifted x | 1 | y - ybar]`` rows
+    ``[c, n, d + 1 + k]`` (the column of ones written once) and their Gram matrices."""
+    aug = torch.empty(c, n, d + 1 + k, dtype=dtype)
+    aug[..., d] = 1.0
+    return aug, np.empty((c, d + 1 + k, d + 1 + k), dtype=aug.numpy().dtype)
+
+
+def _ridge_chunk(
+    x: torch.Tensor, y: torch.Tensor, alpha: float, aug: torch.Tensor, gram: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ridge on standardised features for a chunk of problems ``x [c, n, d]`` against targets
+    ``y [c, n, k]``: ``(Z'Z + alpha I) W = Z'(Y - Ybar)``, intercept ``Ybar``.
+
+    Everything comes from one Gram matrix per problem (float64, as scikit-learn's ``Ridge``)
+    of the rows ``[x - s | 1 | y - ybar]``: ``Xs'Xs``, the feature sums and ``Xs'(y - ybar)``,
+    in one pass over the features. ``s``, the mean of the first 64 rows, is a provisional
+    centre: folding the centring in afterwards costs a factor ``(ms / sd)^2`` of float64
+    rounding, ``ms`` the true mean's distance from ``s``. The standardisation is folded in too,
+    ``Z'Z = D^-1 (Xs'Xs - n ms ms') D^-1``, so no centred or standardised copy is made, and
+    one Cholesky factorisation per problem serves every target. ``aug`` and ``gram`` (from
+    :func:`_ridge_buffers`, at least ``c`` problems) are reused across chunks; call it
+    inside :func:`_blas_threads`. Returns the weights ``[c, d + 1, k]`` (the last row the
+    intercept), the mean and the scale ``[c, d]``."""
+    c, n, d = x.shape
+    ybar = y.mean(1, keepdim=True)
+    shift = x[:, :64].mean(1, keepdim=True, dtype=torch.float64)
+    torch.sub(x, shift, out=aug[:c, :, :d])
+    torch.sub(y, ybar, out=aug[:c, :, d + 1:])
+    g = _gram(aug[:c], gram)
+    mean_s = g[:, :d, d] / n  # the mean of the shifted features
+    cov = g[:, :d, :d] - n * mean_s.unsqueeze(-1) * mean_s.unsqueeze(-2)
+    std = cov.diagonal(dim1=1, dim2=2).div(n).clamp_min(0).sqrt()
+    scale = torch.where(std > 1e-12, std, torch.ones_like(std))  # a constant feature keeps 1
+    inv = 1.0 / scale
+    lhs = cov.mul_(inv.unsqueeze(-1)).mul_(inv.unsqueeze(-2))
+    lhs.diagonal(dim1=1, dim2=2).add_(alpha)
+    # Xs'(y - ybar) = Xc'(y - ybar) + ms * sum(y - ybar); the sum is zero up to rounding
+    rhs = (g[:, :d, d + 1:] - mean_s.unsqueeze(-1) * g[:, d:d + 1, d + 1:]) * inv.unsqueeze(-1)
+    chol = _cholesky(lhs)
+    w = torch.cholesky_solve(rhs, chol.mT, upper=True)  # numpy's row-major L is LAPACK's U
+    return torch.cat([w, ybar], 1), mean_s + shift.squeeze(1), scale
 
 
 def _newton_chunk(
@@ -318,7 +375,7 @@ class LinearProbe(BaseEstimator):
             target = torch.stack([angle.cos(), angle.sin()], -1)
         else:
             target = target.unsqueeze(-1)
-        w, mean, scale = self._fit_chunked(X, target.expand(*X.shape[:-1], target.shape[-1]), "ridge")
+        w, mean, scale = self._fit_ridge(X, target.expand(*X.shape[:-1], target.shape[-1]))
         self._set_weights(w, mean, scale)
         return self
 
@@ -330,7 +387,7 @@ class LinearProbe(BaseEstimator):
             )
         idx = torch.as_tensor(np.searchsorted(self.classes_, y)).expand(X.shape[:-1])
         if len(self.classes_) == 2:
-            w, mean, scale = self._fit_chunked(X, idx.to(torch.float64), "binary")
+            w, mean, scale = self._fit_chunked(X, idx.to(torch.float64))
         else:
             w, mean, scale = self._fit_multiclass(X, idx)
         self._set_weights(w, mean, scale)
@@ -350,32 +407,49 @@ class LinearProbe(BaseEstimator):
             self.coef_ = coef.transpose(-1, -2).contiguous().numpy()
             self.intercept_ = intercept.numpy()
 
-    def _fit_chunked(self, X: torch.Tensor, target: torch.Tensor, how: str) -> tuple[torch.Tensor, ...]:
-        """Binary logistic (``target [..., n]`` in {0, 1}) or ridge (``target [..., n, k]``),
-        problem chunk by problem chunk; each chunk is one batched solve. Returns the weights
-        ``[..., d + 1, k]`` on standardised features, the mean and the scale ``[..., d]``."""
+    def _fit_chunked(self, X: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Binary logistic (``target [..., n]`` in {0, 1}), problem chunk by problem chunk; each
+        chunk is one batched Newton solve. Returns the weights ``[..., d + 1, 1]`` on
+        standardised features, the mean and the scale ``[..., d]``."""
         batch, (n, d) = X.shape[:-2], X.shape[-2:]
         flat_x = X.reshape(-1, n, d)
-        flat_t = target.reshape(flat_x.shape[0], n, *target.shape[len(batch) + 1:]).to(torch.float64)
+        flat_t = target.reshape(flat_x.shape[0], n).to(torch.float64)
         size = flat_x.shape[0]
-        k = 1 if how == "binary" else flat_t.shape[-1]
-        w = torch.empty(size, d + 1, k, dtype=torch.float64)
+        w = torch.empty(size, d + 1, 1, dtype=torch.float64)
         mean = torch.empty(size, d, dtype=torch.float64)
         scale = torch.empty(size, d, dtype=torch.float64)
         pen = torch.full((d + 1,), float(self.l2), dtype=torch.float64)
         pen[d] = 0.0  # the intercept is not penalised
         step = _chunk_size(n, d)
-        self.n_hessians_, self.n_iter_ = 0, 1  # ridge: one solve
+        self.n_hessians_, self.n_iter_ = 0, 1
         for start in range(0, size, step):
             part = slice(start, start + step)
             zt, mean[part], scale[part] = _standardised_t(flat_x[part])
-            if how == "binary":
-                wc, n_hess, n_iter = _newton_chunk(zt, flat_t[part], pen, tol=self.tol, max_iter=self.max_iter)
-                w[part] = wc.unsqueeze(-1)
-                self.n_hessians_ += n_hess
-                self.n_iter_ = max(self.n_iter_, n_iter)
-            else:
-                w[part] = _ridge_chunk(zt, flat_t[part], pen * n)
+            wc, n_hess, n_iter = _newton_chunk(zt, flat_t[part], pen, tol=self.tol, max_iter=self.max_iter)
+            w[part] = wc.unsqueeze(-1)
+            self.n_hessians_ += n_hess
+            self.n_iter_ = max(self.n_iter_, n_iter)
+        return w.reshape(*batch, d + 1, 1), mean.reshape(*batch, d), scale.reshape(*batch, d)
+
+    def _fit_ridge(self, X: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Ridge (``target [..., n, k]``), problem chunk by problem chunk; each chunk is one
+        batched closed-form solve. Returns the weights ``[..., d + 1, k]`` on standardised
+        features, the mean and the scale ``[..., d]``."""
+        batch, (n, d) = X.shape[:-2], X.shape[-2:]
+        flat_x = X.reshape(-1, n, d)
+        flat_t = target.reshape(flat_x.shape[0], n, -1).to(torch.float64)
+        size, k = flat_t.shape[0], flat_t.shape[-1]
+        w = torch.empty(size, d + 1, k, dtype=torch.float64)
+        mean = torch.empty(size, d, dtype=torch.float64)
+        scale = torch.empty(size, d, dtype=torch.float64)
+        step = min(size, _chunk_size(n, d))
+        aug, gram = _ridge_buffers(step, n, d, k)
+        self.n_hessians_, self.n_iter_ = 0, 1  # one solve
+        with _blas_threads():  # numpy's BLAS: the Gram matrices, the Cholesky factors
+            for start in range(0, size, step):
+                part = slice(start, start + step)
+                w[part], mean[part], scale[part] = _ridge_chunk(flat_x[part], flat_t[part], float(self.l2) * n,
+                                                                aug, gram)
         return w.reshape(*batch, d + 1, k), mean.reshape(*batch, d), scale.reshape(*batch, d)
 
     def _fit_multiclass(self, X: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:

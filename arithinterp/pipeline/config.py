@@ -175,6 +175,12 @@ class PipelineConfig(_Strict):
             what = "no `task:` is given" if task is None else "`task: default` asks for its own task"
             raise ValueError(f"task: {what}, but model {data['model']!r} has none (only zoo models carry the "
                              "task they were trained on); give `task: {operation: ..., digits: ..., format: ...}`")
+        if "operation" in fields and len(tasks) > 1:  # `operation:` picks one of the model's tasks
+            picked = [t for t in tasks if t.operation == fields["operation"]]
+            if not picked:
+                raise ValueError(f"task: operation {fields['operation']!r} is not one of model "
+                                 f"{data['model']!r}'s tasks ({', '.join(t.operation for t in tasks)})")
+            tasks = picked
         try:
             specs = {t.operation: TaskSpec.parse({**t.model_dump(), **fields}) for t in tasks}
         except TaskError as err:

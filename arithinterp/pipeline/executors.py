@@ -5,9 +5,10 @@ step when asked. With a :class:`~arithinterp.distributed.RayExecutor`, :meth:`St
 submits every step still to compute as a Ray task at once, so independent steps run side by
 side on the workers (each worker process loads the model once), and :meth:`StepRunner.output`
 waits for each in step order: the runner saves and records steps exactly as in a local run,
-and a step that finished is never recomputed. Steps whose method shards its own pairs over
-workers (``patching``) run in this process with the executor in their context instead, so a
-large sweep spreads over the whole cluster. A task whose worker dies is retried by Ray; a
+and a step that finished is never recomputed. Steps whose method shards its own pairs or
+prompts over workers (``patching``, ``attribution``, ``edge_attribution``, ``mediation``,
+``probes``: every method that takes ``executor=``) run in this process with the executor in
+their context instead, so a large sweep spreads over the whole cluster. A task whose worker dies is retried by Ray; a
 step seeds the global generators first wherever it runs, so results equal the local run.
 """
 

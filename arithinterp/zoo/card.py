@@ -76,6 +76,7 @@ def build_card(
     *,
     steps_done: int,
     wall_time_s: float,
+    cpu_time_s: float | None = None,
     metrics: dict[str, Any],
     stopped_early: bool,
     checkpoints: list[dict[str, Any]] | None = None,
@@ -89,6 +90,9 @@ def build_card(
         "steps": steps_done,
         "stopped_early": stopped_early,
         "wall_time_s": round(wall_time_s, 1),
+        # CPU seconds of the training process: what the run costs, whatever else the shared
+        # machine was doing (with 1 thread, about the wall time on an idle machine)
+        "cpu_time_s": None if cpu_time_s is None else round(cpu_time_s, 1),
         "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} thread(s))",
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
@@ -294,11 +298,19 @@ def _training_section(card: dict[str, Any]) -> list[str]:
         f"schedule {sch['kind']} (warm-up {sch['warmup_steps']} steps); "
         f"batch {r['batch_size'] or 'full'}; {card['steps']:,} steps"
         f"{' (stopped early)' if card.get('stopped_early') else ''} of {r['steps']:,}; "
-        f"seed {card['seed']}; {card['wall_time_s']:.0f} s on {card['device']}; "
+        f"seed {card['seed']}; {card['wall_time_s']:.0f} s on {card['device']}"
+        f"{_cpu_note(card)}; "
         f"torch {card['torch_version']}, transformers {card['transformers_version']}, "
         f"arithinterp {card['arithinterp_version']}.",
         "",
     ]
+
+
+def _cpu_note(card: dict[str, Any]) -> str:
+    cpu = card.get("cpu_time_s")
+    if cpu is None:
+        return ""
+    return f" ({cpu:.0f} s of CPU time: the wall time includes waiting for a busy machine)"
 
 
 def _usage_section(card: dict[str, Any]) -> list[str]:

@@ -191,6 +191,23 @@ def _periodic_eval(model, recipe: Recipe, fmt: TaskFormat, batches: _Batches, st
     return row
 
 
+def _evaluate_step(model, recipe: Recipe, fmt: TaskFormat, batches: _Batches, info: dict,
+                   batch_loss: float, snap: bool, out_dir: Path) -> dict:
+    """The periodic evaluation at ``info["step"]``: logged, kept in the history, and (``snap``)
+    the weights saved as a snapshot for the phase checkpoints."""
+    step = info["step"]
+    row = _periodic_eval(model, recipe, fmt, batches, step)
+    row["batch_loss"] = batch_loss
+    info["history"].append(row)
+    tqdm.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}))
+    if snap:
+        path = out_dir / SNAPSHOT_DIRNAME / f"step-{step}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({n: p.detach().clone() for n, p in model.named_parameters()}, str(path))
+        info["snapshots"].append({k: v for k, v in row.items() if k != "per_token"})
+    return row
+
+
 def _check_out_dir(out_dir: Path) -> None:
     occupied = out_dir.exists() and any(out_dir.iterdir())
     if occupied and not any((out_dir / m).exists() for m in _MARKERS):
@@ -279,6 +296,7 @@ def _finish(model, tok, recipe, fmt, out_dir, info, stopped_early) -> Path:
         fmt,
         steps_done=info["step"],
         wall_time_s=info["elapsed_s"],
+        cpu_time_s=info["cpu_s"],
         metrics=metrics,
         stopped_early=stopped_early,
         checkpoints=checkpoints,
@@ -342,7 +360,8 @@ def _train(
     batches = _Batches(recipe, fmt, rng)
     state_dir = out_dir / STATE_DIRNAME
     recipe_json = recipe.model_dump(mode="json")
-    info: dict[str, Any] = {"step": 0, "history": [], "snapshots": [], "elapsed_s": 0.0}
+    info: dict[str, Any] = {"step": 0, "history": [], "snapshots": [], "elapsed_s": 0.0,
+                            "cpu_s": 0.0}
     if resume and (state_dir / "state.json").exists():
         loaded = load_state(state_dir, trained, opt, rng)
         if loaded["recipe"] != recipe_json:
@@ -350,7 +369,8 @@ def _train(
                 f"{state_dir} was written by a different recipe; pass resume=False "
                 "(--no-resume) to start over or choose another output directory"
             )
-        info = {k: loaded[k] for k in info}
+        info = {k: loaded[k] for k in info if k != "cpu_s"}
+        info["cpu_s"] = loaded.get("cpu_s")  # None: a state from before the CPU clock, unknown
     elif state_dir.exists():
         shutil.rmtree(state_dir)
 
@@ -360,6 +380,13 @@ def _train(
     for g in opt.param_groups:
         g["initial_lr"] = g["lr"]  # the recipe's lr; the schedule scales it every step
     start = time.perf_counter() - info["elapsed_s"]
+    cpu_start = None if info["cpu_s"] is None else time.process_time() - info["cpu_s"]
+
+    def clock() -> None:
+        info["elapsed_s"] = time.perf_counter() - start
+        if cpu_start is not None:
+            info["cpu_s"] = time.process_time() - cpu_start
+
     bar = tqdm(
         total=recipe.steps,
         initial=info["step"],
@@ -372,7 +399,7 @@ def _train(
     while info["step"] < recipe.steps:
         step = info["step"]
         if stop_at is not None and step >= stop_at:
-            info["elapsed_s"] = time.perf_counter() - start
+            clock()
             checkpoint()
             bar.close()
             return out_dir
@@ -393,28 +420,11 @@ def _train(
         bar.update(1)
         snap = recipe.snapshot_every is not None and step % recipe.snapshot_every == 0
         if step % recipe.eval.every == 0 or snap or step == recipe.steps:
-            row = _periodic_eval(model, recipe, fmt, batches, step)
-            row["batch_loss"] = loss.item()
-            info["history"].append(row)
+            row = _evaluate_step(model, recipe, fmt, batches, info, loss.item(), snap, out_dir)
             last_test = row["test_accuracy"]
-            tqdm.write(
-                json.dumps(
-                    {k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()}
-                )
-            )
-            if snap:
-                path = out_dir / SNAPSHOT_DIRNAME / f"step-{step}.safetensors"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_file({n: p.detach().clone() for n, p in model.named_parameters()}, str(path))
-                info["snapshots"].append({k: v for k, v in row.items() if k != "per_token"})
             es = recipe.early_stop
-            if (
-                es is not None
-                and step >= es.min_step
-                and row["test_accuracy"] >= es.test_accuracy
-                and row["test_loss"] <= es.test_loss
-            ):
-                stopped_early = True
+            stopped_early = es is not None and step >= es.min_step and (
+                row["test_accuracy"] >= es.test_accuracy and row["test_loss"] <= es.test_loss)
         if step % 50 == 0 or step == recipe.steps:
             with torch.no_grad():
                 acc = (logits.argmax(-1) == answers).all(-1).float().mean().item()
@@ -422,12 +432,12 @@ def _train(
                 loss=f"{loss.item():.3g}", acc=f"{acc:.3f}", test_acc=f"{last_test:.4f}"
             )
         if step % recipe.checkpoint_every == 0 and step < recipe.steps and not stopped_early:
-            info["elapsed_s"] = time.perf_counter() - start
+            clock()
             checkpoint()
         if stopped_early:
             break
     bar.close()
-    info["elapsed_s"] = time.perf_counter() - start
+    clock()
     model.eval()
     if aux_head is not None:
         aux_head.remove()

@@ -1,6 +1,6 @@
 """The Ray executor on a real local cluster (started here on 127.0.0.1 with 2 CPUs, once for
-the module, and shut down after it): a patching sweep, a probe sweep and a whole pipeline
-equal the serial run bit for bit, a task whose worker dies is retried, a worker that cannot
+the module, and shut down after it): a patching sweep, attribution (node and edge) and
+mediation sweeps, a probe sweep and a whole pipeline equal the serial run bit for bit, a task whose worker dies is retried, a worker that cannot
 load the model reports the model's error, and an unreachable address fails fast with nothing
 written."""
 
@@ -16,9 +16,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from arithinterp.distributed import DistributedError, ModelRecipe, RayExecutor  # noqa: E402
+from arithinterp.distributed import DistributedError, LocalExecutor, ModelRecipe, RayExecutor  # noqa: E402
 from arithinterp.errors import ModelLoadError  # noqa: E402
 from arithinterp.methods import fit_probes, patch_activations  # noqa: E402
+from arithinterp.methods.attribution import attribution_patch  # noqa: E402
+from arithinterp.methods.edge_attribution import edge_attribution_patch  # noqa: E402
+from arithinterp.methods.mediation import mediate  # noqa: E402
 from arithinterp.models import load_model  # noqa: E402
 from arithinterp.pipeline import load_config, run_pipeline  # noqa: E402
 from arithinterp.results import Result  # noqa: E402
@@ -47,6 +50,12 @@ def prompts():
     return generate(TaskSpec(operation="add", digits=5, format="fixed", n=96, seed=1))
 
 
+@pytest.fixture(scope="module")
+def sweep_pairs():
+    # 36 pairs in batches of 12: three tasks over two workers
+    return make_pairs(generate(TaskSpec(operation="add", digits=5, format="fixed", n=36, seed=4)), "operand_b", seed=0)
+
+
 def _same(a: Result, b: Result) -> None:
     assert a.values.dims == b.values.dims
     np.testing.assert_array_equal(a.values.values, b.values.values)
@@ -71,6 +80,39 @@ def test_patching_sweep_equals_the_serial_run(executor, model, prompts):
     assert np.abs(serial.values.values).max() > 0
 
 
+def _serial_local_ray(run, executor) -> Result:
+    """``run(executor=...)`` serially, on the local executor and on Ray: the same numbers, CIs and meta."""
+    serial = run(executor=None)
+    for sharded in (run(executor=LocalExecutor()), run(executor=executor)):
+        _same(serial, sharded)
+        assert serial.meta.options == sharded.meta.options and serial.meta.extra == sharded.meta.extra
+    return serial
+
+
+@pytest.mark.parametrize(("method", "freeze_norm", "kind"), [
+    ("atp", False, "attn_head"), ("atp", True, "attn_head"),
+    ("ig_activations", False, "mlp_post"), ("ig_activations", True, "mlp_post"), ("atp_star", False, "q"),
+])
+def test_attribution_sweep_equals_the_serial_run(executor, model, sweep_pairs, method, freeze_norm, kind):
+    serial = _serial_local_ray(lambda executor: attribution_patch(
+        model, sweep_pairs, kind=kind, method=method, freeze_norm=freeze_norm, ig_steps=3, batch_size=12,
+        n_boot=200, progress=False, executor=executor), executor)
+    assert np.abs(serial.effect.values).max() > 0
+
+
+def test_edge_attribution_sweep_equals_the_serial_run(executor, model, sweep_pairs):
+    serial = _serial_local_ray(lambda executor: edge_attribution_patch(
+        model, sweep_pairs, receivers=("attn_in", "q", "mlp_in", "logits"), batch_size=12, n_boot=200,
+        progress=False, executor=executor), executor)
+    assert np.nanmax(np.abs(serial.values.values)) > 0
+
+
+def test_mediation_sweep_equals_the_serial_run(executor, model, sweep_pairs):
+    serial = _serial_local_ray(lambda executor: mediate(
+        model, sweep_pairs, batch_size=12, n_boot=200, progress=False, executor=executor), executor)
+    assert np.abs(serial.values.values).max() > 0 and np.isfinite(serial.total_effect)
+
+
 def test_probe_sweep_equals_the_serial_run(executor, model, prompts):
     common = dict(targets=["SC_2", "operand_a"], positions=[4, 10, 11], n_boot=20, batch_size=32, progress=False)
     _same(fit_probes(model, prompts, **common), fit_probes(model, prompts, executor=executor, **common))
@@ -88,6 +130,9 @@ def _write_pipeline(path: Path, **extra) -> Path:
         "steps": [
             {"kind": "evaluate"},
             {"kind": "patching", "sites": "resid_pre", "n_boot": 50, "batch_size": 16},
+            {"kind": "attribution", "sites": "attn_head", "method": "ig_activations", "freeze_norm": True,
+             "ig_steps": 3, "n_boot": 50, "batch_size": 16},
+            {"kind": "mediation", "per_position": False, "n_boot": 50, "batch_size": 16},
             {"kind": "probes", "targets": ["SC_1"], "n_boot": 10},
             {"kind": "logit_lens"},
         ],
@@ -105,8 +150,9 @@ def test_a_pipeline_equals_the_local_run_and_resumes(executor, tmp_path):
     assert list(local.results) == list(remote.results)
     for key in local.results:
         _same(local.results[key], remote.results[key])
-    record = (tmp_path / "ray" / "ray" / "patching" / "step.json").read_text()
-    assert '"executor": "ray"' in record and '"threads": 1' in record
+    for step in ("patching", "attribution", "mediation"):  # these ran here, sharding their pairs
+        record = (tmp_path / "ray" / "ray" / step / "step.json").read_text()
+        assert '"executor": "ray"' in record and '"threads": 1' in record
     # the same fingerprint whichever executor ran it: a Ray rerun recomputes nothing
     again = run_pipeline(config, runs_dir=tmp_path / "local", progress=False, log=lambda _: None,
                          executor=executor)

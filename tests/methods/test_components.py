@@ -207,8 +207,8 @@ def _top_kv_neurons(maps, k: int = 50) -> np.ndarray:
 
 def test_heuristic_neurons_of_add_2d_tok_and_their_knockout(add_model):
     """Nikankin et al.: classified neurons' knockout hurts their associated prompts more.
-    Measured on zoo:add-2d-tok: 20 of its 512 neurons pass t = 0.6, all with result-range
-    heuristics; ablating the most common heuristic's neurons keeps accuracy (the other neurons
+    Measured on zoo:add-2d-tok: 23 of its 512 neurons pass t = 0.6, 20 with result-range
+    heuristics, 4 with a range of both operands; ablating the most common heuristic's neurons keeps accuracy (the other neurons
     compensate on this small model) but lowers the answer's log-probability far more on the
     associated prompts."""
     spec = TaskSpec(operation="add", operand_range=(0, 99), format="plain")

@@ -113,3 +113,54 @@ def test_circular_probe_decodes_residues_from_a_planted_circle():
         acc = probe.score(X[400:], x[400:])
         # mod 5 is a frequency-2 circle, not linear in the mod-10 features: not decodable
         assert (acc >= expected) if period == 10 else (acc < 0.5)
+
+
+def _sklearn_ridge(X, y, l2):
+    """scikit-learn's StandardScaler + Ridge on one problem, mapped to the input space."""
+    scaler = StandardScaler().fit(X)
+    est = Ridge(alpha=l2 * len(X)).fit(scaler.transform(X), y)
+    coef = est.coef_ / scaler.scale_
+    return coef, est.intercept_ - coef @ scaler.mean_, scaler
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_ridge_equals_sklearn_to_rounding_over_chunks(monkeypatch, dtype):
+    """The folded Gram solve is scikit-learn's fit to float64 rounding: features far from zero
+    (mean 1e4 standard deviations away), of very different scales, and constant; a target per
+    problem; several chunks of several problems."""
+    import arithinterp.methods.probes as probes
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(2, 3, 300, 8)) * np.geomspace(1e-3, 1e2, 8) + np.r_[1e4, 0, -50, 0, 0, 0, 0, 3]
+    X[1, 2, :, 3] = 7.0  # a constant feature
+    X = X.astype(dtype)
+    y = np.einsum("spnd,d->spn", X - X.mean(2, keepdims=True), rng.normal(size=8) / np.geomspace(1e-3, 1e2, 8))
+    y += rng.normal(size=y.shape)
+    monkeypatch.setattr(probes, "_CHUNK_BYTES", 8 * 300 * 9 * 4)  # 4 problems a chunk: 2 chunks
+    probe = LinearProbe("ridge", l2=1e-2).fit(X, y)
+    for i in range(2):
+        for j in range(3):
+            coef, intercept, scaler = _sklearn_ridge(X[i, j].astype(np.float64), y[i, j], 1e-2)
+            np.testing.assert_allclose(probe.coef_[i, j], coef, rtol=1e-9, atol=1e-12 * np.abs(coef).max())
+            np.testing.assert_allclose(probe.intercept_[i, j], intercept, rtol=1e-9)
+            np.testing.assert_allclose(probe.mean_[i, j], scaler.mean_, rtol=1e-12)
+            np.testing.assert_allclose(probe.scale_[i, j], scaler.scale_, rtol=1e-9)
+
+
+def test_ridge_targets_share_one_factorisation():
+    """A circular probe's two targets (cos, sin) equal two separate ridge fits; with l2 = 0
+    and a constant feature the solve still factors (jitter) and matches least squares."""
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 100, 400)
+    X = rng.normal(size=(3, 400, 5)) + np.cos(2 * np.pi * x / 10)[:, None]
+    circ = LinearProbe("circular", period=10, l2=1e-2).fit(X, x)
+    angle = 2 * np.pi * x / 10
+    for j, target in enumerate([np.cos(angle), np.sin(angle)]):
+        ridge = LinearProbe("ridge", l2=1e-2).fit(X, target)
+        np.testing.assert_allclose(circ.coef_[:, j], ridge.coef_, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(circ.intercept_[:, j], ridge.intercept_, rtol=1e-10, atol=1e-13)
+    X[1, :, 2] = 3.0
+    pred = LinearProbe("ridge", l2=0.0).fit(X, np.cos(angle)).predict(X)
+    design = np.concatenate([X[1], np.ones((400, 1))], 1)
+    ols = design @ np.linalg.lstsq(design, np.cos(angle), rcond=None)[0]
+    np.testing.assert_allclose(pred[1], ols, atol=1e-6)

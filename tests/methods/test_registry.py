@@ -29,7 +29,7 @@ from arithinterp.tasks import PromptSet, TaskSpec, generate, make_pairs
 from tests.conftest import scaled_variant
 
 BUILTIN = ("evaluate", "digit_confidence", "logit_lens", "number_lens", "tuned_lens", "patching", "attribution",
-           "edge_attribution", "position_edges", "mediation", "dla", "probes", "helix", "fourier", "heuristics",
+           "edge_attribution", "position_edges", "mediation", "dla", "cna", "probes", "helix", "fourier", "heuristics",
            "operand_maps", "circuit", "attention", "causal_variables")
 
 

@@ -39,6 +39,14 @@ def test_a_model_with_several_tasks_gets_one_per_operator(tmp_path):
     assert config.task_name(config.steps[0]) == "add"
 
 
+def test_operation_picks_one_of_several_default_tasks(tmp_path):
+    (tmp_path / "card.json").write_text(json.dumps({"recipe": {"task": {"kind": "addsub", "n_digits": 3}}}))
+    config = parse_config(_cfg(model=str(tmp_path), task={"default": True, "operation": "sub", "n": 9}))
+    assert (config.task.operation, config.task.format, config.task.digits, config.task.n) == ("sub", "fixed", 3, 9)
+    with pytest.raises(ConfigError, match="operation 'mul' is not one of"):
+        parse_config(_cfg(model=str(tmp_path), task={"default": True, "operation": "mul"}))
+
+
 @pytest.mark.parametrize(("model", "match"), [
     ("{tmp}", "has none"),  # a directory without a card
     ("zoo:nosuch", "model: no zoo model 'nosuch'"),

@@ -15,15 +15,13 @@ CONFIGS = sorted(EXPERIMENTS.glob("**/*.yaml"))
 
 #: Zoo models an experiment is written for before they ship (the config must validate now). When
 #: one ships, test_experiment_validates fails here: remove it from this list.
-PENDING_MODELS = {"zoo:mul-3d-msd": "issue 14: experiments/digit-confidence-mul-3d-msd/pipeline.yaml",
-                  "zoo:sub-5d": "issue 14: experiments/subtraction-sub-5d/sub-5d.yaml",
-                  "zoo:addsub-5d": "issue 14: experiments/subtraction-sub-5d/addsub-5d.yaml"}
+PENDING_MODELS = {"zoo:addsub-5d": "issue 14: experiments/subtraction-sub-5d/addsub-5d.yaml"}
 
 
 def test_there_is_one_experiment_per_finding():
     folders = {p.parent.name for p in CONFIGS if p.parent != EXPERIMENTS}
     assert folders >= {"grokking-modadd-113", "carries-add-5d", "running-sum-mul-3d", "mediation-add-2d-tok",
-                       "heuristics-add-2d-tok", "fourier-helix-add-2d-tok", "pretrained-llm"}
+                       "heuristics-add-2d-tok", "fourier-helix-add-2d-tok", "pretrained-llm", "operators-ops-2d-tok"}
     for folder in folders:
         readme = EXPERIMENTS / folder / "README.md"
         assert readme.is_file(), f"{folder} has no README stating the claim and our measurement"
@@ -40,3 +38,14 @@ def test_experiment_validates(path):
         resolve_spec(config.model)  # raises ModelLoadError for a zoo name that does not exist
     names = {p.name for p in CONFIGS if p.parent == path.parent}
     assert len({load_config(path.parent / n).name for n in names}) == len(names), "run names must differ"
+
+
+def test_the_operator_pipelines_run_the_models_own_tasks():
+    """experiments/operators-ops-2d-tok: each pipeline's task is zoo:ops-2d-tok's own task for its
+    operator (the format and operand domain it was trained on; n and seed are the run's)."""
+    from arithinterp.zoo.default_tasks import spec_tasks
+
+    own = {t.operation: t for t in spec_tasks("zoo:ops-2d-tok")}
+    for op in ("add", "sub", "mul", "floordiv"):
+        task = load_config(EXPERIMENTS / "operators-ops-2d-tok" / f"{op}.yaml").task
+        assert task.model_copy(update={"n": own[op].n, "seed": own[op].seed}) == own[op]

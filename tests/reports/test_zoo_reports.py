@@ -173,7 +173,7 @@ def test_add_2d_tok_heuristics_fill_the_last_layer(reports):
     assert len(rows) == load_model("zoo:add-2d-tok").shape.d_mlp
     assert rows["heuristic_score"].between(0, 1).all()
     named = rows["heuristic"] != ""
-    assert named.sum() >= 10  # measured 20 of 512 at t = 0.6
+    assert named.sum() >= 10  # measured 23 of 512 at t = 0.6
     assert (rows.loc[named, "heuristic_score"] >= 0.6).all() and (rows.loc[~named, "heuristic_score"] < 0.6).all()
     for _, r in rows[named].head(5).iterrows():
         assert r["heuristic"] == heur.neuron_heuristics(int(r["neuron"]))[0]

@@ -274,6 +274,7 @@ def test_aux_loss_trains_a_head_and_ships_a_plain_gpt2(tmp_path):
     assert model.state_dict().keys() == plain.state_dict().keys()  # no auxiliary weights shipped
     card = json.loads((out / "card.json").read_text())
     assert card["recipe"]["aux_loss"]["weight"] == 1.0
+    assert card["cpu_time_s"] > 0 and "s of CPU time" in (out / "README.md").read_text()
 
 
 def test_aux_loss_learns_the_running_sums(tmp_path):

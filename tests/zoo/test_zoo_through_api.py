@@ -19,12 +19,13 @@ from arithinterp.models import load_model
 from arithinterp.tasks import TaskSpec, generate, tokenize
 from arithinterp.zoo.registry import ZOO_DIR
 
-ZOO = ["add-5d", "add-5d-1L", "mul-3d", "modadd-113", "add-2d-tok", "add-2d"]
+ZOO = ["add-5d", "add-5d-1L", "mul-3d", "modadd-113", "add-2d-tok", "add-2d", "mul-3d-msd"]
 
 SPECS = {
     "add-5d": dict(operation="add", digits=5, format="fixed"),
     "add-5d-1L": dict(operation="add", digits=5, format="fixed"),
     "mul-3d": dict(operation="mul", digits=3, format="fixed_reversed"),
+    "mul-3d-msd": dict(operation="mul", operand_range=(0, 999), format="fixed"),  # as the card: 000..999
     "modadd-113": dict(operation="modadd", p=113, format="modular"),
     "add-2d-tok": dict(operation="add", operand_range=(0, 99), format="plain"),
     "add-2d": dict(operation="add", operand_range=(0, 99), format="fixed"),
@@ -53,7 +54,7 @@ def test_both_backends_load_and_agree(name):
     torch.testing.assert_close(tl_logits, ns_logits, atol=1e-4 * scale, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["add-5d", "add-5d-1L", "mul-3d", "add-2d"])
+@pytest.mark.parametrize("name", ["add-5d", "add-5d-1L", "mul-3d", "add-2d", "mul-3d-msd"])
 def test_card_accuracy_reproduces_through_tasks_and_evaluate(name):
     card = _card(name)
     n = 2000
