@@ -15,7 +15,7 @@ CONFIGS = sorted(EXPERIMENTS.glob("**/*.yaml"))
 
 #: Zoo models an experiment is written for before they ship (the config must validate now). When
 #: one ships, test_experiment_validates fails here: remove it from this list.
-PENDING_MODELS = {"zoo:addsub-5d": "issue 14: experiments/subtraction-sub-5d/addsub-5d.yaml"}
+PENDING_MODELS: dict[str, str] = {}
 
 
 def test_there_is_one_experiment_per_finding():
