@@ -27,11 +27,11 @@ Subtraction: long subtraction of the smaller operand from the larger,
 ``m_i - s_i - borrow_{i-1} < 0`` (``borrow_{-1} = 0``); so ``borrow_i`` is the
 borrow *into* column ``i + 1``.
 
-* ``borrow_ab_i``: the borrow out of column ``i`` of ``a - b`` done column by column in
+* ``ab_borrow_i``: the borrow out of column ``i`` of ``a - b`` done column by column in
   prompt order whatever the sign (ten's complement: ``(a mod 10**(i+1)) < (b mod 10**(i+1))``;
   out of the top column exactly when ``a < b``). It equals ``borrow_i`` when ``a >= b``; when
   ``a < b`` it is the borrow of ``a - b`` where ``borrow_i`` is that of ``b - a``, so, lower
-  columns equal apart, the two are complements.
+  columns equal apart, the two are complements. (Not ``borrow_*``: reports probe those.)
 * Quirke, Neo & Barez's subtraction sub-tasks, on the digits in prompt order
   (``a_i`` of the minuend, ``b_i`` of the subtrahend): ``MD_i = (a_i - b_i) mod 10``
   (base difference), ``MB_i = a_i < b_i`` (borrow one: the column makes a borrow),
@@ -146,7 +146,7 @@ def subtraction_columns(a: np.ndarray, b: np.ndarray, width: int) -> dict[str, n
     prev = np.zeros(len(a), dtype=np.int64)
     for i in range(width):
         prev = ((da[:, i] - db[:, i] - prev) < 0).astype(np.int64)
-        out[f"borrow_ab_{i}"] = prev
+        out[f"ab_borrow_{i}"] = prev
     for i in range(width):
         out[f"MD_{i}"] = (da[:, i] - db[:, i]) % 10
         out[f"MB_{i}"] = da[:, i] < db[:, i]

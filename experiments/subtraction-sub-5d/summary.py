@@ -1,11 +1,14 @@
-"""The Measured tables of the README from a finished run of sub-5d.yaml.
+"""The Measured tables of the README from a finished run of sub-5d.yaml or addsub-5d.yaml.
 
     python experiments/subtraction-sub-5d/summary.py runs/subtraction-sub-5d
+    python experiments/subtraction-sub-5d/summary.py runs/subtraction-addsub-5d \\
+        --evaluate evaluate-add evaluate-sub --probes probes-add probes-sub
 
 Prompt ``12345-67890=`` (positions 0..11, "=" at 11), answer a sign then five digits most
-significant first: position 11 predicts the sign and position 16 - i predicts digit i (place
-10^i). Column j's sub-tasks (MB_j, MZ_j, GT_j) and the borrow out of it (borrow_j) are needed
-at the position predicting digit j + 1 (15 - j); the top column's (j = 4) feed the sign, at 11.
+significant first (or the sum's six digits): position 11 predicts the sign (the sum's leading
+digit) and position 16 - i predicts digit i (place 10^i). Column j's sub-tasks (MB_j, MZ_j, GT_j,
+SC_j) and the borrow out of it (borrow_j) are needed at the position predicting digit j + 1
+(15 - j); the top column's (j = 4) at 11. ``carry_in_i`` is needed where digit i is predicted.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ def _needed_at(target: str) -> int:
     if target == "negative":
         return 11
     j = int(target.rsplit("_", 1)[1])
+    if target.startswith("carry_in_"):
+        return 16 - j
     return 11 if j == 4 else 15 - j
 
 
@@ -30,7 +35,7 @@ def accuracy_tables(ev) -> None:
     exact = ev.values.min("digit").to_series()
     classes = ev.values.coords["complexity"].to_series()
     print(f"exact match {exact.mean():.4f} on {len(exact)} prompts")
-    print("| token | sign | 10^4 | 10^3 | 10^2 | 10^1 | 10^0 |\n|---|---|---|---|---|---|---|")
+    print("| token | sign (add: 10^5) | 10^4 | 10^3 | 10^2 | 10^1 | 10^0 |\n|---|---|---|---|---|---|---|")
     print("| accuracy | " + " | ".join(f"{v:.4f}" for v in per_token) + " |")
     groups = exact.groupby(classes.values)
     print("\n| class | " + " | ".join(groups.groups) + " |")
@@ -60,9 +65,11 @@ def probe_table(pr) -> None:
 def _at_b_token(pr, target: str) -> str:
     """MB_j / MZ_j / GT_j right after layer-0 attention at b_j's token (position 10 - j), where
     both of column j's digits are first visible."""
-    if target[:3] not in ("MB_", "MZ_", "GT_"):
+    if target[:3] not in ("MB_", "MZ_", "GT_", "SC_"):
         return "—"
     pos = 10 - int(target[3:])
+    if pos not in pr.values.coords["pos"].values:
+        return "—"
     return f"{float(pr.values.sel(target=target, pos=pos, site='L0 mid')):.2f} (pos {pos})"
 
 
@@ -79,11 +86,18 @@ def sign_table(pr) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run", type=Path)
+    parser.add_argument("--evaluate", nargs="+", default=["evaluate"], help="evaluate steps of the run")
+    parser.add_argument("--probes", nargs="+", default=["probes"], help="probes steps of the run")
     args = parser.parse_args()
-    accuracy_tables(Result.load(args.run / "evaluate"))
-    probes = Result.load(args.run / "probes")
-    probe_table(probes)
-    sign_table(probes)
+    for step in args.evaluate:
+        print(f"\n## {step}")
+        accuracy_tables(Result.load(args.run / step))
+    for step in args.probes:
+        print(f"\n## {step}")
+        probes = Result.load(args.run / step)
+        probe_table(probes)
+        if "negative" in probes.values.coords["target"].values:
+            sign_table(probes)
 
 
 if __name__ == "__main__":

@@ -109,9 +109,9 @@ def _digit_position(prompts, i: int) -> int:
 def test_the_borrow_into_each_column_is_decodable_where_its_digit_is_predicted(sub5, sub5_prompts):
     """Known answer on zoo:sub-5d (``12345-67890=-55545``; >= 99.9% exact on its card). Answer
     digit ``i`` (i = 1..4, predicted at position 16 - i) needs the borrow into column ``i``. The
-    model holds it in prompt order: ``borrow_ab_{i-1}``, the borrow of ``a - b`` column by column
+    model holds it in prompt order: ``ab_borrow_{i-1}``, the borrow of ``a - b`` column by column
     whatever the sign, is decodable there after layer-1 attention. ``borrow_{i-1}``, the borrow of
-    ``max - min`` that the magnitude's digit uses, is ``borrow_ab`` exclusive-or the sign (lower
+    ``max - min`` that the magnitude's digit uses, is ``ab_borrow`` exclusive-or the sign (lower
     columns equal apart), which a stream holding those two linearly need not hold linearly: it
     becomes decodable only in the last layer, and the lowest two columns' only in part. The
     Hewitt & Liang control (a random label per operand pair) and labels shuffled over prompts
@@ -122,16 +122,16 @@ def test_the_borrow_into_each_column_is_decodable_where_its_digit_is_predicted(s
     Measured on the shipped model (held-out accuracy at the best site; control and shuffled
     there; position 0's best site; chance = the better constant guess):
 
-        into column  pos  borrow_ab: best        borrow: best          control  shuffled  pos 0
+        into column  pos  ab_borrow: best        borrow: best          control  shuffled  pos 0
         1            15   L1 mid 1.000           L2 post 0.903         <= 0.53  <= 0.53   <= chance
         2            14   L1 mid 0.99 (L2 mid 1) L2 post 0.930         <= 0.51  <= 0.54   +0.004
         3            13   L1 mid 1.000           L2 pre 0.990          <= 0.47  <= 0.50   <= chance
         4            12   L1 mid 1.000           L2 pre 1.000          <= 0.50  <= 0.49   <= chance
 
-    (before layer-1 attention both are at 0.41-0.65). Over prompt seeds 1-3: ``borrow_ab`` >= 0.997,
+    (before layer-1 attention both are at 0.41-0.65). Over prompt seeds 1-3: ``ab_borrow`` >= 0.997,
     ``borrow`` >= 0.893, and control, shuffled and position 0 at most 0.04 above chance.
 
-    Thresholds, from these with margin: ``borrow_ab`` >= 0.95 at the best site, ``borrow`` >= 0.85;
+    Thresholds, from these with margin: ``ab_borrow`` >= 0.95 at the best site, ``borrow`` >= 0.85;
     control, shuffled and position 0 <= chance + 0.08 (300 held out: sd ~0.029, and position 0 is
     read at the best of 7 sites).
     """
@@ -139,7 +139,7 @@ def test_the_borrow_into_each_column_is_decodable_where_its_digit_is_predicted(s
     frame = sub5_prompts.frame
     ys = {}
     for i in range(1, 5):
-        for col in (f"borrow_ab_{i - 1}", f"borrow_{i - 1}"):
+        for col in (f"ab_borrow_{i - 1}", f"borrow_{i - 1}"):
             ys[col] = frame[col].to_numpy()
             ys[f"{col} shuffled"] = rng.permutation(ys[col])
     positions = [0] + [_digit_position(sub5_prompts, i) for i in range(1, 5)]
@@ -147,7 +147,7 @@ def test_the_borrow_into_each_column_is_decodable_where_its_digit_is_predicted(s
     assert res.meta.extra["control_columns"]["borrow_0"] == ["operand_a", "operand_b"]
     for i in range(1, 5):
         pos = _digit_position(sub5_prompts, i)
-        for col, floor in ((f"borrow_ab_{i - 1}", 0.95), (f"borrow_{i - 1}", 0.85)):
+        for col, floor in ((f"ab_borrow_{i - 1}", 0.95), (f"borrow_{i - 1}", 0.85)):
             majority = float(res.extras["majority"].sel(target=col))
             chance = max(majority, 1 - majority)
             cell = res.values.sel(target=col, pos=pos)

@@ -112,7 +112,7 @@ def test_subtraction_borrows(case):
     # a - b column by column in prompt order, borrowing past the top column when a < b
     rest, borrow_in, rebuilt = a - b, 0, 0
     for i in range(w):
-        borrow = row[f"borrow_ab_{i}"]
+        borrow = row[f"ab_borrow_{i}"]
         digit = lsd(a, w)[i] - lsd(b, w)[i] - borrow_in + 10 * borrow
         assert 0 <= digit <= 9
         rebuilt += digit * 10**i
