@@ -2,8 +2,9 @@
 
 ``borrow_j`` (``arithinterp.tasks.arithmetic``) is the borrow out of column ``j`` of
 ``max(a, b) - min(a, b)``, i.e. the borrow *into* column ``j + 1``: a function of the operands
-that answer digit ``j + 1`` needs. A model that writes every digit right must hold it, at the
-latest, where it predicts that digit; a stream that has not seen both operands cannot.
+that answer digit ``j + 1`` needs. A model that writes every digit right must have it, at the
+latest, where it predicts that digit (linearly or not: see the zoo test); a stream that has not
+seen both operands cannot.
 """
 
 from __future__ import annotations
