@@ -14,7 +14,7 @@ See :mod:`.spec` for formats, :mod:`.promptset` for the frame's columns,
 counterfactuals and :mod:`.tokenization` for tokenizer checks.
 """
 
-from arithinterp.tasks.arithmetic import COMPLEXITY_CLASSES
+from arithinterp.tasks.arithmetic import BORROW_CLASSES, COMPLEXITY_CLASSES
 from arithinterp.tasks.causal import CausalModel, CausalVariable, causal_model
 from arithinterp.tasks.pairs import PAIR_KINDS, PairKind, PromptPairs, make_pairs
 from arithinterp.tasks.promptset import PromptSet, generate, model_task
@@ -40,6 +40,7 @@ from arithinterp.tasks.tokenization import (
 )
 
 __all__ = [
+    "BORROW_CLASSES",
     "COMPLEXITY_CLASSES",
     "CausalModel",
     "CausalVariable",

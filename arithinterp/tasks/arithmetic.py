@@ -27,6 +27,23 @@ Subtraction: long subtraction of the smaller operand from the larger,
 ``m_i - s_i - borrow_{i-1} < 0`` (``borrow_{-1} = 0``); so ``borrow_i`` is the
 borrow *into* column ``i + 1``.
 
+* ``ab_borrow_i``: the borrow out of column ``i`` of ``a - b`` done column by column in
+  prompt order whatever the sign (ten's complement: ``(a mod 10**(i+1)) < (b mod 10**(i+1))``;
+  out of the top column exactly when ``a < b``). It equals ``borrow_i`` when ``a >= b``; when
+  ``a < b`` it is the borrow of ``a - b`` where ``borrow_i`` is that of ``b - a``, so, lower
+  columns equal apart, the two are complements. (Not ``borrow_*``: reports probe those.)
+* Quirke, Neo & Barez's subtraction sub-tasks, on the digits in prompt order
+  (``a_i`` of the minuend, ``b_i`` of the subtrahend): ``MD_i = (a_i - b_i) mod 10``
+  (base difference), ``MB_i = a_i < b_i`` (borrow one: the column makes a borrow),
+  ``MZ_i = a_i == b_i`` (difference zero: passes an incoming borrow on),
+  ``GT_i = a_i > b_i`` (greater than), and the tri-case ``MT_i`` = 0, 1, 2 for
+  ``a_i`` >, ==, < ``b_i`` (0 absorbs a borrow, 1 passes it on, 2 makes one, as ``ST``).
+  For a negative answer the model computes ``b - a``, where a column makes a borrow
+  when ``GT_i``: these columns are the operand-order features, before the sign is known.
+* ``complexity``: the borrow-cascade class of ``max - min``, the subtraction analogue
+  of the ``S`` classes: ``B0`` no borrow; else ``B1`` + the longest run of consecutive
+  zero-difference columns (``max_i == min_i``) that receive a borrow, capped at ``B5``.
+
 Multiplication (Bai et al.'s running sums): ``pp_{i}_{j} = a_i * b_j``,
 ``s_k = sum_{i+j=k} a_i b_j``, ``c_hat_k = s_k + floor(c_hat_{k-1} / 10)``
 with ``c_hat_{-1} = 0``; then ``c_hat_k mod 10`` is answer digit ``k``.
@@ -39,6 +56,7 @@ from __future__ import annotations
 import numpy as np
 
 COMPLEXITY_CLASSES: tuple[str, ...] = ("S0", "S1", "S2", "S3", "S4", "S5")
+BORROW_CLASSES: tuple[str, ...] = ("B0", "B1", "B2", "B3", "B4", "B5")
 
 
 def compute_answers(operation: str, a: np.ndarray, b: np.ndarray, p: int) -> np.ndarray:
@@ -124,7 +142,34 @@ def subtraction_columns(a: np.ndarray, b: np.ndarray, width: int) -> dict[str, n
     out: dict[str, np.ndarray] = {f"borrow_{i}": borrow[:, i] for i in range(width)}
     out["n_borrows"] = borrow.sum(axis=1)
     out["negative"] = a < b
+    da, db = digits_lsd(a, width), digits_lsd(b, width)
+    prev = np.zeros(len(a), dtype=np.int64)
+    for i in range(width):
+        prev = ((da[:, i] - db[:, i] - prev) < 0).astype(np.int64)
+        out[f"ab_borrow_{i}"] = prev
+    for i in range(width):
+        out[f"MD_{i}"] = (da[:, i] - db[:, i]) % 10
+        out[f"MB_{i}"] = da[:, i] < db[:, i]
+        out[f"MZ_{i}"] = da[:, i] == db[:, i]
+        out[f"GT_{i}"] = da[:, i] > db[:, i]
+        out[f"MT_{i}"] = np.where(da[:, i] > db[:, i], 0, np.where(da[:, i] == db[:, i], 1, 2))
+    out["complexity"] = borrow_classes(borrow, dm == ds)
     return out
+
+
+def borrow_classes(borrow: np.ndarray, zero: np.ndarray) -> np.ndarray:
+    """Borrow-cascade class ``B0``..``B5`` per row from ``borrow[:, i]`` (column ``i`` borrows)
+    and ``zero[:, i]`` (its digits of ``max - min`` are equal); see the module docstring."""
+    n, w = borrow.shape
+    fed = np.zeros((n, w), dtype=bool)  # a zero-difference column receiving a borrow
+    fed[:, 1:] = borrow[:, :-1].astype(bool) & zero[:, 1:]
+    run = np.zeros(n, dtype=np.int64)
+    longest = np.zeros(n, dtype=np.int64)
+    for i in range(w):
+        run = np.where(fed[:, i], run + 1, 0)
+        longest = np.maximum(longest, run)
+    idx = np.where(borrow.any(axis=1), 1 + np.minimum(longest, 4), 0)
+    return np.asarray(BORROW_CLASSES, dtype=object)[idx]
 
 
 def multiplication_columns(

@@ -13,7 +13,7 @@
   whatever order the format writes digits in;
 * per operation (definitions in :mod:`arithinterp.tasks.arithmetic`):
   add: ``SA_{i} SC_{i} SS_{i} ST_{i} carry_in_{i} n_carries complexity``;
-  sub: ``borrow_{i} n_borrows negative``;
+  sub: ``borrow_{i} n_borrows negative ab_borrow_{i} MD_{i} MB_{i} MZ_{i} GT_{i} MT_{i} complexity``;
   mul: ``pp_{i}_{j} s_{k} c_hat_{k}``; floordiv / mod: ``quotient remainder``;
   modadd: ``raw_sum`` (``a + b`` before reduction).
 """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -108,6 +109,63 @@ def test_subtraction_borrows(case):
     assert borrow_in == 0  # nothing borrowed past the top column
     assert value == abs(a - b)
     assert row["n_borrows"] == sum(row[f"borrow_{i}"] for i in range(w))
+    # a - b column by column in prompt order, borrowing past the top column when a < b
+    rest, borrow_in, rebuilt = a - b, 0, 0
+    for i in range(w):
+        borrow = row[f"ab_borrow_{i}"]
+        digit = lsd(a, w)[i] - lsd(b, w)[i] - borrow_in + 10 * borrow
+        assert 0 <= digit <= 9
+        rebuilt += digit * 10**i
+        borrow_in = borrow
+    assert borrow_in == (a < b)
+    assert rebuilt - borrow_in * 10**w == rest  # the ten's complement of a negative difference
+    da, db = lsd(a, w), lsd(b, w)
+    for i in range(w):  # Quirke, Neo & Barez's sub-tasks, in prompt order
+        assert row[f"MD_{i}"] == (da[i] - db[i] + 10) % 10
+        assert row[f"MB_{i}"] == (da[i] < db[i])
+        assert row[f"MZ_{i}"] == (da[i] == db[i])
+        assert row[f"GT_{i}"] == (da[i] > db[i])
+        assert row[f"MT_{i}"] == {1: 0, 0: 1, -1: 2}[(da[i] > db[i]) - (da[i] < db[i])]
+    assert row["complexity"] == reference_borrow_class(a, b, w)
+
+
+def reference_borrow_class(a: int, b: int, w: int) -> str:
+    """The borrow-cascade class from a column string of max - min: 'B' a column that borrows
+    (with its incoming borrow), 'z' a zero-difference column, '.' any other; the longest run
+    of 'z' columns directly above a borrowing column (each borrows on: 0 - 0 - 1 < 0)."""
+    top, bottom = lsd(max(a, b), w), lsd(min(a, b), w)
+    cols, borrow = [], 0
+    for x, y in zip(top, bottom):
+        fed_zero = borrow and x == y
+        borrow = int(x - y - borrow < 0)
+        cols.append("z" if fed_zero else "B" if borrow else ".")
+    text = "".join(cols)
+    if "B" not in text and "z" not in text:
+        return "B0"
+    longest = max((len(m) - 1 for m in re.findall(r"Bz*", text)), default=0)
+    return f"B{1 + min(longest, 4)}"
+
+
+@pytest.mark.parametrize(("a", "b", "cls"), [
+    (54321, 12345, "B2"), (100, 1, "B2"), (10000, 1, "B4"), (23, 45, "B0"), (5, 5, "B0"),
+    (1000, 999, "B1"), (1000000, 1, "B5"), (45, 23, "B0"), (12, 21, "B1"),
+])
+def test_borrow_classes_by_hand(a, b, cls):
+    w = len(str(max(a, b)))
+    assert row_of("sub", -w, a, b)["complexity"] == cls
+
+
+def test_borrow_classes_match_the_zoo():
+    from arithinterp.zoo.data import borrow_class
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(10**4, 10**5, 4000)
+    near = a + rng.integers(-30, 30, 4000)  # near-equal operands: zero-difference columns
+    b = np.clip(np.where(rng.random(4000) < 0.5, near, rng.integers(10**4, 10**5, 4000)), 10**4, 10**5 - 1)
+    ps = PromptSet.from_operands(TaskSpec(operation="sub", digits=5, format="fixed"), a, b)
+    zoo = ["B0", "B1", "B2", "B3", "B4", "B5"]
+    assert ps.frame["complexity"].tolist() == [zoo[k] for k in borrow_class(a, b, 5)]
+    assert set(ps.frame["complexity"]) >= {"B0", "B1", "B2", "B3"}
 
 
 @settings(max_examples=100, deadline=None)
