@@ -38,9 +38,9 @@ from arithinterp.methods.metrics import tokenize_pairs
 from arithinterp.models import load_model
 from arithinterp.planted import PLANTED, planted
 from arithinterp.tasks import TaskSpec, generate, make_pairs, tokenize
-from arithinterp.zoo.registry import zoo_path
+from arithinterp.zoo.registry import list_zoo, zoo_path
 
-ZOO = ("add-5d", "add-5d-1L", "add-2d-tok", "modadd-113", "mul-3d")
+ZOO = tuple(entry.name for entry in list_zoo())  # every shipped model
 
 
 def zoo_inputs(name: str, n: int):
