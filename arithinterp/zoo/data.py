@@ -238,21 +238,24 @@ def carry_into(a: np.ndarray, b: np.ndarray, n_digits: int) -> np.ndarray:
     return (a[:, None] % powers + b[:, None] % powers) >= powers
 
 
+def _longest_run(mask: np.ndarray) -> np.ndarray:
+    """Per row, the longest run of consecutive true columns of ``mask [N, columns]``."""
+    run = np.zeros(len(mask), np.int64)
+    longest = np.zeros(len(mask), np.int64)
+    for i in range(mask.shape[1]):
+        run = np.where(mask[:, i], run + 1, 0)
+        longest = np.maximum(longest, run)
+    return longest
+
+
 def complexity_class(a: np.ndarray, b: np.ndarray, n_digits: int) -> np.ndarray:
     """Quirke complexity class 0..5 (S0..S5) of each addition, shape ``(N,)``."""
     a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
     carry = carry_into(a, b, n_digits)
     col_sum = digits(a, n_digits, lsd_first=True) + digits(b, n_digits, lsd_first=True)
     any_carry = carry.any(axis=1) | (col_sum[:, -1] >= 10)
-    fed_nine = carry & (col_sum == 9)
-    # longest run of consecutive sum-9 columns that receive a carry
-    run = np.zeros(len(a), np.int64)
-    longest = np.zeros(len(a), np.int64)
-    for i in range(n_digits):
-        run = np.where(fed_nine[:, i], run + 1, 0)
-        longest = np.maximum(longest, run)
-    cls = np.where(any_carry, 1 + np.minimum(longest, 4), 0)
-    return cls
+    longest = _longest_run(carry & (col_sum == 9))  # sum-9 columns that receive a carry
+    return np.where(any_carry, 1 + np.minimum(longest, 4), 0)
 
 
 def cascade_operands(
@@ -338,12 +341,7 @@ def borrow_class(a: np.ndarray, b: np.ndarray, n_digits: int) -> np.ndarray:
     borrow = borrow_into(a, b, n_digits)
     hi = digits(np.maximum(a, b), n_digits, lsd_first=True)
     lo = digits(np.minimum(a, b), n_digits, lsd_first=True)
-    fed_zero = borrow & (hi == lo)
-    run = np.zeros(len(a), np.int64)
-    longest = np.zeros(len(a), np.int64)
-    for i in range(n_digits):
-        run = np.where(fed_zero[:, i], run + 1, 0)
-        longest = np.maximum(longest, run)
+    longest = _longest_run(borrow & (hi == lo))  # zero-difference columns that receive a borrow
     return np.where(borrow.any(axis=1), 1 + np.minimum(longest, 4), 0)
 
 
