@@ -484,7 +484,7 @@ def _report_attribution(ctx: RunContext) -> dict:
     batch = ctx.batch(ctx.answer)
     method, freeze_norm = RECOMMENDED
     common = dict(per_position=False, answer=ctx.answer, n_boot=REPORT_N_BOOT, seed=ctx.seed, progress=ctx.progress,
-                  method=method, freeze_norm=freeze_norm, ig_steps=RECOMMENDED_IG_STEPS)
+                  method=method, freeze_norm=freeze_norm, ig_steps=RECOMMENDED_IG_STEPS, executor=ctx.executor)
     return {"attribution_heads": attribution_patch(ctx.model, batch, kind="attn_head", **common),
             "attribution_neurons": attribution_patch(ctx.model, batch, kind="mlp_post", **common)}
 

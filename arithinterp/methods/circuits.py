@@ -551,7 +551,7 @@ def _report_circuit(ctx: RunContext) -> dict:
     circuit = discover_circuit(ctx.model, batch, ctx.prompts, target=float(ctx.params.get("target", 0.9)),
                                ablation=ctx.params.get("ablation", "mean"), seed=ctx.seed, answer=ctx.answer, progress=ctx.progress, scores=[heads] if heads is not None else None)
     edges = edge_attribution_patch(ctx.model, ctx.batch(ctx.answer), answer=ctx.answer, n_boot=REPORT_EDGE_N_BOOT,
-                                   seed=ctx.seed, progress=ctx.progress)
+                                   seed=ctx.seed, progress=ctx.progress, executor=ctx.executor)
     return {"circuit": circuit, "circuit_edges": edges}
 
 

@@ -471,7 +471,8 @@ def mediation_neurons(results: dict, model: Model) -> list[int]:
 
 
 def _report_mediation(ctx: RunContext) -> dict:
-    common = dict(per_position=False, answer=ctx.answer, n_boot=REPORT_N_BOOT, seed=ctx.seed, progress=ctx.progress)
+    common = dict(per_position=False, answer=ctx.answer, n_boot=REPORT_N_BOOT, seed=ctx.seed, progress=ctx.progress,
+                  executor=ctx.executor)
     pairs = ctx.require_pairs()
     return {
         "mediation": mediate(ctx.model, pairs, heads=True, **common),

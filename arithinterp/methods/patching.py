@@ -237,7 +237,8 @@ def check_pairs(ctx: RunContext, options) -> None:
 
 def _report_patching(ctx: RunContext) -> dict:
     batch = ctx.batch(ctx.answer)
-    common = dict(per_position=False, answer=ctx.answer, n_boot=REPORT_N_BOOT, seed=ctx.seed, progress=ctx.progress)
+    common = dict(per_position=False, answer=ctx.answer, n_boot=REPORT_N_BOOT, seed=ctx.seed, progress=ctx.progress,
+                  executor=ctx.executor)
     return {"patching_heads": patch_activations(ctx.model, batch, kind="attn_head", **common),
             "patching_neurons": patch_activations(ctx.model, batch, kind="mlp_post", **common)}
 

@@ -141,7 +141,7 @@ def _report_probes(ctx: RunContext) -> dict:
     positions = [tok.prompt_len - 1 + i for i in range(tok.answer_len)]
     # fit_probes marks the positions whose input shows the target (extras["answer_visible"]).
     return {"probes": fit_probes(ctx.model, prompts, targets, positions=positions, n_boot=100, seed=ctx.seed,
-                                 progress=ctx.progress)}
+                                 progress=ctx.progress, executor=ctx.executor)}
 
 
 def _probe_site(kind: str, layer: int, labels: list[str]) -> str | None:

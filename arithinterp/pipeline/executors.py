@@ -7,7 +7,8 @@ side on the workers (each worker process loads the model once), and :meth:`StepR
 waits for each in step order: the runner saves and records steps exactly as in a local run,
 and a step that finished is never recomputed. Steps whose method shards its own pairs or
 prompts over workers (``patching``, ``attribution``, ``edge_attribution``, ``mediation``,
-``probes``: every method that takes ``executor=``) run in this process with the executor in
+``probes``: every method that takes ``executor=``; and the ``report``, whose views pass it
+to those methods) run in this process with the executor in
 their context instead, so a large sweep spreads over the whole cluster. A task whose worker dies is retried by Ray; a
 step seeds the global generators first wherever it runs, so results equal the local run.
 """
@@ -24,11 +25,12 @@ from arithinterp.pipeline.steps import run_step, seed_everything
 
 
 def shards_itself(step: Any) -> bool:
-    """Whether ``step``'s method takes an ``executor`` (it spreads its own pairs over workers)."""
+    """Whether ``step``'s method takes an ``executor`` (it spreads its own pairs over workers);
+    the report does, through the methods it runs."""
     import inspect
 
     if step.kind == "report":
-        return False
+        return True
     return "executor" in inspect.signature(get_method(step.kind).function).parameters
 
 

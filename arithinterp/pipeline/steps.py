@@ -41,7 +41,8 @@ def _run_report(step: Any, ctx: RunContext) -> StepOutput:
 
     methods = step.methods if step.methods == "all" else list(step.methods)
     return build_report(ctx.model, ctx.spec, pairs=step.pairs, n=step.n or ctx.spec.n, methods=methods,
-                        target=step.target, ablation=step.ablation, seed=ctx.seed, progress=ctx.progress)
+                        target=step.target, ablation=step.ablation, seed=ctx.seed, progress=ctx.progress,
+                        executor=ctx.executor)
 
 
 def output_warnings(output: StepOutput) -> list[str]:

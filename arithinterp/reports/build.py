@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from arithinterp.distributed.executor import Executor
 from arithinterp.errors import ConfigError
 from arithinterp.methods.circuit_ablation import CircuitAblation, check_ablation
 from arithinterp.methods.circuits import CircuitResult
@@ -149,6 +150,7 @@ def build_report(
     ablation: CircuitAblation = "mean",
     seed: int = 0,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> AttributionReport:
     """Run every applicable attribution method on ``model`` and ``task`` and aggregate them.
 
@@ -167,6 +169,10 @@ def build_report(
             measured (:func:`~arithinterp.methods.circuits.discover_circuit`'s ``ablation``).
         seed: seed of the prompts, pairs, bootstrap intervals and probe splits.
         progress: show progress bars.
+        executor: an :class:`~arithinterp.distributed.Executor` (e.g. a ``RayExecutor``) over
+            which the pair sweeps (patching, attribution, mediation, the circuit's edges) and
+            the probes' activation extraction shard; ``None``: everything here. The results
+            equal the local run bit for bit.
 
     Bad input raises an :class:`~arithinterp.errors.ArithInterpError` subclass before
     any forward pass. A method that does not apply is skipped; ``summary["skipped"]``
@@ -179,7 +185,7 @@ def build_report(
     check_ablation(ablation)
     with shared_tokenization():  # every method reads the same token tensors of each prompt set
         inp = resolve_inputs(model, task, pairs=pairs, n=n, methods=methods, seed=seed)
-        ctx = inp.context(seed=seed, progress=progress, target=target, ablation=ablation)
+        ctx = inp.context(seed=seed, progress=progress, target=target, ablation=ablation, executor=executor)
         results, ran, skipped, timings = _run_methods(ctx, inp.methods, progress)
         accuracy = evaluate(inp.model, inp.prompts, progress=False)
     for method in report_methods():

@@ -55,10 +55,12 @@ class ReportInputs:
     answer: str  # "single" (one-token answers) or "multi" (teacher-forced)
     methods: tuple[str, ...]
 
-    def context(self, *, seed: int, progress: bool, target: float, ablation: str = "mean") -> RunContext:
-        """The context every method of the report runs in (tokenization and sweeps shared)."""
+    def context(self, *, seed: int, progress: bool, target: float, ablation: str = "mean",
+                executor: Any = None) -> RunContext:
+        """The context every method of the report runs in (tokenization and sweeps shared;
+        ``executor`` shards the pair sweeps of the methods that take one)."""
         return RunContext(model=self.model, spec=self.prompts.spec, prompts=self.prompts, pairs=self.pairs,
-                          seed=seed, progress=progress, model_spec=getattr(self.model, "spec", None),
+                          seed=seed, progress=progress, model_spec=getattr(self.model, "spec", None), executor=executor,
                           params={"target": float(target), "ablation": ablation})
 
 

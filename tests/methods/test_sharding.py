@@ -19,6 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -145,9 +146,29 @@ def test_mediation_sharded_equals_serial(model, pairs, copies, options):
     assert serial.meta.extra["total_effect_ci_low"] <= serial.total_effect <= serial.meta.extra["total_effect_ci_high"]
 
 
-@pytest.mark.parametrize("kind", ["patching", "attribution", "edge_attribution", "mediation", "probes"])
+@pytest.mark.parametrize("kind", ["patching", "attribution", "edge_attribution", "mediation", "probes", "report"])
 def test_pipeline_steps_of_pair_sweeps_shard_themselves(kind):
     from arithinterp.pipeline.executors import shards_itself
 
     # with --executor ray these steps run here and spread their batches over the workers
     assert shards_itself(SimpleNamespace(kind=kind))
+
+
+def test_report_views_shard_their_sweeps(model, copies):
+    """The report's patching, attribution, mediation, probe and circuit-edge views pass the
+    report's executor on: the sharded report equals the local one, result by result."""
+    from arithinterp.reports import build_report
+
+    def run(executor):
+        return build_report(model, None, n=24, methods=["patching", "attribution", "mediation", "probes", "circuit"],
+                            seed=1, progress=False, executor=executor)
+
+    serial = run(None)
+    before = copies.items
+    sharded = run(copies)
+    assert copies.items > before
+    assert set(serial.results) == set(sharded.results)
+    for name, result in serial.results.items():
+        if isinstance(result, Result):
+            assert_identical(result, sharded.results[name])
+    pd.testing.assert_frame_equal(serial.heads, sharded.heads)
