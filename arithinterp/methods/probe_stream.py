@@ -28,14 +28,13 @@ import numpy as np
 import torch
 
 from arithinterp.distributed.executor import Executor
-from arithinterp.methods.probes import (
-    LinearProbe,
-    ProbeError,
-    _blas_threads,
-    _cholesky,
-    _chunk_size,
-    _gram,
-    _ridge_buffers,
+from arithinterp.methods.probes import LinearProbe, ProbeError
+from arithinterp.methods.ridge import (
+    blas_threads,
+    cholesky,
+    chunk_size,
+    gram_matrices,
+    ridge_buffers,
 )
 from arithinterp.models import Model, Site
 
@@ -83,16 +82,16 @@ class GramRidge:
             self.sy = torch.zeros(y.shape[0], k, dtype=torch.float64)
         ys = y - self.y_shift
         p, m, d = x.shape
-        step = min(p, _chunk_size(m, d))
-        aug, gram = _ridge_buffers(step, m, d, ys.shape[2], torch.float32)
-        with _blas_threads():
+        step = min(p, chunk_size(m, d))
+        aug, gram = ridge_buffers(step, m, d, ys.shape[2], torch.float32)
+        with blas_threads():
             for start in range(0, p, step):  # cache-sized groups of problems, one buffer for all
                 part = slice(start, start + step)
                 c = min(step, p - start)
                 torch.sub(x[part], self.shift[part].unsqueeze(1), out=aug[:c, :, :d])
                 aug[:c, :, d + 1:] = ys[part] if ys.shape[0] > 1 else ys
                 # [xs | 1 | ys]'[xs | 1 | ys]: the Gram matrix, the feature sums and X'y in one syrk
-                g = _gram(aug[:c], gram).double()
+                g = gram_matrices(aug[:c], gram).double()
                 self.gram[part] += g[:, :d, :d]
                 self.sx[part] += g[:, :d, d]
                 self.xy[part] += g[:, :d, d + 1:]
@@ -114,8 +113,8 @@ class GramRidge:
         ybar_s = self.sy / n  # mean of the shifted targets
         rhs = (self.xy - n * mean_s.unsqueeze(-1) * ybar_s.unsqueeze(-2)) * inv.unsqueeze(-1)
         ybar = ybar_s + self.y_shift.squeeze(1)
-        with _blas_threads():
-            chol = _cholesky(lhs, jitter=1e-10)
+        with blas_threads():
+            chol = cholesky(lhs, jitter=1e-10)
         coef = torch.cholesky_solve(rhs, chol.mT, upper=True)  # one factorisation, every target
         intercept = ybar.expand(coef.shape[0], -1)
         return RidgeFit(mean=mean_s + self.shift.double(), scale=scale, coef=coef, intercept=intercept.clone())

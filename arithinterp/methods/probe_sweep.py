@@ -35,7 +35,7 @@ from arithinterp.distributed.executor import Executor
 from arithinterp.methods._common import make_meta
 from arithinterp.methods.probe_directions import ProbeDirections, probe_directions
 from arithinterp.methods.probe_stream import StreamedProbe, cache_chunk, stream_site_activations
-from arithinterp.methods.probes import LinearProbe, ProbeError, score_predictions
+from arithinterp.methods.probes import LinearProbe, ProbeError, fit_ridge_targets, score_predictions
 from arithinterp.models import Model, Site
 from arithinterp.models.site import site_depth
 from arithinterp.progress_bars import tqdm
@@ -506,10 +506,14 @@ def _fit_jobs(jobs, types, train, test, tokens, X_train, X_test, *, l2, control,
     """Every job's scores at the sites of ``X_train [site, pos, n, d]``, one generator seeded
     ``seed`` for all of them in job order (so a sweep site by site draws the same numbers)."""
     rng = np.random.default_rng(seed)
+    prefit: dict[int, LinearProbe] = {}
+    ridge = [i for i, job in enumerate(jobs) if job[2] == "ridge"]
+    if fitter is LinearProbe and len(ridge) > 1:  # one factorisation per problem for all ridge targets
+        prefit = dict(zip(ridge, fit_ridge_targets(X_train, [jobs[i][1][train] for i in ridge], l2=l2)))
     return [_fit_one(X_train, X_test, y, train, test, tokens, kind=k, period=period, l2=l2,
-                     control=control, types=t, n_boot=n_boot, rng=rng, fitter=fitter)
-            for (name, y, k, period), t in tqdm(list(zip(jobs, types)), desc="probes: fit",
-                                                 disable=not progress, leave=False)]
+                     control=control, types=t, n_boot=n_boot, rng=rng, fitter=fitter, probe=prefit.get(i))
+            for i, ((name, y, k, period), t) in enumerate(tqdm(list(zip(jobs, types)), desc="probes: fit",
+                                                               disable=not progress, leave=False))]
 
 
 def _fit_streamed(fit, model, tokens, site_list, positions, train, test, *, seed, batch_size, executor,
@@ -533,11 +537,13 @@ def _stack_sites(a: dict, b: dict) -> dict:
 
 
 def _fit_one(X_train, X_test, y, train, test, tokens, *, kind, period, l2, control, types, n_boot, rng,
-             fitter=LinearProbe):
-    """Score of one target at every (site, pos): a dict of ``[site, pos]`` arrays."""
+             fitter=LinearProbe, probe=None):
+    """Score of one target at every (site, pos): a dict of ``[site, pos]`` arrays (``probe``:
+    the target's probe, already fitted)."""
     y_eval = np.mod(y, period) if kind == "circular" else y
     score_kind = "ridge" if kind == "ridge" else "accuracy"
-    probe = fitter(kind, l2=l2, period=period).fit(X_train, y[train])
+    if probe is None:
+        probe = fitter(kind, l2=l2, period=period).fit(X_train, y[train])
     pred = probe.predict(X_test)
     y_test = y_eval[test]
     out = {"score": score_predictions(pred, np.broadcast_to(y_test, pred.shape), score_kind), "probe": probe}

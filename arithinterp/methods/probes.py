@@ -28,9 +28,8 @@ lives in :mod:`arithinterp.methods.probe_sweep`.
 
 from __future__ import annotations
 
-import functools
 import math
-from contextlib import AbstractContextManager
+from collections.abc import Sequence
 from typing import Literal, get_args
 
 import numpy as np
@@ -43,11 +42,11 @@ from sklearn.utils import ClassifierTags, RegressorTags, Tags
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
-from threadpoolctl import ThreadpoolController
 
 from arithinterp.errors import ArithInterpError
+from arithinterp.methods.ridge import blas_threads, chunk_size, ridge_buffers, ridge_chunk
 
-__all__ = ["LinearProbe", "ProbeError", "ProbeKind", "ProbeNotFittedError", "score_predictions"]
+__all__ = ["LinearProbe", "ProbeError", "ProbeKind", "ProbeNotFittedError", "fit_ridge_targets", "score_predictions"]
 
 ProbeKind = Literal["logistic", "ridge", "circular"]
 
@@ -67,17 +66,6 @@ def _as_float_tensor(x) -> torch.Tensor:
     t = x.detach().cpu() if isinstance(x, torch.Tensor) else torch.as_tensor(
         np.require(np.asarray(x), requirements=["W"]))  # a read-only array (memmap) is copied
     return t if t.dtype in (torch.float32, torch.float64) else t.to(torch.float64)
-
-
-# Problems are fitted in chunks of about this many bytes of float64 features, so that a
-# chunk's Newton iterations read data that stays in the CPU cache instead of streaming
-# every problem from memory on every iteration.
-_CHUNK_BYTES = 4 << 20
-_MAX_CHUNK = 64
-
-
-def _chunk_size(n: int, d: int) -> int:
-    return int(min(_MAX_CHUNK, max(1, _CHUNK_BYTES // (8 * n * (d + 1)))))
 
 
 def _standardised_t(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,88 +94,6 @@ def _inverse_spd(h: torch.Tensor) -> torch.Tensor:
         h = h + jitter[:, None, None] * torch.eye(h.shape[-1], dtype=h.dtype)
         chol = torch.linalg.cholesky(h)
     return torch.cholesky_inverse(chol)
-
-
-@functools.cache
-def _blas() -> ThreadpoolController:
-    """The BLAS libraries numpy loaded (found once: the search reads the process's map)."""
-    return ThreadpoolController()
-
-
-def _blas_threads() -> AbstractContextManager:
-    """A context in which numpy's BLAS runs on torch's thread count: left to its default it
-    takes every core, and on a busy machine runs several times slower."""
-    return _blas().limit(limits=torch.get_num_threads(), user_api="blas")
-
-
-def _gram(rows: torch.Tensor, out: np.ndarray) -> torch.Tensor:
-    """``rows[i]' rows[i]`` of each problem of ``rows [c, n, m]`` (row-major) into ``out``
-    ``[>= c, m, m]`` (numpy, of ``rows``' dtype), inside :func:`_blas_threads`.
-
-    numpy's product of a matrix with its own transpose is one BLAS ``syrk``: half the
-    products of torch's ``bmm``, which has no symmetric kernel."""
-    a = rows.numpy()
-    for i in range(a.shape[0]):
-        np.matmul(a[i].T, a[i], out=out[i])
-    return torch.from_numpy(out[:a.shape[0]])
-
-
-def _cholesky(a: torch.Tensor, jitter: float = 1e-8) -> torch.Tensor:
-    """Lower Cholesky factors of a batch of symmetric positive (semi)definite matrices; one
-    that does not factor (``l2 = 0`` on collinear features) gets ``jitter`` times its mean
-    diagonal added (inside :func:`_blas_threads`)."""
-    try:
-        return torch.from_numpy(np.linalg.cholesky(a.numpy()))  # batched LAPACK, faster than torch's
-    except np.linalg.LinAlgError:
-        chol, info = torch.linalg.cholesky_ex(a)
-        bad = info > 0
-        add = jitter * a[bad].diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
-        chol[bad] = torch.linalg.cholesky(a[bad] + add[:, None, None] * torch.eye(a.shape[-1], dtype=a.dtype))
-        return chol
-
-
-def _ridge_buffers(c: int, n: int, d: int, k: int, dtype=torch.float64) -> tuple[torch.Tensor, np.ndarray]:
-    """A chunk's work space for :func:`_ridge_chunk`: ``[shifted x | 1 | y - ybar]`` rows
-    ``[c, n, d + 1 + k]`` (the column of ones written once) and their Gram matrices."""
-    aug = torch.empty(c, n, d + 1 + k, dtype=dtype)
-    aug[..., d] = 1.0
-    return aug, np.empty((c, d + 1 + k, d + 1 + k), dtype=aug.numpy().dtype)
-
-
-def _ridge_chunk(
-    x: torch.Tensor, y: torch.Tensor, alpha: float, aug: torch.Tensor, gram: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ridge on standardised features for a chunk of problems ``x [c, n, d]`` against targets
-    ``y [c, n, k]``: ``(Z'Z + alpha I) W = Z'(Y - Ybar)``, intercept ``Ybar``.
-
-    Everything comes from one Gram matrix per problem (float64, as scikit-learn's ``Ridge``)
-    of the rows ``[x - s | 1 | y - ybar]``: ``Xs'Xs``, the feature sums and ``Xs'(y - ybar)``,
-    in one pass over the features. ``s``, the mean of the first 64 rows, is a provisional
-    centre: folding the centring in afterwards costs a factor ``(ms / sd)^2`` of float64
-    rounding, ``ms`` the true mean's distance from ``s``. The standardisation is folded in too,
-    ``Z'Z = D^-1 (Xs'Xs - n ms ms') D^-1``, so no centred or standardised copy is made, and
-    one Cholesky factorisation per problem serves every target. ``aug`` and ``gram`` (from
-    :func:`_ridge_buffers`, at least ``c`` problems) are reused across chunks; call it
-    inside :func:`_blas_threads`. Returns the weights ``[c, d + 1, k]`` (the last row the
-    intercept), the mean and the scale ``[c, d]``."""
-    c, n, d = x.shape
-    ybar = y.mean(1, keepdim=True)
-    shift = x[:, :64].mean(1, keepdim=True, dtype=torch.float64)
-    torch.sub(x, shift, out=aug[:c, :, :d])
-    torch.sub(y, ybar, out=aug[:c, :, d + 1:])
-    g = _gram(aug[:c], gram)
-    mean_s = g[:, :d, d] / n  # the mean of the shifted features
-    cov = g[:, :d, :d] - n * mean_s.unsqueeze(-1) * mean_s.unsqueeze(-2)
-    std = cov.diagonal(dim1=1, dim2=2).div(n).clamp_min(0).sqrt()
-    scale = torch.where(std > 1e-12, std, torch.ones_like(std))  # a constant feature keeps 1
-    inv = 1.0 / scale
-    lhs = cov.mul_(inv.unsqueeze(-1)).mul_(inv.unsqueeze(-2))
-    lhs.diagonal(dim1=1, dim2=2).add_(alpha)
-    # Xs'(y - ybar) = Xc'(y - ybar) + ms * sum(y - ybar); the sum is zero up to rounding
-    rhs = (g[:, :d, d + 1:] - mean_s.unsqueeze(-1) * g[:, d:d + 1, d + 1:]) * inv.unsqueeze(-1)
-    chol = _cholesky(lhs)
-    w = torch.cholesky_solve(rhs, chol.mT, upper=True)  # numpy's row-major L is LAPACK's U
-    return torch.cat([w, ybar], 1), mean_s + shift.squeeze(1), scale
 
 
 def _newton_chunk(
@@ -420,7 +326,7 @@ class LinearProbe(BaseEstimator):
         scale = torch.empty(size, d, dtype=torch.float64)
         pen = torch.full((d + 1,), float(self.l2), dtype=torch.float64)
         pen[d] = 0.0  # the intercept is not penalised
-        step = _chunk_size(n, d)
+        step = chunk_size(n, d)
         self.n_hessians_, self.n_iter_ = 0, 1
         for start in range(0, size, step):
             part = slice(start, start + step)
@@ -442,13 +348,13 @@ class LinearProbe(BaseEstimator):
         w = torch.empty(size, d + 1, k, dtype=torch.float64)
         mean = torch.empty(size, d, dtype=torch.float64)
         scale = torch.empty(size, d, dtype=torch.float64)
-        step = min(size, _chunk_size(n, d))
-        aug, gram = _ridge_buffers(step, n, d, k)
+        step = min(size, chunk_size(n, d))
+        aug, gram = ridge_buffers(step, n, d, k)
         self.n_hessians_, self.n_iter_ = 0, 1  # one solve
-        with _blas_threads():  # numpy's BLAS: the Gram matrices, the Cholesky factors
+        with blas_threads():  # numpy's BLAS: the Gram matrices, the Cholesky factors
             for start in range(0, size, step):
                 part = slice(start, start + step)
-                w[part], mean[part], scale[part] = _ridge_chunk(flat_x[part], flat_t[part], float(self.l2) * n,
+                w[part], mean[part], scale[part] = ridge_chunk(flat_x[part], flat_t[part], float(self.l2) * n,
                                                                 aug, gram)
         return w.reshape(*batch, d + 1, k), mean.reshape(*batch, d), scale.reshape(*batch, d)
 
@@ -570,6 +476,38 @@ class LinearProbe(BaseEstimator):
             return float(np.average(pred == y, weights=sample_weight))
         s = score_predictions(pred, y, "ridge" if self.kind == "ridge" else "accuracy")
         return float(s) if s.ndim == 0 else s
+
+
+def fit_ridge_targets(X, ys: Sequence, *, l2: float = 1e-3) -> list[LinearProbe]:
+    """One ridge :class:`LinearProbe` per target of ``ys``, fitted together.
+
+    ``X`` is ``[..., n, d]`` (the batched layout of :meth:`LinearProbe.fit`) and each target
+    ``[..., n]`` or ``[n]``. Every problem's Gram matrix, standardisation and Cholesky
+    factorisation are computed once and serve all targets (their columns join the same
+    ``syrk``), so ``k`` targets cost little more than one. Probe ``j`` equals
+    ``LinearProbe("ridge", l2=l2).fit(X, ys[j])`` to float64 rounding (tested).
+    """
+    base = LinearProbe("ridge", l2=l2)
+    base._check()
+    if not ys:
+        raise ProbeError("fit_ridge_targets needs at least one target")
+    X = _as_float_tensor(X)
+    if X.ndim < 2:
+        raise ProbeError(f"X must be [..., n, d], got shape {tuple(X.shape)}")
+    columns = []
+    for i, y in enumerate(ys):
+        t = _as_tensor(y.cpu() if isinstance(y, torch.Tensor) else y)
+        if t.ndim == 0 or t.shape[-1] != X.shape[-2]:
+            raise ProbeError(f"target {i} has shape {tuple(t.shape)}; X has {X.shape[-2]} samples")
+        columns.append(t.expand(X.shape[:-1]))
+    w, mean, scale = base._fit_ridge(X, torch.stack(columns, -1))
+    probes = []
+    for j in range(len(columns)):
+        probe = LinearProbe("ridge", l2=l2)
+        probe.n_features_in_, probe.n_hessians_, probe.n_iter_ = int(X.shape[-1]), 0, 1
+        probe._set_weights(w[..., j:j + 1], mean, scale)
+        probes.append(probe)
+    return probes
 
 
 def score_predictions(pred: np.ndarray, y: np.ndarray, kind: str) -> np.ndarray:

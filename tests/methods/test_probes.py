@@ -74,15 +74,15 @@ def test_batched_probes_match_a_sklearn_loop(kind, n_classes):
 def test_chunked_newton_matches_sklearn_and_does_not_depend_on_chunking(monkeypatch):
     """Wider problems (d = 40) split over several chunks: same held-out accuracy as the
     converged scikit-learn loop, and the same weights whatever the chunk size."""
-    import arithinterp.methods.probes as probes
+    import arithinterp.methods.ridge as ridge
 
     X, rng = _problems(n_sites=3, n_pos=4, n=700, d=40, seed=4)
     w = rng.normal(size=(3, 4, 40)) * rng.uniform(0.05, 0.6, size=(3, 4, 1))
     y = (np.einsum("spnd,spd->spn", X, w).sum((0, 1)) + rng.normal(size=700) > 0).astype(np.int64)
     train, test = np.arange(500), np.arange(500, 700)
     whole = LinearProbe(l2=1e-2).fit(X[:, :, train], y[train])
-    monkeypatch.setattr(probes, "_CHUNK_BYTES", 8 * 500 * 41 * 5)  # 5 problems a chunk
-    assert probes._chunk_size(500, 40) == 5
+    monkeypatch.setattr(ridge, "_CHUNK_BYTES", 8 * 500 * 41 * 5)  # 5 problems a chunk
+    assert ridge.chunk_size(500, 40) == 5
     chunked = LinearProbe(l2=1e-2).fit(X[:, :, train], y[train])
     np.testing.assert_allclose(chunked.coef_, whole.coef_, rtol=1e-7, atol=1e-9)
     ours = chunked.score(X[:, :, test], y[test])
@@ -128,7 +128,7 @@ def test_ridge_equals_sklearn_to_rounding_over_chunks(monkeypatch, dtype):
     """The folded Gram solve is scikit-learn's fit to float64 rounding: features far from zero
     (mean 1e4 standard deviations away), of very different scales, and constant; a target per
     problem; several chunks of several problems."""
-    import arithinterp.methods.probes as probes
+    import arithinterp.methods.ridge as ridge
 
     rng = np.random.default_rng(5)
     X = rng.normal(size=(2, 3, 300, 8)) * np.geomspace(1e-3, 1e2, 8) + np.r_[1e4, 0, -50, 0, 0, 0, 0, 3]
@@ -136,7 +136,7 @@ def test_ridge_equals_sklearn_to_rounding_over_chunks(monkeypatch, dtype):
     X = X.astype(dtype)
     y = np.einsum("spnd,d->spn", X - X.mean(2, keepdims=True), rng.normal(size=8) / np.geomspace(1e-3, 1e2, 8))
     y += rng.normal(size=y.shape)
-    monkeypatch.setattr(probes, "_CHUNK_BYTES", 8 * 300 * 9 * 4)  # 4 problems a chunk: 2 chunks
+    monkeypatch.setattr(ridge, "_CHUNK_BYTES", 8 * 300 * 9 * 4)  # 4 problems a chunk: 2 chunks
     probe = LinearProbe("ridge", l2=1e-2).fit(X, y)
     for i in range(2):
         for j in range(3):
@@ -164,3 +164,42 @@ def test_ridge_targets_share_one_factorisation():
     design = np.concatenate([X[1], np.ones((400, 1))], 1)
     ols = design @ np.linalg.lstsq(design, np.cos(angle), rcond=None)[0]
     np.testing.assert_allclose(pred[1], ols, atol=1e-6)
+
+
+def test_ridge_targets_share_one_factorisation_and_equal_single_fits():
+    """fit_ridge_targets: each target's probe equals its own LinearProbe fit and the
+    scikit-learn loop, whether the target is shared by every problem or per problem."""
+    from arithinterp.methods.probes import fit_ridge_targets
+
+    X, rng = _problems(n_sites=2, n_pos=3, n=300, d=12, seed=7)
+    X = X * rng.uniform(0.1, 10, size=12) + rng.normal(size=12) * 50  # uneven scales, far-off means
+    train, test = np.arange(220), np.arange(220, 300)
+    shared = X[0, 0] @ rng.normal(size=12) + rng.normal(size=300)
+    per_problem = np.einsum("spnd,spd->spn", X, rng.normal(size=(2, 3, 12))) + rng.normal(size=(2, 3, 300))
+    targets = [shared, per_problem, (shared > np.median(shared)).astype(np.int64)]
+    probes = fit_ridge_targets(X[:, :, train], [t[..., train] for t in targets], l2=1e-2)
+    assert len(probes) == 3
+    scores = []
+    for probe, target in zip(probes, targets):
+        single = LinearProbe("ridge", l2=1e-2).fit(X[:, :, train], target[..., train])
+        np.testing.assert_allclose(probe.coef_, single.coef_, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(probe.intercept_, single.intercept_, rtol=1e-9, atol=1e-9)
+        ours = probe.score(X[:, :, test], target[..., test])
+        if target.ndim == 1:
+            np.testing.assert_allclose(ours, _sklearn_loop(X, target, train, test, "ridge", 1e-2), atol=1e-9)
+        scores.append(ours)
+    # the shared target is a function of problem (0, 0) only; each per-problem target of its own
+    assert scores[0][0, 0] > 0.9 and np.delete(scores[0].ravel(), 0).max() < 0.2
+    assert scores[1].min() > 0.9
+
+
+def test_ridge_targets_reject_bad_input():
+    from arithinterp.methods.probes import fit_ridge_targets
+
+    X = np.zeros((2, 50, 3))
+    with pytest.raises(ProbeError, match="at least one target"):
+        fit_ridge_targets(X, [])
+    with pytest.raises(ProbeError, match="target 1 has shape"):
+        fit_ridge_targets(X, [np.zeros(50), np.zeros(49)])
+    with pytest.raises(ProbeError, match="l2 must be"):
+        fit_ridge_targets(X, [np.zeros(50)], l2=-1)
