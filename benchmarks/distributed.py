@@ -11,7 +11,7 @@ worker loading its model once. Prints
 
 Absolute times on a shared machine are noise; the ratio measured side by side is the number.
 
-    python benchmarks/distributed.py [--workers 2] [--pairs 2048] [--batch 64]
+    python benchmarks/distributed.py [--workers 2] [--pairs 8192] [--batch 64]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from arithinterp.tasks import TaskSpec, generate, make_pairs
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--pairs", type=int, default=2048)
+    parser.add_argument("--pairs", type=int, default=8192)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--model", default="zoo:add-5d")
     parser.add_argument("--kind", default="mlp_post", help="site kind swept (default: every neuron)")
