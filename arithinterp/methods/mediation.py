@@ -240,10 +240,10 @@ def _runs(batch: PairBatch, model: Model) -> _Runs:
 
 def _score(logits: torch.Tensor, positions: torch.Tensor, answer: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced probability of ``answer`` (product over its tokens, float64) and
-    whether the argmax is ``answer`` at every answer position."""
+    whether the argmax is ``answer`` at every answer position (on the logits' device)."""
     at = logits[:, positions].double()
     logp = torch.log_softmax(at, -1).gather(-1, answer.unsqueeze(-1)).squeeze(-1).sum(-1)
-    return logp.exp().cpu(), (at.argmax(-1) == answer).all(-1).cpu()
+    return logp.exp(), (at.argmax(-1) == answer).all(-1)
 
 
 def _cells(model: Model, components: Sequence[str], heads: bool, neurons: Sequence[int] | None,
@@ -326,9 +326,10 @@ def _batch_effects(model: Model, runs: _Runs, sites: list[Site], *, batch_size: 
     alt_rp_logits = alt_r_logits if runs.single else model.logits(runs.alt_rp)
     p_rp_alt, _ = _score(alt_rp_logits, runs.positions, runs.rp)
 
-    ie = torch.empty(len(sites), b, dtype=torch.float64)
-    pd_ = torch.empty(len(sites), b, dtype=torch.float64)
-    changed = torch.empty(len(sites), b, dtype=torch.float64)
+    # kept on the model's device until every cell is done: one copy to the host per batch
+    ie = torch.empty(len(sites), b, dtype=torch.float64, device=p_r.device)
+    pd_ = torch.empty_like(ie)
+    changed = torch.empty_like(ie)
     per_pass = max(1, batch_size // b)
     for start in range(0, len(sites), per_pass):
         group = sites[start:start + per_pass]
@@ -350,7 +351,7 @@ def _batch_effects(model: Model, runs: _Runs, sites: list[Site], *, batch_size: 
             bar.update(g)
     base = {"p_r_base": p_r, "p_rp_base": p_rp, "p_r_alt": p_r_alt, "p_rp_alt": p_rp_alt,
             "correct_base": _score(base_r_logits, runs.positions, runs.r)[1].double(), "prob_diff": pd_}
-    return ie, changed, base
+    return ie.cpu(), changed.cpu(), {k: v.cpu() for k, v in base.items()}
 
 
 def mediate(
