@@ -12,7 +12,8 @@ the exact head x position sweep (fast engine) once and each (method, freeze_norm
 (:func:`arithinterp.methods.attribution.compare_with_exact`); ``cost_fwd_eq``: the
 method's wall time over one plain forward pass of the same batch, both the best of
 a few repeats, measured side by side. Lines starting with ``#`` add the Pearson
-correlation, the magnitude ratio ``‖estimate‖ / ‖exact‖``, the exact sweep's own cost
+correlation, the magnitude ratio ``‖estimate‖ / ‖exact‖``, the Spearman correlation over the
+cells with at least 1% of the largest exact effect (``spearman_major``, ``n_major`` of them), the exact sweep's own cost
 and, for the GPT-2-small-sized model, the neuron x position sweep (``model=<name>:neurons``;
 its exact sweep is not run, so ``spearman`` and ``top10`` are ``nan`` there; ``--gpt2-heads``
 adds its head x position calibration).
@@ -71,7 +72,8 @@ def report(name: str, frame, exact_cost: float | None = None) -> None:
         print(f"model={name} method={row.method} freeze_norm={row.freeze_norm} spearman={row.spearman:.3f} "
               f"top10={row.top10:.2f} cost_fwd_eq={row.cost_fwd_eq:.1f}")
         print(f"#   pearson={row.pearson:.3f} magnitude_ratio={row.magnitude_ratio:.3f} "
-              f"passes_fwd_eq={row.passes_fwd_eq:.0f}")
+              f"passes_fwd_eq={row.passes_fwd_eq:.0f} spearman_major={row.spearman_major:.3f} "
+              f"n_major={row.n_major}")
     if exact_cost is not None:
         print(f"# model={name} exact head x position sweep (fast engine): cost_fwd_eq={exact_cost:.1f}")
 

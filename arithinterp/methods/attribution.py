@@ -406,6 +406,11 @@ def _effect(result: Result) -> xr.DataArray:
     return result.values - base
 
 
+#: :func:`compare_with_exact`'s ``spearman_major`` ranks the cells whose exact effect is at least
+#: this fraction of the largest.
+MAJOR_FRACTION = 0.01
+
+
 def compare_with_exact(attribution: AttributionResult, patching: PatchingResult, *,
                        k: int = 10) -> dict[str, float | int]:
     """How well an attribution result ranks sites like exact patching of the same sweep.
@@ -414,7 +419,10 @@ def compare_with_exact(attribution: AttributionResult, patching: PatchingResult,
     Returns ``spearman`` (rank correlation of the cells' effects), ``pearson``,
     ``top_k_overlap`` (``|top-k ∩ top-k| / k`` by absolute effect, ``k`` capped at
     the number of cells), ``k``, ``n_cells``, ``mean_abs_error`` and
-    ``max_abs_error`` (attribution minus exact, on the results' scale).
+    ``max_abs_error`` (attribution minus exact, on the results' scale), and
+    ``spearman_major`` / ``n_major``: the rank correlation over the cells whose exact
+    ``|effect|`` is at least :data:`MAJOR_FRACTION` of the largest (the components a circuit
+    would keep), and how many there are; a diagnostic beside ``spearman``, not a substitute.
     Cells where either value is NaN are left out. Values below float32 resolution
     (``1e-6`` of the result's largest ``|effect|``) count as exactly zero, so that
     roundoff in one result does not rank cells the other leaves at zero. Cells that are exactly zero in
@@ -443,8 +451,11 @@ def compare_with_exact(attribution: AttributionResult, patching: PatchingResult,
     k = min(k, n)
     top_a = set(np.argsort(-np.abs(a), kind="stable")[:k].tolist())
     top_p = set(np.argsort(-np.abs(p), kind="stable")[:k].tolist())
+    major = np.abs(p) >= MAJOR_FRACTION * np.abs(p).max() if n else np.zeros(0, dtype=bool)
     return {
         "spearman": _correlation(stats.spearmanr, a, p),
+        "spearman_major": _correlation(stats.spearmanr, a[major], p[major]),
+        "n_major": int(major.sum()),
         "pearson": _correlation(stats.pearsonr, a, p),
         "top_k_overlap": len(top_a & top_p) / k if k else float("nan"),
         "k": k,

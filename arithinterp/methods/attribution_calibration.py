@@ -3,7 +3,8 @@
 :func:`calibrate_attribution` runs the exact sweep once and every requested
 (method, freeze_norm) of :func:`~arithinterp.methods.attribution.attribution_patch`
 on the same pairs, and scores each estimate against the exact effects:
-Spearman and Pearson correlation and top-k overlap (:func:`compare_with_exact`),
+Spearman and Pearson correlation and top-k overlap (:func:`compare_with_exact`; also its
+``spearman_major`` over the cells with at least 1% of the largest exact effect),
 the ratio of magnitudes ``‖estimate‖ / ‖exact‖`` over the cells (1 = the right
 size; AtP through a LayerNorm often gives far less), and the cost in forward-pass
 equivalents: the method's wall time divided by the time of one plain forward pass
@@ -39,7 +40,7 @@ __all__ = ["CALIBRATION_COLUMNS", "RECOMMENDED", "calibrate_attribution", "forwa
 
 
 CALIBRATION_COLUMNS = ("method", "freeze_norm", "spearman", "pearson", "top10", "magnitude_ratio",
-                       "cost_fwd_eq", "passes_fwd_eq", "seconds")
+                       "cost_fwd_eq", "passes_fwd_eq", "seconds", "spearman_major", "n_major")
 
 #: A backward pass costs about two forward passes (the usual FLOP count).
 BACKWARD_FWD_EQ = 2.0
@@ -123,7 +124,8 @@ def calibrate_attribution(
             rows.append({"method": method, "freeze_norm": bool(freeze), "spearman": cmp["spearman"],
                          "pearson": cmp["pearson"], "top10": cmp["top_k_overlap"],
                          "magnitude_ratio": float(np.linalg.norm(est[keep])) / norm if norm else float("nan"),
-                         "cost_fwd_eq": seconds / forwards[-1], "passes_fwd_eq": passes[0], "seconds": seconds})
+                         "cost_fwd_eq": seconds / forwards[-1], "passes_fwd_eq": passes[0], "seconds": seconds,
+                         "spearman_major": cmp["spearman_major"], "n_major": cmp["n_major"]})
     frame = pd.DataFrame(rows, columns=list(CALIBRATION_COLUMNS))
     frame.attrs.update(exact=exact, forward_seconds=min(forwards), exact_seconds=exact_seconds)
     return frame

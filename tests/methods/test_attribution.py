@@ -335,3 +335,23 @@ def test_mismatched_pairs_raise_before_any_forward_pass(no_forward, pairs):
         edge_attribution_patch(no_forward, pairs, senders=["heads"], **FAST)
     with pytest.raises(ConfigError):
         edge_attribution_patch(no_forward, pairs, receivers=[], **FAST)
+
+
+def test_spearman_major_ranks_only_the_cells_that_matter(gpt2, pairs):
+    """``spearman_major`` is the rank correlation over the cells with at least 1% of the largest
+    exact effect: recomputed here from the two arrays, and unmoved by scrambling the rest."""
+    from scipy import stats
+
+    from arithinterp.methods.attribution import _effect, _snap
+
+    exact = patch_activations(gpt2, pairs, kind="resid_pre", per_position=True, **FAST)
+    atp = attribution_patch(gpt2, pairs, kind="resid_pre", per_position=True, **FAST)
+    got = compare_with_exact(atp, exact)
+    e, a = (_snap(np.asarray(_effect(r).values, dtype=float).ravel()) for r in (exact, atp))
+    major = np.abs(e) >= 0.01 * np.abs(e).max()
+    assert 2 < got["n_major"] == int(major.sum()) < e.size
+    assert got["spearman_major"] == pytest.approx(stats.spearmanr(a[major], e[major])[0])
+    scrambled = atp.values.copy(data=np.where(major.reshape(atp.values.shape), atp.values.values,
+                                              -atp.values.values[::-1]))
+    again = compare_with_exact(AttributionResult(values=scrambled, meta=atp.meta, extras=atp.extras), exact)
+    assert again["spearman_major"] == pytest.approx(got["spearman_major"])
