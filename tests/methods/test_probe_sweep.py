@@ -9,12 +9,12 @@ import pytest
 from transformers import AutoTokenizer
 
 from arithinterp.methods import LinearProbe, ProbeResult, answer_visible, fit_probes
-from arithinterp.methods.probe_sweep import (
-    _fit_type_control,
-    _type_control_labels,
+from arithinterp.methods.probe_controls import (
     control_columns,
-    split_prompts,
+    fit_type_control,
+    type_control_labels,
 )
+from arithinterp.methods.probe_sweep import split_prompts
 from arithinterp.methods.probes import ProbeError
 from arithinterp.models import load_model
 from arithinterp.tasks import TaskSpec, generate
@@ -110,15 +110,15 @@ def test_type_control_is_selective_for_a_planted_linear_feature():
     types = a * 10 + b
     train, test = np.arange(1500), np.arange(1500, n)
     acc = LinearProbe().fit(X[:, train], carry[train]).score(X[:, test], carry[test])
-    ctrl = _fit_type_control(X[:, None, train], X[:, None, test], _type_control_labels(carry, types, rng),
+    ctrl = fit_type_control(X[:, None, train], X[:, None, test], type_control_labels(carry, types, rng),
                              train, test, kind="logistic", period=None, l2=1e-3)
     print(f"planted carry: accuracy {acc[0]:.3f}, control {ctrl[0, 0]:.3f}")
     assert acc[0] >= 0.97
     assert ctrl[0, 0] < 0.8 and acc[0] - ctrl[0, 0] > 0.2
     # a control on types the probe can memorise (one-hot types) is learned: selectivity ~ 0
     onehot = np.eye(100)[types][None]
-    memo = _fit_type_control(onehot[:, None, train], onehot[:, None, test],
-                             _type_control_labels(carry, types, rng), train, test,
+    memo = fit_type_control(onehot[:, None, train], onehot[:, None, test],
+                             type_control_labels(carry, types, rng), train, test,
                              kind="logistic", period=None, l2=1e-3)
     assert memo[0, 0] > 0.95
 
