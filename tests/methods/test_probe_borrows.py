@@ -15,7 +15,8 @@ import torch
 
 from arithinterp.errors import ModelLoadError
 from arithinterp.methods import fit_probes
-from arithinterp.methods.probe_sweep import _fit_jobs, _probe_jobs, _type_ids, split_prompts
+from arithinterp.methods.probe_controls import type_ids
+from arithinterp.methods.probe_sweep import _fit_jobs, _probe_jobs, split_prompts
 from arithinterp.models import load_model
 from arithinterp.tasks import TaskSpec, generate
 from arithinterp.zoo import zoo_path
@@ -62,7 +63,7 @@ def test_a_planted_borrow_direction_is_recovered_exactly():
     ys = {c: prompts.frame[c].to_numpy() for c in cols}
     ys |= {f"{c} shuffled": rng.permutation(ys[c]) for c in cols}
     jobs = _probe_jobs(ys, "auto", ())
-    types = [_type_ids(prompts.frame, ["operand_a", "operand_b"])] * len(jobs)
+    types = [type_ids(prompts.frame, ["operand_a", "operand_b"])] * len(jobs)
     tokens = np.zeros((len(prompts), 1), dtype=np.int64)
     Xt = torch.from_numpy(X).double()
     rows = _fit_jobs(jobs, types, train, test, tokens, Xt[:, :, train], Xt[:, :, test],
