@@ -38,8 +38,9 @@ from arithinterp.models.model import select
 from arithinterp.models.replacement import Rules, replacement_model
 
 
-def exact_then_linear(model, batch, sites, target: Site, grad_model) -> np.ndarray:
-    """Per cell: the mean over pairs of grad . (change at ``target``), the change exact."""
+def exact_then_linear(model, batch, sites, clean, target: Site, grad_model) -> np.ndarray:
+    """Per cell: the mean over pairs of grad . (change at ``target``), the change exact
+    (``clean``: each site's activation on the clean prompts)."""
     _, metric = resolve_metric("logit_diff")
     ap = batch.answer_positions
 
@@ -48,10 +49,9 @@ def exact_then_linear(model, batch, sites, target: Site, grad_model) -> np.ndarr
 
     g = grad_model.gradients(batch.corrupt, [target], total)
     base, grad = g.activations[target], g.gradients[target]
-    _, clean = model.run_with_cache(batch.clean, list(dict.fromkeys(s.whole() for s in sites)))
     out = []
-    for site in sites:
-        _, cache = model.run_with_cache(batch.corrupt, [target], patches={site: select(clean[site.whole()], site)})
+    for site, value in zip(sites, clean):
+        _, cache = model.run_with_cache(batch.corrupt, [target], patches={site: value})
         out.append(float((grad * (cache[target] - base)).sum()) / len(batch.clean))
     return np.array(out)
 
@@ -65,10 +65,13 @@ def diagnose(name: str) -> None:
     sites, _ = sweep_sites(model, "attn_head", per_position=True, seq_len=batch.seq_len)
     last = model.shape.n_layers - 1
     frozen = replacement_model(model, Rules(freeze_norm=True))
+    _, cache = model.run_with_cache(batch.clean, list(dict.fromkeys(s.whole() for s in sites)))
+    clean = [select(cache[site.whole()], site) for site in sites]
     estimates = {
-        "exact->resid_mid(L-1) frozen": exact_then_linear(model, batch, sites, Site("resid_mid", last), frozen),
-        "exact->resid_mid(L-1)": exact_then_linear(model, batch, sites, Site("resid_mid", last), model),
-        "exact->resid_pre(L-1) frozen": exact_then_linear(model, batch, sites, Site("resid_pre", last), frozen),
+        label: exact_then_linear(model, batch, sites, clean, Site(kind, last), grads)
+        for label, kind, grads in (("exact->resid_mid(L-1) frozen", "resid_mid", frozen),
+                                   ("exact->resid_mid(L-1)", "resid_mid", model),
+                                   ("exact->resid_pre(L-1) frozen", "resid_pre", frozen))
     }
     for method, freeze in (("atp", True), ("ig_activations", False), ("ig_activations", True)):
         result = attribution_patch(model, batch, method=method, freeze_norm=freeze, ig_steps=5, **common)

@@ -96,11 +96,11 @@ def streamed(X_train, Y_train, X_test, Y_test, kind: str, l2: float) -> np.ndarr
     """Ridge from sufficient statistics (float32 Gram, one factorisation; probe_stream.py)."""
     from arithinterp.methods.probe_stream import GramRidge
 
+    x, y = X_train.flatten(0, 1), torch.as_tensor(Y_train).unsqueeze(0)
     stats = GramRidge()
-    stats.update(X_train.flatten(0, 1), torch.as_tensor(Y_train).unsqueeze(0))
-    fit = stats.solve(l2)
-    x = X_test.flatten(0, 1).double()
-    pred = ((x - fit.mean.unsqueeze(1)) / fit.scale.unsqueeze(1)) @ fit.coef + fit.intercept.unsqueeze(1)
+    for start in range(0, x.shape[1], 1024):  # in chunks of samples, as StreamedProbe does
+        stats.update(x[:, start:start + 1024], y[:, start:start + 1024])
+    pred = stats.solve(l2).predict(X_test.flatten(0, 1))
     return np.stack([score_predictions(pred[..., t].numpy(), Y_test[:, t], "ridge").reshape(X_train.shape[:2])
                      for t in range(Y_train.shape[1])])
 

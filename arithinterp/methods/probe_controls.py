@@ -24,6 +24,7 @@ __all__ = ["ControlBy", "control_by_option", "control_columns", "control_labels"
 
 ControlBy = Literal["auto", "operands", "token"]
 
+
 def control_labels(y: np.ndarray, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``control_by="token"``: each token id gets one label drawn from y, shared by positions.
 
@@ -124,7 +125,7 @@ def job_types(prompts: PromptSet, control_cols: dict, name: str, period: int | N
 
 
 def fit_type_control(X_train, X_test, y_ctrl, train, test, *, kind, period, l2,
-                      fitter=LinearProbe) -> np.ndarray:
+                     fitter=LinearProbe) -> np.ndarray:
     """Score of the control task (labels ``[prompt]``) at every (site, pos)."""
     score_kind = "ridge" if kind == "ridge" else "accuracy"
     y_eval = np.mod(y_ctrl, period) if kind == "circular" else y_ctrl

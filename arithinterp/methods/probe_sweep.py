@@ -469,13 +469,13 @@ def _fit_one(X_train, X_test, y, train, test, tokens, *, kind, period, l2, contr
     if control and types is not None:
         y_ctrl = type_control_labels(y, types, rng)
         ctrl = fit_type_control(X_train, X_test, y_ctrl, train, test, kind=kind, period=period, l2=l2,
-                                 fitter=fitter)
+                                fitter=fitter)
         out["control"] = ctrl
         out["selectivity"] = out["score"] - ctrl
     elif control:
         y_ctrl = control_labels(y, tokens, rng)  # [pos, prompt]
         ctrl = fit_control(X_train, X_test, y_ctrl, train, test, kind=kind, period=period, l2=l2,
-                            fitter=fitter)
+                           fitter=fitter)
         out["control"] = ctrl
         out["selectivity"] = out["score"] - ctrl
     return out

@@ -355,7 +355,7 @@ class LinearProbe(BaseEstimator):
             for start in range(0, size, step):
                 part = slice(start, start + step)
                 w[part], mean[part], scale[part] = ridge_chunk(flat_x[part], flat_t[part], float(self.l2) * n,
-                                                                aug, gram)
+                                                               aug, gram)
         return w.reshape(*batch, d + 1, k), mean.reshape(*batch, d), scale.reshape(*batch, d)
 
     def _fit_multiclass(self, X: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:

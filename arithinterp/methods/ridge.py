@@ -27,11 +27,12 @@ _MAX_CHUNK = 64
 
 
 def chunk_size(n: int, d: int) -> int:
+    """Problems of ``n`` samples and ``d`` features per chunk (:data:`_CHUNK_BYTES` of float64)."""
     return int(min(_MAX_CHUNK, max(1, _CHUNK_BYTES // (8 * n * (d + 1)))))
 
 
 @functools.cache
-def blas() -> ThreadpoolController:
+def _blas() -> ThreadpoolController:
     """The BLAS libraries numpy loaded (found once: the search reads the process's map)."""
     return ThreadpoolController()
 
@@ -39,7 +40,7 @@ def blas() -> ThreadpoolController:
 def blas_threads() -> AbstractContextManager:
     """A context in which numpy's BLAS runs on torch's thread count: left to its default it
     takes every core, and on a busy machine runs several times slower."""
-    return blas().limit(limits=torch.get_num_threads(), user_api="blas")
+    return _blas().limit(limits=torch.get_num_threads(), user_api="blas")
 
 
 def gram_matrices(rows: torch.Tensor, out: np.ndarray) -> torch.Tensor:
