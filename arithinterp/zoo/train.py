@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from arithinterp.errors import ConfigError
+from arithinterp.errors import ArithInterpError, ConfigError
 from arithinterp.progress_bars import hf_progress, tqdm
 from arithinterp.zoo.card import build_card, render_readme
 from arithinterp.zoo.data import (
@@ -476,12 +476,15 @@ def main(argv: list[str] | None = None) -> None:
         help="write into the package zoo (arithinterp/zoo/models/<name>), replacing the shipped model",
     )
     args = parser.parse_args(argv)
-    recipe = load_recipe(args.name).with_overrides(steps=args.steps, seed=args.seed)
-    out, note = train_destination(recipe, args.out, into_package=args.into_package)
-    if note:
-        print(f"note: {note}")
-    path = train(recipe, out, resume=not args.no_resume, threads=args.threads,
-                 into_package=args.into_package)
+    try:
+        recipe = load_recipe(args.name).with_overrides(steps=args.steps, seed=args.seed)
+        out, note = train_destination(recipe, args.out, into_package=args.into_package)
+        if note:
+            print(f"note: {note}")
+        path = train(recipe, out, resume=not args.no_resume, threads=args.threads,
+                     into_package=args.into_package)
+    except ArithInterpError as err:  # a user's mistake: one line, as `arithinterp train` gives it
+        parser.exit(2, f"error: {err}\n")
     print(f"wrote {path}")
 
 if __name__ == "__main__":

@@ -136,5 +136,12 @@ def test_module_main_has_the_same_rule(tmp_path, fake_zoo, recorded, monkeypatch
     main(["add-2d", "--into-package", "--no-resume"])
     assert recorded[-1][1] == fake_zoo / "add-2d" and recorded[-1][2]["resume"] is False
     assert "note: training into the package zoo" in capsys.readouterr().out
-    with pytest.raises(ConfigError, match="--into-package"):
+    # A user's mistake is one error line and exit status 2, as `arithinterp train` gives it.
+    with pytest.raises(SystemExit) as exit_info:
         main(["add-2d", "--out", str(fake_zoo / "add-2d")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--into-package" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main(["no-such-recipe"])
+    assert "no recipe 'no-such-recipe'" in capsys.readouterr().err
