@@ -357,6 +357,9 @@ def parse_config(data: Any, *, source: str = "config", overrides: list[str] | tu
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. task.n=500)")
         key, raw = item.split("=", 1)
+        if key.strip().startswith("task.") and "tasks" not in data and data.get("task") in (None, "default"):
+            # `--set task.n=500` on the model's own task changes that task, not a plain-add default.
+            data["task"] = {"default": True}
         try:
             _set_override(data, key.strip(), raw)
         except yaml.YAMLError as err:

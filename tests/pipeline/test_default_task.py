@@ -29,6 +29,16 @@ def test_no_task_means_the_models_own_task():
     assert parse_config(_cfg(task={"operation": "modadd"})).task.format == "plain"  # a task of its own
 
 
+def test_a_task_override_changes_the_models_own_task():
+    """``--set task.n=8`` on a pipeline without ``task:`` (or with ``task: default``) keeps the
+    model's task; a task of its own is overridden as written."""
+    assert parse_config(_cfg(), overrides=["task.n=8"]).task == MODULAR.model_copy(update={"n": 8})
+    assert parse_config(_cfg(task="default"), overrides=["task.seed=3"]).task == MODULAR.model_copy(
+        update={"seed": 3})
+    assert parse_config(_cfg(task={"operation": "add", "digits": 2, "format": "fixed"}),
+                        overrides=["task.n=8"]).task.operation == "add"
+
+
 def test_a_model_with_several_tasks_gets_one_per_operator(tmp_path):
     """Only the card is read while the config validates, so a card alone stands in for an addsub model."""
     (tmp_path / "card.json").write_text(json.dumps({"recipe": {"task": {"kind": "addsub", "n_digits": 3}}}))
