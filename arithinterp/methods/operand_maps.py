@@ -15,7 +15,9 @@ wins a near tie: operand, then result, then lookup). :func:`operand_maps` comput
 values: a neuron's activation, a head's write (its first principal component over the grid, or
 a given direction), any site's projection on a given direction (a probe's), at the last prompt
 position, on every ``(a, b)`` of the task's grid (a window of :data:`WINDOW` values per operand
-when the domain is larger, recorded in ``meta.options["window"]``).
+when the domain is larger, recorded in ``meta.options["window"]``). Cells that are not problems
+of the task (:func:`~arithinterp.methods.grid.valid_cells`: a zero divisor, a negative difference
+on a task without negatives) are NaN in the maps and take no part in the classification.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from arithinterp.methods.grid import (
     grid_activations,
     operand_grid,
     operand_grid_spec,
+    valid_cells,
 )
 from arithinterp.methods.registry import (
     MethodSpec,
@@ -185,7 +188,7 @@ class OperandMapResult(Result):
     on ``component``: ``operand_class`` (one of :data:`OPERAND_CLASSES`), ``description``
     (``"a ends in 6"``), ``class_score`` (|correlation| with that pattern), ``reduction`` (how a
     vector became one number: ``neuron``, ``pc1``, ``direction``). ``meta.options``: the grid's ``operand_range``, the
-    ``window`` flag, ``operation``.
+    ``window`` flag, ``operation``, ``masked_cells`` (cells that are not problems of the task, NaN).
     """
 
     metric_name = "activation"
@@ -277,24 +280,26 @@ def _feature_site(feature: Site | str) -> Site:
     return site if site.pos is not None else dataclasses.replace(site, pos=-1)
 
 
-def _reduce(act: torch.Tensor, direction: Any) -> tuple[np.ndarray, str]:
+def _reduce(act: torch.Tensor, direction: Any, keep: np.ndarray) -> tuple[np.ndarray, str]:
     """One number per grid cell: the activation itself, its projection on ``direction``, or its first
-    principal component over the grid (sign: the larger tail positive)."""
+    principal component over the problems of the task (``keep``; sign: the larger tail positive).
+    Cells that are not problems of the task are NaN."""
     x = act.reshape(act.shape[0], act.shape[1], -1).numpy()
     if x.shape[-1] == 1:
-        return x[..., 0], "neuron"
-    if direction is not None:
+        z, how = x[..., 0], "neuron"
+    elif direction is not None:
         d = np.asarray(direction, dtype=float).ravel()
         if d.shape[0] != x.shape[-1]:
             raise MethodError(f"a direction of length {d.shape[0]} for an activation of width {x.shape[-1]}")
-        return x @ d, "direction"
-    flat = x.reshape(-1, x.shape[-1])
-    centred = flat - flat.mean(0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    proj = centred @ vt[0]
-    if abs(proj.min()) > abs(proj.max()):
-        proj = -proj
-    return proj.reshape(x.shape[:2]), "pc1"
+        z, how = x @ d, "direction"
+    else:
+        kept = x[keep]
+        mean = kept.mean(0)
+        _, _, vt = np.linalg.svd(kept - mean, full_matrices=False)
+        z, how = (x - mean) @ vt[0], "pc1"
+        if abs(z[keep].min()) > abs(z[keep].max()):
+            z = -z
+    return np.where(keep, z, np.nan), how
 
 
 def operand_maps(
@@ -336,11 +341,12 @@ def operand_maps(
     acts = grid_activations(model, grid, list(dict.fromkeys(sites)), heads="write", batch_size=batch_size)
     a, b, result, _, _ = operand_grid(grid)
     side = int(round(np.sqrt(len(a))))
+    keep = valid_cells(grid, a, b, result).reshape(side, side)
     a_vals, b_vals = a.reshape(side, side)[:, 0], b.reshape(side, side)[0]
     result = result.reshape(side, side)
     maps, reductions, classes = [], [], []
     for label, site in zip(labels, sites):
-        z, how = _reduce(acts[site], directions.get(label))
+        z, how = _reduce(acts[site], directions.get(label), keep)
         maps.append(z)
         reductions.append(how)
         classes.append(classify_operand_map(z, a_vals, b_vals, result, operation=grid.operation))
@@ -353,7 +359,7 @@ def operand_maps(
     meta = make_meta("operand_maps", model, None, options={
         "features": labels, "directions": sorted(directions), "operation": grid.operation,
         "operand_range": list(grid.operand_range or (0, grid.p - 1)), "window": window,
-        "batch_size": batch_size})
+        "masked_cells": int((~keep).sum()), "batch_size": batch_size})
     return OperandMapResult(values=values, meta=meta)
 
 

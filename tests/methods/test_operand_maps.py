@@ -96,3 +96,37 @@ def test_large_domains_use_a_window_and_bad_input_raises(tiny_hf_dirs):
     res = operand_maps(model, TaskSpec(operation="add", digits=3, format="fixed"), features=["L0N0"])
     assert res.meta.options["window"] is True and res.meta.options["operand_range"] == [100, 199]
     assert res.sizes["prompt"] == 100 * 100
+
+
+def test_cells_outside_the_task_are_masked(tiny_hf_dirs, monkeypatch):
+    """On a subtraction task without negatives the cells with a < b are NaN and do not decide the
+    class: a feature that is `a ends in 6` on the problems, and `b ends in 3` (ten times larger)
+    where a < b, is `a ends in 6`; a head's principal component is taken over the problems only."""
+    import sys
+
+    import torch
+
+    om = sys.modules["arithinterp.methods.operand_maps"]  # the package attribute is the function
+
+    model = load_model(str(tiny_hf_dirs["gpt2"]))
+    spec = TaskSpec(operation="sub", operand_range=(0, 99), format="plain", allow_negative=False)
+    invalid = GA < GB
+    neuron = np.where(invalid, 10.0 * (GB % 10 == 3), (GA % 10 == 6).astype(float))
+    write = np.zeros((100, 100, model.shape.d_model))
+    write[..., 0] = np.where(invalid, 0.0, GA % 10 == 6)  # the problems vary along dimension 0
+    write[..., 1] = np.where(invalid, 10.0 * (GB % 10 == 3), 0.0)  # the rest, far more, along 1
+
+    def fake(model, grid, sites, **kwargs):
+        return {s: torch.tensor(neuron if s.kind == "mlp_post" else write) for s in sites}
+
+    monkeypatch.setattr(om, "grid_activations", fake)
+    res = operand_maps(model, spec, features=["L1N5", "L0H1"])
+    assert res.meta.options["masked_cells"] == int(invalid.sum()) == 4950
+    for feature in ("L1N5", "L0H1"):
+        z, _, _ = res.grid(feature)
+        assert np.isnan(z[invalid]).all() and np.isfinite(z[~invalid]).all()
+        c = res.classes()[feature]
+        assert (c["kind"], c["description"]) == ("operand", "a ends in 6") and c["score"] > 0.99
+    np.testing.assert_allclose(res.grid("L1N5")[0][~invalid], neuron[~invalid])
+    # Unmasked (an addition grid has no invalid cells) the large pattern would win.
+    assert classify(neuron)["description"] == "b ends in 3"
