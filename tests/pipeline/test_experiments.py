@@ -49,3 +49,31 @@ def test_the_operator_pipelines_run_the_models_own_tasks():
     for op in ("add", "sub", "mul", "floordiv"):
         task = load_config(EXPERIMENTS / "operators-ops-2d-tok" / f"{op}.yaml").task
         assert task.model_copy(update={"n": own[op].n, "seed": own[op].seed}) == own[op]
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def _docs_pipelines() -> list[tuple[str, str]]:
+    """Every ```yaml block of the docs that is a whole pipeline (it has ``steps:``)."""
+    import re
+
+    out = []
+    for page in sorted(DOCS.glob("**/*.md")):
+        for i, block in enumerate(re.findall(r"```yaml\n(.*?)```", page.read_text(), flags=re.S)):
+            if re.search(r"^steps:", block, flags=re.M):
+                out.append((f"{page.relative_to(DOCS)}#{i}", block))
+    return out
+
+
+@pytest.mark.parametrize(("where", "text"), _docs_pipelines(), ids=[w for w, _ in _docs_pipelines()])
+def test_docs_pipelines_validate(where, text):
+    import yaml
+
+    from arithinterp.pipeline.config import parse_config
+
+    parse_config(yaml.safe_load(text), source=where)
+
+
+def test_the_docs_show_a_pipeline():
+    assert any(w.startswith("pipelines.md") for w, _ in _docs_pipelines())
