@@ -1,4 +1,4 @@
-"""Drawing operands: uniform sampling and carry-balanced construction for addition.
+"""Drawing operands: uniform sampling, and carry- or borrow-balanced construction.
 
 Uniform sampling of 5-digit addition almost never yields a long carry
 cascade (measured: S0 4 %, S1 79 %, S2 15 %, S3 1.2 %, S4 0.08 %, S5 under 0.01 %), so the balanced modes
@@ -20,18 +20,29 @@ build operands column by column instead of rejection-sampling them:
 
 With a width range (``digits=(lo, hi)``) each prompt's operand widths are
 drawn uniformly among the width pairs that can hold its target class.
+
+Subtraction (``balance_classes`` only) balances the borrow-cascade classes
+``B0``..``B5`` of ``max(a, b) - min(a, b)`` the same way: per column of (larger,
+smaller) digits a column *makes* a borrow (``m < s``), *passes* one on (``m = s``)
+or *absorbs* it (``m > s``), exactly as a column makes, passes or absorbs a carry,
+so ``B_k`` is the pattern of ``S_k`` with one more rule: no borrow leaves the top
+column (the highest column that is not "pass" absorbs), since the larger operand is
+the larger. ``B_k`` (``k >= 1``) therefore needs ``k + 1`` columns: 5-digit
+subtraction balances ``B0``..``B4``. With ``allow_negative`` half of each class,
+drawn at random, is written ``min - max``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 
 import numpy as np
 
 from arithinterp.errors import TaskError
-from arithinterp.tasks.arithmetic import COMPLEXITY_CLASSES, class_of_tricase
+from arithinterp.tasks.arithmetic import BORROW_CLASSES, COMPLEXITY_CLASSES, class_of_tricase
 from arithinterp.tasks.spec import TaskSpec
 
 # ---- operand domains ---------------------------------------------------------------
@@ -79,6 +90,13 @@ def sample_operands(spec: TaskSpec, rng: np.random.Generator, n: int) -> tuple[n
             a, b = np.maximum(a, b), np.minimum(a, b)
         return a, b
     widths = tuple(range(spec.digit_range[0], spec.digit_range[1] + 1))
+    if spec.sampling == "balance_classes" and spec.operation == "sub":
+        pattern = partial(_pattern_for_class, rule=_BORROWS)
+        hi, lo = _balanced(rng, n, widths, list(BORROW_CLASSES), pattern, larger_first=True)
+        if not spec.allow_negative:
+            return hi, lo
+        swap = rng.random(n) < 0.5
+        return np.where(swap, lo, hi), np.where(swap, hi, lo)
     if spec.sampling == "balance_classes":
         return _balanced(rng, n, widths, _class_targets(widths), _pattern_for_class)
     return _balanced(rng, n, widths, _carry_targets(widths), _pattern_for_carries)
@@ -114,6 +132,35 @@ def _pairs_by_type(ka: int, kb: int) -> dict[int, np.ndarray]:
 
 
 @cache
+def _pairs_by_borrow(km: int, ks: int) -> dict[int, np.ndarray]:
+    """(larger, smaller) digit pairs of a column by what it does with a borrow (0 absorbs it,
+    ``m > s``; 1 passes it on, ``m = s``; 2 makes one, ``m < s``): the tri-case types of subtraction."""
+    groups: dict[int, list[tuple[int, int]]] = {0: [], 1: [], 2: []}
+    for x in _DIGIT_SETS[km]:
+        for y in _DIGIT_SETS[ks]:
+            groups[0 if x > y else 1 if x == y else 2].append((x, y))
+    return {t: np.array(v, dtype=np.int64).reshape(-1, 2) for t, v in groups.items()}
+
+
+@dataclass(frozen=True)
+class _ClassRule:
+    """How a column's digit pair makes (2), passes (1) or absorbs (0) a carry or a borrow."""
+
+    classes: tuple[str, ...]
+    pairs: Callable[[int, int], dict[int, np.ndarray]]
+    top_absorbs: bool  # nothing may leave the top column (a borrow of larger - smaller)
+
+
+_CARRIES = _ClassRule(COMPLEXITY_CLASSES, _pairs_by_type, top_absorbs=False)
+_BORROWS = _ClassRule(BORROW_CLASSES, _pairs_by_borrow, top_absorbs=True)
+
+
+def _top_absorbs(pattern: list[int]) -> bool:
+    """The highest column that does not pass a borrow on absorbs it (or every column passes)."""
+    return next((t == 0 for t in reversed(pattern) if t != 1), True)
+
+
+@cache
 def _pairs_by_carry(ka: int, kb: int, cin: int) -> dict[int, np.ndarray]:
     """Digit pairs of a column grouped by carry-out, given the carry-in."""
     groups: dict[int, list[tuple[int, int]]] = {0: [], 1: []}
@@ -134,20 +181,21 @@ class _Columns:
         n = max(wa, wb)
         return cls(tuple(zip(_column_kinds(wa, n), _column_kinds(wb, n))))
 
-    def types(self, i: int) -> set[int]:
-        return {t for t, v in _pairs_by_type(*self.kinds[i]).items() if len(v)}
+    def types(self, i: int, pairs: Callable[[int, int], dict[int, np.ndarray]] = _pairs_by_type) -> set[int]:
+        return {t for t, v in pairs(*self.kinds[i]).items() if len(v)}
 
 
 # ---- balanced construction -----------------------------------------------------------
 
 
-def _balanced(rng, n, widths, targets, make_pattern):
-    """Equal shares of ``targets``; each prompt gets a width pair able to hold its target."""
+def _balanced(rng, n, widths, targets, make_pattern, *, larger_first: bool = False):
+    """Equal shares of ``targets``; each prompt gets a width pair able to hold its target
+    (with ``larger_first`` the first operand is at least as wide as the second)."""
     feasible: dict[object, list[tuple[int, int]]] = {}
     for target in targets:
         pairs = [
             (wa, wb) for wa in widths for wb in widths
-            if make_pattern(None, _Columns.of(wa, wb), target) is not None
+            if (wa >= wb or not larger_first) and make_pattern(None, _Columns.of(wa, wb), target) is not None
         ]
         if pairs:
             feasible[target] = pairs
@@ -181,11 +229,13 @@ def _draw(rng: np.random.Generator, pairs: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
-def _pattern_for_class(rng, cols: _Columns, target: str):
-    """Digits realising complexity class ``target``; with ``rng=None`` only test feasibility."""
+def _pattern_for_class(rng, cols: _Columns, target: str, rule: _ClassRule = _CARRIES):
+    """Digits realising class ``target`` of ``rule`` (addition's ``S``, subtraction's ``B``);
+    with ``rng=None`` only test feasibility."""
     w = len(cols.kinds)
-    level = COMPLEXITY_CLASSES.index(target)
-    allowed = [cols.types(i) for i in range(w)]
+    level = rule.classes.index(target)
+    allowed = [cols.types(i, rule.pairs) for i in range(w)]
+    stops = [allowed[i] - {1} - ({2} if rule.top_absorbs and i == w - 1 else set()) for i in range(w)]
     anchors: list[int] = []
     if level == 0:
         anchors = [-1] if all(0 in s or 1 in s for s in allowed) else []
@@ -197,8 +247,10 @@ def _pattern_for_class(rng, cols: _Columns, target: str):
             if not all(1 in allowed[k] for k in range(j + 1, j + run + 1)):
                 continue
             above = j + run + 1
+            if rule.top_absorbs and above >= w:  # a borrow cannot leave the top column
+                continue
             # S1..S4 need the column above the run to stop it (S5 may run on)
-            if level < 5 and above < w and not allowed[above] - {1}:
+            if level < 5 and above < w and not stops[above]:
                 continue
             anchors.append(j)
     if not anchors:
@@ -214,7 +266,7 @@ def _pattern_for_class(rng, cols: _Columns, target: str):
             fixed[k] = 1
         above = j + run + 1
         if level < 5 and above < w:
-            fixed[above] = int(rng.choice(sorted(allowed[above] - {1})))
+            fixed[above] = int(rng.choice(sorted(stops[above])))
     free = [i for i in range(w) if i not in fixed]
     free_types = [sorted(allowed[i] - ({2} if level == 0 else set())) for i in free]
     for attempt in range(20):
@@ -223,11 +275,12 @@ def _pattern_for_class(rng, cols: _Columns, target: str):
             # the last attempt falls back to '<9' everywhere, which never adds a cascade
             types[i] = int(rng.choice(opts)) if attempt < 19 else min(opts)
         pattern = [types[i] for i in range(w)]
-        if class_of_tricase(pattern) == target:
+        if class_of_tricase(pattern) == COMPLEXITY_CLASSES[level] and (not rule.top_absorbs
+                                                                       or _top_absorbs(pattern)):
             break
     else:  # pragma: no cover - the fallback pattern always has the target class
         raise AssertionError(f"could not realise {target} with columns {cols}")
-    digits = [_draw(rng, _pairs_by_type(*cols.kinds[i])[pattern[i]]) for i in range(w)]
+    digits = [_draw(rng, rule.pairs(*cols.kinds[i])[pattern[i]]) for i in range(w)]
     return [d[0] for d in digits], [d[1] for d in digits]
 
 

@@ -19,6 +19,16 @@ Operand domain
 * The divisor of ``floordiv`` / ``mod`` never takes the value 0: it is left
   out of the divisor's domain.
 
+Sampling (``sampling=``)
+------------------------
+* ``uniform`` (default): as above. Uniform 5-digit addition almost never
+  makes a long carry cascade (S3 and above: about 1 %).
+* ``balance_classes``: equal shares of the cascade classes the widths allow,
+  built digit by digit: addition's carry classes ``S0``..``S5``, subtraction's
+  borrow classes ``B0``..``B5`` (the frame's ``complexity`` column; see
+  :mod:`arithinterp.tasks.sampling`). Needs ``digits``, not ``operand_range``.
+* ``balance_carries`` (addition): equal shares of each number of carries.
+
 Formats (``a=123, b=456`` for addition)
 ---------------------------------------
 ==================  =====================  ==========================================
@@ -200,10 +210,11 @@ class TaskSpec(BaseModel):
         if fmt == "template":
             _check_template(self.resolved_template)
         if self.sampling != "uniform":
-            if op != "add":
+            ops = ("add", "sub") if self.sampling == "balance_classes" else ("add",)
+            if op not in ops:
                 raise ValueError(
-                    f"sampling {self.sampling!r} balances carries and is defined for 'add' only, "
-                    f"got operation {op!r}; use sampling 'uniform'"
+                    f"sampling {self.sampling!r} balances carries (and, for 'sub', borrows) and is defined for "
+                    f"{' and '.join(repr(o) for o in ops)} only, got operation {op!r}; use sampling 'uniform'"
                 )
             if self.operand_range is not None:
                 raise ValueError(

@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from arithinterp.errors import TaskError
 from arithinterp.tasks import COMPLEXITY_CLASSES, TaskSpec, generate
 
 
@@ -83,3 +84,40 @@ def test_subtraction_without_negatives():
     ps = generate(TaskSpec(operation="sub", digits=(1, 3), allow_negative=False, n=300))
     assert (ps.frame.answer >= 0).all()
     assert not ps.frame.negative.any()
+
+
+@pytest.mark.parametrize(("digits", "allow_negative", "classes"), [
+    (5, True, ("B0", "B1", "B2", "B3", "B4")),  # B_k needs k + 1 columns: nothing leaves the top one
+    (5, False, ("B0", "B1", "B2", "B3", "B4")),
+    (3, True, ("B0", "B1", "B2")),
+    ((2, 6), False, ("B0", "B1", "B2", "B3", "B4", "B5")),
+])
+def test_balanced_borrow_classes_on_subtraction(digits, allow_negative, classes):
+    from arithinterp.zoo.data import borrow_class  # an independent count of the cascade
+
+    spec = TaskSpec(operation="sub", digits=digits, allow_negative=allow_negative, sampling="balance_classes",
+                    n=600, seed=5)
+    f = generate(spec).frame
+    got = shares(f.complexity)
+    assert tuple(got) == classes
+    assert all(v == pytest.approx(1 / len(classes), abs=0.01) for v in got.values())
+    a, b = f.operand_a.to_numpy(), f.operand_b.to_numpy()
+    width = spec.digit_range[1]
+    assert [f"B{k}" for k in borrow_class(a, b, width)] == list(f.complexity)
+    assert (f.answer == a - b).all()
+    lo, hi = spec.digit_range
+    for x in (a, b):  # ordinary operands of the spec's widths
+        assert all(lo <= len(str(v)) <= hi for v in x)
+    negative = (a < b).mean()
+    assert negative == (pytest.approx(0.5, abs=0.06) if allow_negative else 0.0)
+    for cls in classes:  # not all alike
+        assert f[f.complexity == cls].prompt.nunique() >= 0.95 * len(f) / len(classes)
+
+
+def test_uniform_subtraction_rarely_cascades_and_carry_balancing_is_addition_only():
+    uniform = shares(generate(TaskSpec(operation="sub", digits=5, n=3000, seed=3)).frame.complexity)
+    assert sum(uniform.get(c, 0) for c in ("B3", "B4")) < 0.03
+    with pytest.raises(TaskError, match="balance_carries.*'add' only"):
+        TaskSpec(operation="sub", digits=5, sampling="balance_carries")
+    with pytest.raises(TaskError, match="'add' and 'sub' only"):
+        TaskSpec(operation="mul", digits=2, sampling="balance_classes")
