@@ -17,7 +17,11 @@ An estimate that is exact through a point and still misranks the cells shows tha
 error lives after that point. This is a diagnosis, not a method: it costs one forward pass
 per cell.
 
-    python benchmarks/attribution_diagnosis.py [--models add-5d,mul-3d]
+``--ig-steps 1,5,20,50`` instead runs IG on activations at each step count, to show where
+its estimate converges (to the path integral over the whole layer moved at once, not to
+single-cell patching).
+
+    python benchmarks/attribution_diagnosis.py [--models add-5d,mul-3d] [--ig-steps 1,5,20,50]
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 from attribution import zoo_inputs  # benchmarks/attribution.py, beside this script
 from scipy import stats
 
-from arithinterp.methods.attribution import _effect, attribution_patch
+from arithinterp.methods.attribution import _effect, attribution_patch, compare_with_exact
 from arithinterp.methods.metrics import resolve_metric, tokenize_pairs
 from arithinterp.methods.patching import patch_activations
 from arithinterp.methods.sweep import sweep_sites
@@ -83,13 +87,34 @@ def diagnose(name: str) -> None:
               f"pearson={stats.pearsonr(est, exact)[0]:.3f} n_major={int(major.sum())}/{exact.size}")
 
 
+def ig_steps_ceiling(name: str, steps: list[int]) -> None:
+    """IG on activations at more and more steps: where it converges, against exact patching."""
+    model, pairs, answer = zoo_inputs(name, 32)
+    batch = tokenize_pairs(pairs, model.tokenizer, answer=answer)
+    common = dict(kind="attn_head", per_position=True, answer=answer, batch_size=len(batch.clean), n_boot=1,
+                  progress=False)
+    exact = patch_activations(model, batch, engine="fast", **common)
+    for freeze in (False, True):
+        for m in steps:
+            result = attribution_patch(model, batch, method="ig_activations", freeze_norm=freeze, ig_steps=m, **common)
+            c = compare_with_exact(result, exact, k=10)
+            print(f"model={name} estimate='ig_activations freeze_norm={freeze}' ig_steps={m} "
+                  f"spearman={c['spearman']:.3f} spearman_major={c['spearman_major']:.3f} "
+                  f"top10={c['top_k_overlap']:.1f} pearson={c['pearson']:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="add-5d,mul-3d", help="comma-separated zoo model names")
+    parser.add_argument("--ig-steps", default=None,
+                        help="instead: IG on activations at these step counts (e.g. 1,5,20,50)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for name in args.models.split(","):
-        diagnose(name)
+        if args.ig_steps:
+            ig_steps_ceiling(name, [int(m) for m in args.ig_steps.split(",")])
+        else:
+            diagnose(name)
 
 
 if __name__ == "__main__":
