@@ -1,6 +1,6 @@
 """The Ray executor on a real local cluster (started here on 127.0.0.1 with 2 CPUs, once for
 the module, and shut down after it): a patching sweep, attribution (node and edge) and
-mediation sweeps, a probe sweep and a whole pipeline equal the serial run bit for bit, a task whose worker dies is retried, a worker that cannot
+mediation sweeps, a probe sweep, a whole pipeline and a report step equal the serial run bit for bit, a task whose worker dies is retried, a worker that cannot
 load the model reports the model's error, and an unreachable address fails fast with nothing
 written."""
 
@@ -157,6 +157,39 @@ def test_a_pipeline_equals_the_local_run_and_resumes(executor, tmp_path):
     again = run_pipeline(config, runs_dir=tmp_path / "local", progress=False, log=lambda _: None,
                          executor=executor)
     assert sorted(again.skipped) == sorted(config.step_names())
+
+
+@pytest.mark.slow
+def test_a_report_step_shards_its_sweeps_over_ray(executor, tmp_path, monkeypatch):
+    """With --executor ray the report step runs in the driver and spreads its patching,
+    attribution, mediation, probe and circuit-edge sweeps over the workers: the report equals
+    the local one, result by result."""
+    import pandas as pd
+
+    methods = ["patching", "attribution", "mediation", "probes", "circuit"]
+    config = load_config(_write_pipeline(tmp_path / "p.yaml", steps=[
+        {"kind": "report", "n": 24, "methods": methods}]))
+    local = run_pipeline(config, runs_dir=tmp_path / "local", progress=False, log=lambda _: None)
+    sweeps: list[str] = []
+    real_map = executor.map
+
+    def counting(fn, items, **kwargs):
+        sweeps.append(kwargs.get("desc") or "")
+        return real_map(fn, items, **kwargs)
+
+    monkeypatch.setattr(executor, "map", counting)
+    remote = run_pipeline(config, runs_dir=tmp_path / "ray", progress=False, log=lambda _: None,
+                          executor=executor)
+    assert {"patching", "mediation", "probes: cache"} <= set(sweeps), sweeps
+    rel = local.attribution_report.relative_to(tmp_path / "local" / "ray").as_posix()
+    serial, sharded = local.artifacts[rel], remote.artifacts[rel]
+    assert set(serial.results) == set(sharded.results) and len(serial.results) >= len(methods)
+    for name, result in serial.results.items():
+        if isinstance(result, Result):
+            _same(result, sharded.results[name])
+    pd.testing.assert_frame_equal(serial.heads, sharded.heads)
+    record = (tmp_path / "ray" / "ray" / "report" / "step.json").read_text()
+    assert '"executor": "ray"' in record
 
 
 def _dies_once(model, item):
