@@ -60,10 +60,6 @@ def test_planted_discovery_is_backend_invariant(suite, name):
 ZOO = ("add-5d", "add-5d-1L", "add-2d-tok", "modadd-113", "mul-3d")
 
 
-#: Ranked by attribution patching: the fast patching engine's self-check (patching_engine.run_fast,
-#: on main already) rejects zoo:modadd-113 on transformer_lens for these prompts (max |diff|
-#: 2.78e-4 against its 1e-4 tolerance); growth and faithfulness are what is compared here.
-SCORE = {"modadd-113": "attribution"}
 
 
 @pytest.mark.slow
@@ -78,6 +74,6 @@ def test_zoo_discovery_is_backend_invariant(name, grow):
         answer = "single" if spec.format in ("plain", "modular") else "multi"
         pairs = make_pairs(prompts, "random", seed=5)
         res = discover_circuit(model, pairs, prompts, answer=answer, grow=grow, max_size=12,
-                               score=SCORE.get(name, "patching"), progress=False)
+                               score="patching", progress=False)
         circuits[backend] = res.circuit
     assert circuits["transformer_lens"] == circuits["nnsight"], circuits
