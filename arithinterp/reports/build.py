@@ -24,6 +24,8 @@ import pandas as pd
 
 from arithinterp.distributed.executor import Executor
 from arithinterp.errors import ConfigError
+from arithinterp.methods.attribution import compare_with_exact
+from arithinterp.methods.attribution_rules import RECOMMENDED_LABEL
 from arithinterp.methods.circuit_ablation import CircuitAblation, check_ablation
 from arithinterp.methods.circuits import CircuitResult
 from arithinterp.methods.evaluate import evaluate
@@ -39,7 +41,7 @@ from arithinterp.results.io import to_jsonable
 from arithinterp.results.meta import library_versions
 from arithinterp.tasks import PromptPairs, PromptSet, TaskSpec, shared_tokenization
 
-__all__ = ["AttributionReport", "build_report", "circuit_granularity"]
+__all__ = ["AttributionReport", "attribution_vs_exact", "build_report", "circuit_granularity"]
 
 #: Components whose top prompts are kept in ``top_prompts.json`` (per table), and prompts per component.
 TOP_PROMPT_COMPONENTS = 20
@@ -71,6 +73,21 @@ def circuit_granularity(components: Sequence[str]) -> str:
     marks no single neuron, so the neuron table's ``in_circuit`` is empty then."""
     kinds = dict.fromkeys(Site.from_label(c).kind for c in components)
     return " + ".join(_UNITS.get(k, k) for k in kinds) or "empty"
+
+
+def attribution_vs_exact(results: dict[str, Result]) -> dict[str, Any] | None:
+    """How the report's attribution column agrees with exact patching on the report's own pairs,
+    per table (:func:`~arithinterp.methods.attribution.compare_with_exact`: Spearman and Pearson
+    correlation, top-10 overlap, Spearman over the major cells), and which method it is;
+    ``None`` when the report ran only one of the two."""
+    out: dict[str, Any] = {}
+    for table in ("heads", "neurons"):
+        estimate, exact = results.get(f"attribution_{table}"), results.get(f"patching_{table}")
+        if estimate is not None and exact is not None:
+            c = compare_with_exact(estimate, exact, k=10)
+            out[table] = {key: c[key] for key in ("spearman", "pearson", "top_k_overlap", "k", "spearman_major",
+                                                   "n_major", "n_cells")}
+    return {"method": RECOMMENDED_LABEL, **out} if out else None
 
 
 def _summary(inp, accuracy, heads: pd.DataFrame, neurons: pd.DataFrame, n_neurons: int,
@@ -113,6 +130,7 @@ def _summary(inp, accuracy, heads: pd.DataFrame, neurons: pd.DataFrame, n_neuron
             "circuit_ablated_score": circuit.circuit_ablated_score,
             "empty_score": circuit.empty_score,
         },
+        "attribution_vs_exact": attribution_vs_exact(results),
         "top_components": top_components["component"].head(50).tolist(),
         "n_heads": len(heads),
         "n_neurons": n_neurons,

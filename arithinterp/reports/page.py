@@ -73,12 +73,31 @@ def _summary_text(report: Any) -> str:
         "Each method is drawn on its own scale in the effect charts. Mediation: mediation_ie is Stolfo "
         "et al.'s ratio, unbounded on a confident model; mediation_pd is its probability-difference "
         "form in [-1, 1]; ie_unbounded marks |IE| above the sanity bound.")
+    vs = s.get("attribution_vs_exact")
+    if vs:
+        lines.append(_attribution_text(vs))
     lines.append(
         "Rank: 1 = largest |exact patching effect| (else |AtP|). agree_* flags: the method puts the "
         "component in its top-k exactly when patching does (AtP: with the same sign). Filter a table "
         "with terms (all must match), col=value, col>x or col<x; click a header to sort."
     )
     return "\n\n".join(lines)
+
+
+def _attribution_text(vs: dict) -> str:
+    """Which to trust where attribution and exact patching disagree, with how well they agree here."""
+    def num(x: Any) -> str:
+        return "undefined" if x is None or x != x else f"{x:.2f}"
+
+    parts = [f"{table}: Spearman {num(c.get('spearman'))}, Pearson {num(c.get('pearson'))}"
+             + (f", top-{c['k']} overlap {num(c.get('top_k_overlap'))}" if c.get("k", 0) < c.get("n_cells", 0) else "")
+             for table, c in vs.items() if isinstance(c, dict)]
+    weak = [table for table, c in vs.items() if isinstance(c, dict) and not (c.get("spearman") or 0) >= 0.9]
+    return (f"Attribution (atp column: {vs.get('method')}) against exact patching on these pairs: "
+            f"{'; '.join(parts)}. Exact patching is the measurement and attribution its estimate: where they "
+            "disagree (agree_atp false), trust patch_effect."
+            + (f" Here the estimate does not rank the {' or '.join(weak)} reliably (Spearman below 0.9); read "
+               "atp as a screen, not a ranking." if weak else ""))
 
 
 def _skipped_table(report: Any) -> pd.DataFrame:

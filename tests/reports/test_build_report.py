@@ -172,6 +172,27 @@ def test_grid_columns_equal_fourier_heuristics_and_probes(tiny, report):
     np.testing.assert_allclose(again.values.values, probes.values.values)
 
 
+def test_the_report_says_how_attribution_agrees_with_exact_patching_and_which_to_trust(report):
+    """summary.attribution_vs_exact is compare_with_exact of the atp column's results against
+    exact patching on the report's own pairs; the page says to trust patching where they disagree."""
+    from arithinterp.methods.attribution import compare_with_exact
+    from arithinterp.methods.attribution_rules import RECOMMENDED_LABEL
+    from arithinterp.reports.page import _summary_text
+
+    vs = report.summary["attribution_vs_exact"]
+    assert vs["method"] == RECOMMENDED_LABEL
+    for table in ("heads", "neurons"):
+        direct = compare_with_exact(report.results[f"attribution_{table}"], report.results[f"patching_{table}"],
+                                    k=10)
+        for key in ("spearman", "pearson", "top_k_overlap", "k", "n_major", "n_cells"):
+            assert vs[table][key] == pytest.approx(direct[key], nan_ok=True)
+    text = _summary_text(report)
+    assert f"atp column: {RECOMMENDED_LABEL}" in text and "trust patch_effect" in text
+    weak = {**vs, "heads": {**vs["heads"], "spearman": 0.5}}
+    assert "does not rank the heads reliably" in _summary_text(
+        type("R", (), {"summary": {**report.summary, "attribution_vs_exact": weak}})())
+
+
 def test_save_load_round_trip_and_contract_layout(report, tmp_path):
     out = report.save(tmp_path / "report")
     names = sorted(p.name for p in out.iterdir())
@@ -183,7 +204,7 @@ def test_save_load_round_trip_and_contract_layout(report, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left behind
     summary = json.loads((out / "summary.json").read_text())
     for key in ("model", "task", "n_prompts", "seed", "versions", "methods", "skipped", "circuit",
-                "top_components", "results"):
+                "attribution_vs_exact", "top_components", "results"):
         assert key in summary
     assert set(summary["circuit"]) >= {"components", "faithfulness", "target", "size", "metric"}
     for name in ("patching_heads", "attribution_heads", "attribution_neurons", "mediation", "dla", "probes",
