@@ -103,6 +103,11 @@ def _summary(report: Report) -> list:
         items += [html.Br(), html.Span(
             f"circuit: {', '.join(map(str, circuit.get('components') or []))} — faithfulness "
             f"{'n/a' if f is None else f'{f:.3f}'} (target {circuit.get('target')})")]
+    vs = s.get("attribution_vs_exact")
+    if isinstance(vs, dict):  # how far the atp column can be trusted on this run
+        from arithinterp.reports.page import attribution_text
+
+        items += [html.Br(), html.Span(attribution_text(vs))]
     return items
 
 

@@ -75,7 +75,7 @@ def _summary_text(report: Any) -> str:
         "form in [-1, 1]; ie_unbounded marks |IE| above the sanity bound.")
     vs = s.get("attribution_vs_exact")
     if vs:
-        lines.append(_attribution_text(vs))
+        lines.append(attribution_text(vs))
     lines.append(
         "Rank: 1 = largest |exact patching effect| (else |AtP|). agree_* flags: the method puts the "
         "component in its top-k exactly when patching does (AtP: with the same sign). Filter a table "
@@ -84,7 +84,7 @@ def _summary_text(report: Any) -> str:
     return "\n\n".join(lines)
 
 
-def _attribution_text(vs: dict) -> str:
+def attribution_text(vs: dict) -> str:
     """Which to trust where attribution and exact patching disagree, with how well they agree here."""
     def num(x: Any) -> str:
         return "undefined" if x is None or x != x else f"{x:.2f}"

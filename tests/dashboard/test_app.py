@@ -59,6 +59,12 @@ def test_heads_heatmap_is_the_patching_result_and_cells_carry_labels(runs, runs_
     assert sorted(view["circuit_figure"].data[-1].text) == sorted(circuit.circuit)
 
 
+def test_the_summary_card_says_how_far_attribution_agrees_with_exact_patching(runs):
+    text = _text(run_view(runs, "full")["summary"])
+    assert "against exact patching on these pairs: heads: Spearman 0.95, Pearson 0.97, top-10 overlap 0.90" in text
+    assert "trust patch_effect" in text and "not rank" not in text
+
+
 def test_neuron_heatmap_holds_every_table_neuron(runs):
     view = run_view(runs, "full")
     trace = view["neurons_figure"].data[0]
