@@ -60,12 +60,18 @@ def exact_then_linear(model, batch, sites, clean, target: Site, grad_model) -> n
     return np.array(out)
 
 
-def diagnose(name: str) -> None:
+def _protocol(name: str):
+    """The calibration protocol's model, pairs (tokenized), sweep options and exact sweep."""
     model, pairs, answer = zoo_inputs(name, 32)
     batch = tokenize_pairs(pairs, model.tokenizer, answer=answer)
     common = dict(kind="attn_head", per_position=True, answer=answer, batch_size=len(batch.clean), n_boot=1,
                   progress=False)
-    exact = np.asarray(_effect(patch_activations(model, batch, engine="fast", **common)).values, float).ravel()
+    return model, batch, common, patch_activations(model, batch, engine="fast", **common)
+
+
+def diagnose(name: str) -> None:
+    model, batch, common, exact_result = _protocol(name)
+    exact = np.asarray(_effect(exact_result).values, float).ravel()
     sites, _ = sweep_sites(model, "attn_head", per_position=True, seq_len=batch.seq_len)
     last = model.shape.n_layers - 1
     frozen = replacement_model(model, Rules(freeze_norm=True))
@@ -89,11 +95,7 @@ def diagnose(name: str) -> None:
 
 def ig_steps_ceiling(name: str, steps: list[int]) -> None:
     """IG on activations at more and more steps: where it converges, against exact patching."""
-    model, pairs, answer = zoo_inputs(name, 32)
-    batch = tokenize_pairs(pairs, model.tokenizer, answer=answer)
-    common = dict(kind="attn_head", per_position=True, answer=answer, batch_size=len(batch.clean), n_boot=1,
-                  progress=False)
-    exact = patch_activations(model, batch, engine="fast", **common)
+    model, batch, common, exact = _protocol(name)
     for freeze in (False, True):
         for m in steps:
             result = attribution_patch(model, batch, method="ig_activations", freeze_norm=freeze, ig_steps=m, **common)

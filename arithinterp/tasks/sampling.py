@@ -120,26 +120,26 @@ def _column_kinds(width: int, ncols: int) -> tuple[int, ...]:
     return tuple(kinds)
 
 
-@cache
-def _pairs_by_type(ka: int, kb: int) -> dict[int, np.ndarray]:
-    """Digit pairs of a column grouped by tri-case type (0 '<9', 1 '=9', 2 '>=10')."""
+def _group_pairs(ka: int, kb: int, kind: Callable[[int, int], int]) -> dict[int, np.ndarray]:
+    """A column's digit pairs grouped by ``kind(x, y)``: 0 absorbs, 1 passes on, 2 makes."""
     groups: dict[int, list[tuple[int, int]]] = {0: [], 1: [], 2: []}
     for x in _DIGIT_SETS[ka]:
         for y in _DIGIT_SETS[kb]:
-            s = x + y
-            groups[0 if s < 9 else 1 if s == 9 else 2].append((x, y))
+            groups[kind(x, y)].append((x, y))
     return {t: np.array(v, dtype=np.int64).reshape(-1, 2) for t, v in groups.items()}
+
+
+@cache
+def _pairs_by_type(ka: int, kb: int) -> dict[int, np.ndarray]:
+    """Digit pairs of a column grouped by tri-case type (0 '<9', 1 '=9', 2 '>=10')."""
+    return _group_pairs(ka, kb, lambda x, y: 0 if x + y < 9 else 1 if x + y == 9 else 2)
 
 
 @cache
 def _pairs_by_borrow(km: int, ks: int) -> dict[int, np.ndarray]:
     """(larger, smaller) digit pairs of a column by what it does with a borrow (0 absorbs it,
     ``m > s``; 1 passes it on, ``m = s``; 2 makes one, ``m < s``): the tri-case types of subtraction."""
-    groups: dict[int, list[tuple[int, int]]] = {0: [], 1: [], 2: []}
-    for x in _DIGIT_SETS[km]:
-        for y in _DIGIT_SETS[ks]:
-            groups[0 if x > y else 1 if x == y else 2].append((x, y))
-    return {t: np.array(v, dtype=np.int64).reshape(-1, 2) for t, v in groups.items()}
+    return _group_pairs(km, ks, lambda x, y: 0 if x > y else 1 if x == y else 2)
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,10 @@ def _docs_pipelines() -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize(("where", "text"), _docs_pipelines(), ids=[w for w, _ in _docs_pipelines()])
+DOCS_PIPELINES = _docs_pipelines()
+
+
+@pytest.mark.parametrize(("where", "text"), DOCS_PIPELINES, ids=[w for w, _ in DOCS_PIPELINES])
 def test_docs_pipelines_validate(where, text):
     import yaml
 
@@ -76,4 +79,4 @@ def test_docs_pipelines_validate(where, text):
 
 
 def test_the_docs_show_a_pipeline():
-    assert any(w.startswith("pipelines.md") for w, _ in _docs_pipelines())
+    assert any(w.startswith("pipelines.md") for w, _ in DOCS_PIPELINES)
